@@ -1,0 +1,54 @@
+# meshward — see README.md. Every target installs what it needs first.
+SHELL := /bin/bash
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+TOOLS := tools/bin
+JAEGER_VERSION := v1.76.0
+
+.PHONY: install system-deps protos test test-fast lint fmt bench jaeger dev-certs up down clean
+
+install: $(VENV_STAMP)
+
+$(VENV_STAMP): requirements.lock pyproject.toml
+	python3.11 -m venv .venv || python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -r requirements.lock
+	.venv/bin/pip install -q --no-deps -e .
+	touch $(VENV_STAMP)
+
+# OS tools the data path and its tests use (iptables, ip, nginx for the benchmark baseline).
+system-deps:
+	@bash scripts/install_system_deps.sh
+
+protos: install
+	$(PY) scripts/gen_protos.py
+
+test: install system-deps
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not netns and not slow"
+
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+fmt: install
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+bench: install system-deps
+	$(PY) -m bench
+
+# A real Jaeger v2, built from the Go module proxy into tools/bin (cached).
+jaeger: $(TOOLS)/jaeger
+
+$(TOOLS)/jaeger: tools/go.mod
+	bash scripts/build_jaeger.sh $(JAEGER_VERSION)
+
+dev-certs: install
+	.venv/bin/meshward ca dev-certs --out certs-dev
+
+clean:
+	rm -rf .venv build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""ca: see README.md."""

@@ -1,0 +1,23 @@
+"""All metric and span names in one place (as SPIRE's telemetry/names.go), Istio's where they exist."""
+
+from __future__ import annotations
+
+# Sidecar (Istio standard metrics).
+REQUESTS_TOTAL = "istio_requests_total"
+REQUEST_DURATION_MS = "istio_request_duration_milliseconds"
+TCP_OPENED_TOTAL = "istio_tcp_connections_opened_total"
+TCP_CLOSED_TOTAL = "istio_tcp_connections_closed_total"
+SVID_EXPIRY_SECONDS = "meshward_svid_expiry_timestamp_seconds"
+
+# Control plane.
+CA_CERTS_ISSUED = "meshward_ca_certificates_issued_total"
+CA_CERTS_REFUSED = "meshward_ca_certificates_refused_total"
+CA_CSR_LATENCY = "meshward_ca_csr_duration_seconds"
+
+# Node agent.
+AGENT_ROTATIONS = "meshward_agent_svid_rotations_total"
+AGENT_STREAMS_OPEN = "meshward_agent_workload_api_streams"
+
+# Tracing: Istio's sidecars name the tracing service "<service>.<namespace>".
+def trace_service_name(service: str, namespace: str) -> str:
+    return f"{service}.{namespace}"

@@ -1,0 +1,1 @@
+"""sidecar_tls: see README.md."""
