@@ -191,8 +191,10 @@ def _parse_selector(raw: Any, source: str, line: int) -> Selector | None:
     if not isinstance(netns, str) or not netns:
         raise ConfigError(f"{source}:{raw.line_of('netns')}: selector.netns is required")
     uids = raw.get("uids", [ports.PROXY_UID])
-    if not isinstance(uids, list) or not uids or not all(
-        isinstance(u, int) and u >= 0 for u in uids
+    if (
+        not isinstance(uids, list)
+        or not uids
+        or not all(isinstance(u, int) and u >= 0 for u in uids)
     ):
         raise ConfigError(f"{source}:{raw.line_of('uids')}: selector.uids must be a list of uids")
     return Selector(netns=netns, uids=tuple(uids))

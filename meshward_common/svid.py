@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -45,7 +46,10 @@ def spiffe_id_of(cert: x509.Certificate) -> SpiffeId:
         raise SvidError([f"URI SAN is not a SPIFFE ID: {exc}"]) from exc
 
 
-def _ext(cert: x509.Certificate, cls: type[x509.ExtensionType]) -> x509.Extension | None:  # type: ignore[type-arg]
+_E = TypeVar("_E", bound=x509.ExtensionType)
+
+
+def _ext(cert: x509.Certificate, cls: type[_E]) -> x509.Extension[_E] | None:
     try:
         return cert.extensions.get_extension_for_class(cls)
     except x509.ExtensionNotFound:
@@ -65,7 +69,7 @@ def leaf_problems(cert: x509.Certificate) -> list[str]:
     if bc is None:
         problems.append("basicConstraints missing")
     else:
-        if bc.value.ca:  # type: ignore[attr-defined]
+        if bc.value.ca:
             problems.append("leaf has basicConstraints CA:true")
         if not bc.critical:
             problems.append("basicConstraints is not critical")
@@ -73,7 +77,7 @@ def leaf_problems(cert: x509.Certificate) -> list[str]:
     if ku is None:
         problems.append("keyUsage missing")
     else:
-        value: x509.KeyUsage = ku.value  # type: ignore[assignment]
+        value = ku.value
         if not ku.critical:
             problems.append("keyUsage is not critical")
         if not value.digital_signature:
@@ -84,7 +88,7 @@ def leaf_problems(cert: x509.Certificate) -> list[str]:
             problems.append("leaf keyUsage has cRLSign")
     eku = _ext(cert, x509.ExtendedKeyUsage)
     if eku is not None:
-        usages = set(eku.value)  # type: ignore[call-overload]
+        usages = set(eku.value)
         for needed in (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH):
             if needed not in usages:
                 problems.append(f"extendedKeyUsage lacks {needed._name}")
@@ -98,13 +102,13 @@ def signing_cert_problems(cert: x509.Certificate) -> list[str]:
     """Every rule a signing (CA) certificate in an SVID chain breaks."""
     problems: list[str] = []
     bc = _ext(cert, x509.BasicConstraints)
-    if bc is None or not bc.value.ca:  # type: ignore[attr-defined]
+    if bc is None or not bc.value.ca:
         problems.append("signing certificate lacks basicConstraints CA:true")
     ku = _ext(cert, x509.KeyUsage)
     if ku is None:
         problems.append("signing certificate lacks keyUsage")
     else:
-        value: x509.KeyUsage = ku.value  # type: ignore[assignment]
+        value = ku.value
         if not value.key_cert_sign:
             problems.append("signing certificate keyUsage lacks keyCertSign")
     uris = uri_sans(cert)

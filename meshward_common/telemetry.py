@@ -18,6 +18,7 @@ CA_CSR_LATENCY = "meshward_ca_csr_duration_seconds"
 AGENT_ROTATIONS = "meshward_agent_svid_rotations_total"
 AGENT_STREAMS_OPEN = "meshward_agent_workload_api_streams"
 
+
 # Tracing: Istio's sidecars name the tracing service "<service>.<namespace>".
 def trace_service_name(service: str, namespace: str) -> str:
     return f"{service}.{namespace}"

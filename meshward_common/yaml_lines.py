@@ -68,7 +68,7 @@ def load_documents(text: str, source: str) -> list[Any]:
     A syntax error becomes a ConfigError naming `source` and the line.
     """
     try:
-        docs = list(yaml.load_all(text, Loader=_Loader))  # noqa: S506 - _Loader is a SafeLoader
+        docs = list(yaml.load_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
@@ -89,6 +89,8 @@ def load_file(path: Path) -> list[Any]:
 def yaml_files(path: Path) -> Iterator[Path]:
     """A file itself, or the *.yaml / *.yml files of a directory in name order."""
     if path.is_dir():
-        yield from sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        yield from sorted(
+            p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()
+        )
     else:
         yield path
