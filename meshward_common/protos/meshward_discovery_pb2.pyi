@@ -13,7 +13,7 @@ class MeshStateRequest(_message.Message):
     def __init__(self, version_info: _Optional[str] = ...) -> None: ...
 
 class Workload(_message.Message):
-    __slots__ = ("name", "namespace", "service_account", "node", "labels", "address", "service", "ports", "spiffe_id")
+    __slots__ = ("name", "namespace", "service_account", "node", "labels", "address", "service", "ports", "spiffe_id", "netns", "uids")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,8 @@ class Workload(_message.Message):
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    NETNS_FIELD_NUMBER: _ClassVar[int]
+    UIDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
     service_account: str
@@ -39,7 +41,9 @@ class Workload(_message.Message):
     service: str
     ports: _containers.RepeatedScalarFieldContainer[int]
     spiffe_id: str
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ..., node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., service: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ..., spiffe_id: _Optional[str] = ...) -> None: ...
+    netns: str
+    uids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ..., node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., service: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ..., spiffe_id: _Optional[str] = ..., netns: _Optional[str] = ..., uids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PolicyDocument(_message.Message):
     __slots__ = ("source", "yaml")

@@ -1,0 +1,154 @@
+"""The control plane's configuration: flags or one YAML file with the same keys, validated at start.
+
+    listen: 127.0.0.1:15012
+    state-dir: /var/lib/meshward/ca
+    trust-domain: cluster.local
+    registry: /etc/meshward/registry.yaml
+    policy-dir: /etc/meshward/policies
+    plugin-ca-dir: /etc/meshward/cacerts
+    workload-ttl: 24h
+    max-ttl: 24h
+    root-namespace: istio-system
+    rate-limit: 500          # CSRs per second per node, sustained
+    rate-burst: 1000
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ca.durations import parse_duration
+from ca.mesh_state import DEFAULT_ROOT_NAMESPACE
+from ca.rate_limit import DEFAULT_BURST, DEFAULT_RATE
+from meshward_common import ports
+from meshward_common.errors import ConfigError, SpiffeIdError
+from meshward_common.spiffe_id import DEFAULT_TRUST_DOMAIN, validate_name, validate_trust_domain
+from meshward_common.yaml_lines import LineDict, load_file
+
+DEFAULT_LISTEN = f"127.0.0.1:{ports.CONTROL_PLANE}"
+DEFAULT_STATE_DIR = "/var/lib/meshward/ca"
+DEFAULTS: dict[str, Any] = {
+    "listen": DEFAULT_LISTEN,
+    "state-dir": DEFAULT_STATE_DIR,
+    "trust-domain": DEFAULT_TRUST_DOMAIN,
+    "registry": None,
+    "policy-dir": None,
+    "plugin-ca-dir": None,
+    "workload-ttl": "24h",
+    "max-ttl": "24h",
+    "root-namespace": DEFAULT_ROOT_NAMESPACE,
+    "rate-limit": DEFAULT_RATE,
+    "rate-burst": DEFAULT_BURST,
+}
+
+
+@dataclass(frozen=True)
+class CaConfig:
+    host: str
+    port: int
+    state_dir: Path
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    registry: Path | None = None
+    policy_dir: Path | None = None
+    plugin_ca_dir: Path | None = None
+    workload_ttl: dt.timedelta = dt.timedelta(hours=24)
+    max_ttl: dt.timedelta = dt.timedelta(hours=24)
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    rate_limit: float = DEFAULT_RATE
+    rate_burst: float = DEFAULT_BURST
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ConfigError(f"listen: {value!r} is not HOST:PORT (e.g. 127.0.0.1:15012)")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise ConfigError(f"listen: {host!r} is not an IP address") from exc
+    return host, int(port_text)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    docs = load_file(path)
+    if not docs:
+        return {}
+    if len(docs) != 1 or not isinstance(docs[0], LineDict):
+        raise ConfigError(f"{path}:1: config must be one YAML mapping")
+    top = docs[0]
+    out: dict[str, Any] = {}
+    for key, value in top.items():
+        norm = key.replace("_", "-")
+        if norm not in DEFAULTS:
+            raise ConfigError(
+                f"{path}:{top.line_of(key)}: unknown key {key!r} (known: {', '.join(DEFAULTS)})"
+            )
+        out[norm] = value
+    return out
+
+
+def _existing(value: Any, key: str, *, directory: bool) -> Path | None:
+    if value in (None, ""):
+        return None
+    path = Path(str(value))
+    if directory and not path.is_dir():
+        raise ConfigError(f"{key}: {path} is not a directory")
+    if not directory and not path.is_file():
+        raise ConfigError(f"{key}: {path} is not a file")
+    return path
+
+
+def _number(value: Any, key: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {value!r} is not a number") from exc
+    if number <= 0:
+        raise ConfigError(f"{key}: must be greater than zero")
+    return number
+
+
+def build_config(settings: Mapping[str, Any]) -> CaConfig:
+    """Validate merged settings (defaults < config file < flags) into a CaConfig."""
+    merged = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    host, port = parse_listen(str(merged["listen"]))
+    try:
+        trust_domain = validate_trust_domain(str(merged["trust-domain"]))
+        root_namespace = validate_name("root-namespace", str(merged["root-namespace"]))
+    except SpiffeIdError as exc:
+        raise ConfigError(f"trust-domain/root-namespace: {exc}") from exc
+    workload_ttl = parse_duration(str(merged["workload-ttl"]), "workload-ttl")
+    max_ttl = parse_duration(str(merged["max-ttl"]), "max-ttl")
+    if workload_ttl > max_ttl:
+        raise ConfigError(
+            f"workload-ttl {merged['workload-ttl']} is longer than max-ttl {merged['max-ttl']}"
+        )
+    rate = _number(merged["rate-limit"], "rate-limit")
+    burst = _number(merged["rate-burst"], "rate-burst")
+    if burst < 1:
+        raise ConfigError("rate-burst: must be at least 1")
+    return CaConfig(
+        host=host,
+        port=port,
+        state_dir=Path(str(merged["state-dir"])),
+        trust_domain=trust_domain,
+        registry=_existing(merged["registry"], "registry", directory=False),
+        policy_dir=_existing(merged["policy-dir"], "policy-dir", directory=True),
+        plugin_ca_dir=_existing(merged["plugin-ca-dir"], "plugin-ca-dir", directory=True),
+        workload_ttl=workload_ttl,
+        max_ttl=max_ttl,
+        root_namespace=root_namespace,
+        rate_limit=rate,
+        rate_burst=burst,
+    )

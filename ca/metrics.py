@@ -1,0 +1,86 @@
+"""The control plane's Prometheus metrics (definitions only; the CA calls them).
+
+One `CaMetrics` per CA process, in its own registry: certificates issued (by kind of identity),
+refused (by reason, one value per error class of `meshward_common.errors`), and CSR latency.
+Serve it with `start_metrics_server` (prometheus_client's threaded HTTP server) at /metrics
+or /stats/prometheus.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from meshward_common import errors, telemetry
+
+IdentityKind = Literal["workload", "node"]
+
+# Seconds; a CSR is signed in about a millisecond, a slow one waits on the registry or a lock.
+CSR_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+
+# Refusal reason label per error class, most specific first (SpiffeIdError is an InvalidRequest).
+_REASONS: tuple[tuple[type[errors.MeshwardError], str], ...] = (
+    (errors.SpiffeIdError, "invalid_spiffe_id"),
+    (errors.InvalidRequest, "invalid_request"),
+    (errors.Unauthenticated, "unauthenticated"),
+    (errors.PermissionDenied, "permission_denied"),
+    (errors.RateLimited, "rate_limited"),
+    (errors.NotReady, "not_ready"),
+    (errors.SvidError, "invalid_certificate"),
+    (errors.ConfigError, "config"),
+)
+REFUSAL_REASONS: tuple[str, ...] = (*(r for _, r in _REASONS), "internal")
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The `reason` label for a refused CSR: the error class, never the message (unbounded)."""
+    for cls, reason in _REASONS:
+        if isinstance(exc, cls):
+            return reason
+    return "internal"
+
+
+class CaMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.issued = Counter(
+            telemetry.CA_CERTS_ISSUED,
+            "X.509-SVIDs signed, by identity kind.",
+            ("kind",),
+            registry=r,
+        )
+        self.refused = Counter(
+            telemetry.CA_CERTS_REFUSED,
+            "CreateCertificate calls refused, by reason.",
+            ("kind", "reason"),
+            registry=r,
+        )
+        self.csr_latency = Histogram(
+            telemetry.CA_CSR_LATENCY,
+            "Time from CreateCertificate received to answer, in seconds.",
+            ("outcome",),
+            buckets=CSR_LATENCY_BUCKETS,
+            registry=r,
+        )
+        # Pre-create the series so a scrape shows zeros before the first CSR (rate() needs them).
+        for kind in ("workload", "node"):
+            self.issued.labels(kind)
+
+    def record_issued(self, kind: IdentityKind, seconds: float) -> None:
+        self.issued.labels(kind).inc()
+        self.csr_latency.labels("issued").observe(seconds)
+
+    def record_refused(self, kind: IdentityKind, exc: BaseException, seconds: float) -> None:
+        self.refused.labels(kind, refusal_reason(exc)).inc()
+        self.csr_latency.labels("refused").observe(seconds)
+
+
+def start_metrics_server(host: str, port: int, metrics: CaMetrics) -> tuple[str, int]:
+    """Serve the registry over HTTP in a daemon thread; returns the bound (host, port)."""
+    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    bound_host, bound_port = server.server_address[:2]
+    return str(bound_host), int(bound_port)

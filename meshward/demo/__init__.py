@@ -1,0 +1,5 @@
+"""A small bookinfo-like demo: productpage calls details and reviews, reviews calls ratings.
+
+Every app answers with its data plus the headers it received (so `x-forwarded-client-cert` shows
+who called) and forwards the trace headers on its own calls, as Istio's bookinfo does.
+"""

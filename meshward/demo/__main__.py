@@ -1,0 +1,38 @@
+"""`python -m meshward.demo SERVICE [--version v1] [--port 9080] [--upstream name=URL ...]`."""
+
+from __future__ import annotations
+
+import click
+from aiohttp import web
+
+from meshward.demo.apps import DEFAULT_PORT, SERVICES, DemoConfig, make_app
+from meshward_common.logs import setup
+
+
+@click.command()
+@click.argument("service", type=click.Choice(SERVICES))
+@click.option("--version", "version", default="v1", show_default=True)
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    metavar="NAME=URL",
+    help="base URL of an upstream service (default http://NAME:9080)",
+)
+def main(service: str, version: str, host: str, port: int, upstreams: tuple[str, ...]) -> None:
+    """Run one demo service."""
+    mapping: dict[str, str] = {}
+    for item in upstreams:
+        name, sep, url = item.partition("=")
+        if not sep or not name or not url:
+            raise click.BadParameter(f"{item!r} is not NAME=URL", param_hint="--upstream")
+        mapping[name] = url
+    setup(f"demo-{service}")
+    config = DemoConfig(service=service, version=version, host=host, port=port, upstreams=mapping)
+    web.run_app(make_app(config), host=host, port=port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

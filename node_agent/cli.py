@@ -1,0 +1,68 @@
+"""`meshward agent run`: the node agent's command line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from meshward_common import logs
+from meshward_common.errors import ConfigError, MeshwardError
+from node_agent.agent import NodeAgent
+from node_agent.config import AgentConfig, build_config, load_config_file
+
+
+@click.group("agent")
+def agent() -> None:
+    """Node agent: node identity, workload attestation, the SPIFFE Workload API."""
+
+
+@agent.command("run")
+@click.option("--node", help="This node's name, as the registry's `node:` fields use it.")
+@click.option("--ca-address", help="Control plane HOST:PORT (default 127.0.0.1:15012).")
+@click.option("--state-dir", type=click.Path(path_type=Path), help="Node key and SVID live here.")
+@click.option("--socket", type=click.Path(path_type=Path), help="Workload API socket path.")
+@click.option(
+    "--trust-bundle", type=click.Path(path_type=Path), help="CA roots (PEM) for bootstrap."
+)
+@click.option("--join-token", help="One-time token for the first node certificate.")
+@click.option("--join-token-file", type=click.Path(path_type=Path), help="File holding the token.")
+@click.option("--workload-ttl", help="Requested workload SVID validity, e.g. 30s, 24h.")
+@click.option("--log-level", help="DEBUG, INFO, WARNING (default INFO).")
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path), help="YAML file, same keys."
+)
+def run(config_file: Path | None, **flags: Any) -> None:
+    """Serve the Workload API on a Unix socket until SIGTERM."""
+    try:
+        file_values = load_config_file(config_file) if config_file else {}
+        config = build_config(flags, file_values)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    logs.setup("agent", config.log_level)
+    try:
+        asyncio.run(_serve(config))
+    except MeshwardError as exc:
+        click.echo(f"meshward agent: {exc}", err=True)
+        sys.exit(1)
+
+
+async def _serve(config: AgentConfig) -> None:
+    node_agent = NodeAgent(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node_agent.start()
+    click.echo(f"meshward agent: serving Workload API on {config.socket_path}", nl=True)
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await node_agent.stop()

@@ -1,0 +1,133 @@
+"""The agent's options, from flags or a YAML file, validated once at start.
+
+Flags win over the file. Every problem is one `ConfigError` line naming the option and the value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshward_common import ports
+from meshward_common.errors import ConfigError, SpiffeIdError
+from meshward_common.spiffe_id import validate_name
+
+_DURATION_RE = re.compile(r"(\d+)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+CONFIG_KEYS = {
+    "node", "ca_address", "state_dir", "socket", "trust_bundle", "join_token", "join_token_file",
+    "workload_ttl", "log_level",
+}  # fmt: skip
+
+
+def parse_duration(text: str, option: str) -> dt.timedelta:
+    """'30s', '5m', '24h', '1h30m' -> timedelta."""
+    value = text.strip()
+    pos, total = 0, 0.0
+    for match in _DURATION_RE.finditer(value):
+        if match.start() != pos:
+            break
+        total += int(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(value) or not value or total <= 0:
+        raise ConfigError(f"{option}: {text!r} is not a positive duration like 30s, 5m or 24h")
+    return dt.timedelta(seconds=total)
+
+
+def default_socket(node: str) -> Path:
+    return Path(f"/run/meshward/{node}/agent.sock")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    ca_address: str
+    state_dir: Path
+    socket_path: Path
+    trust_bundle: Path | None
+    join_token: str | None
+    workload_ttl: dt.timedelta
+    log_level: str = "INFO"
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: must be a mapping of option: value")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        norm = str(key).replace("-", "_")
+        if norm == "socket_path":
+            norm = "socket"
+        if norm not in CONFIG_KEYS:
+            raise ConfigError(
+                f"config file {path}: unknown option {key!r} (known: {', '.join(sorted(CONFIG_KEYS))})"
+            )
+        out[norm] = value
+    return out
+
+
+def _check_address(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--ca-address: {address!r} is not HOST:PORT")
+    return address
+
+
+def build_config(flags: Mapping[str, Any], file_values: Mapping[str, Any]) -> AgentConfig:
+    """Merge flags over file values, apply defaults, validate everything."""
+    merged: dict[str, Any] = dict(file_values)
+    merged.update({k: v for k, v in flags.items() if v is not None})
+    node = merged.get("node")
+    if not node:
+        raise ConfigError("--node is required (the node name the registry uses)")
+    try:
+        validate_name("node name", str(node))
+    except SpiffeIdError as exc:
+        raise ConfigError(f"--node: {exc}") from exc
+    address = _check_address(str(merged.get("ca_address") or f"127.0.0.1:{ports.CONTROL_PLANE}"))
+    state_dir = merged.get("state_dir")
+    if not state_dir:
+        raise ConfigError("--state-dir is required (where the node key and SVID live)")
+    socket_path = Path(merged.get("socket") or default_socket(str(node)))
+    if len(str(socket_path).encode()) > 107:
+        raise ConfigError(f"--socket: {socket_path} is longer than a Unix socket path may be")
+    bundle = merged.get("trust_bundle")
+    token = merged.get("join_token")
+    token_file = merged.get("join_token_file")
+    if token and token_file:
+        raise ConfigError("give --join-token or --join-token-file, not both")
+    if token_file:
+        try:
+            token = Path(str(token_file)).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"--join-token-file {token_file}: cannot read: {exc.strerror}"
+            ) from exc
+        if not token:
+            raise ConfigError(f"--join-token-file {token_file} is empty")
+    ttl = merged.get("workload_ttl") or "24h"
+    return AgentConfig(
+        node=str(node),
+        ca_address=address,
+        state_dir=Path(str(state_dir)),
+        socket_path=socket_path,
+        trust_bundle=Path(str(bundle)) if bundle else None,
+        join_token=str(token) if token else None,
+        workload_ttl=parse_duration(str(ttl), "--workload-ttl"),
+        log_level=str(merged.get("log_level") or "INFO").upper(),
+    )

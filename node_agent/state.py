@@ -1,0 +1,155 @@
+"""What the agent holds in memory and serves: the trust bundle, workload SVIDs, the mesh state.
+
+Every change bumps one version and wakes every waiting stream; each stream then recomputes its
+caller's full state and sends it only if it differs from what it sent last. One notifier instead of
+per-identity channels keeps the fan-out trivially correct (a bundle change reaches every stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshward_common import ports, registry
+from meshward_common.protos import meshward_discovery_pb2 as mdpb
+from meshward_common.spiffe_id import SpiffeId
+from meshward_common.svid import fingerprint_sha256
+
+
+@dataclass(frozen=True)
+class WorkloadSvid:
+    """One workload's SVID; the key exists only in memory and only here."""
+
+    spiffe_id: SpiffeId
+    chain: tuple[x509.Certificate, ...]  # leaf first, without the root
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.leaf.not_valid_after_utc
+
+    @property
+    def not_before(self) -> dt.datetime:
+        return self.leaf.not_valid_before_utc
+
+
+class Notifier:
+    def __init__(self) -> None:
+        self.version = 0
+        self._event = asyncio.Event()
+
+    def bump(self) -> None:
+        self.version += 1
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait_after(self, version: int) -> int:
+        while self.version == version:
+            await self._event.wait()
+        return self.version
+
+
+class AgentState:
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.changed = Notifier()
+        self._bundle: tuple[x509.Certificate, ...] = ()
+        self._svids: dict[SpiffeId, WorkloadSvid] = {}
+        self.registry: registry.Registry | None = None
+        self.mesh_state: mdpb.MeshState | None = None
+        self.trust_domain = ""
+        self._registry_ready = asyncio.Event()
+
+    # -- trust bundle -------------------------------------------------------------------------
+    @property
+    def bundle(self) -> tuple[x509.Certificate, ...]:
+        return self._bundle
+
+    def set_bundle(self, roots: Sequence[x509.Certificate]) -> bool:
+        new = _dedupe(roots)
+        if [fingerprint_sha256(c) for c in new] == [fingerprint_sha256(c) for c in self._bundle]:
+            return False
+        self._bundle = new
+        self.changed.bump()
+        return True
+
+    def add_roots(self, roots: Sequence[x509.Certificate]) -> bool:
+        """Add roots learned from the CA (a root rotation); True if the bundle changed."""
+        return self.set_bundle([*self._bundle, *roots])
+
+    # -- workload SVIDs -----------------------------------------------------------------------
+    def svid(self, spiffe_id: SpiffeId) -> WorkloadSvid | None:
+        return self._svids.get(spiffe_id)
+
+    def put_svid(self, svid: WorkloadSvid) -> None:
+        self._svids[svid.spiffe_id] = svid
+        self.changed.bump()
+
+    def drop_svid(self, spiffe_id: SpiffeId) -> None:
+        if self._svids.pop(spiffe_id, None) is not None:
+            self.changed.bump()
+
+    # -- mesh state (registry + policies) -----------------------------------------------------
+    def set_mesh_state(self, state: mdpb.MeshState) -> None:
+        self.mesh_state = state
+        self.registry = registry_from_mesh_state(state)
+        if state.trust_domain:
+            self.trust_domain = state.trust_domain
+        self._registry_ready.set()
+        self.changed.bump()
+
+    async def wait_registry(self, wait: float) -> registry.Registry | None:
+        if self.registry is None:
+            try:
+                await asyncio.wait_for(self._registry_ready.wait(), wait)
+            except TimeoutError:
+                return None
+        return self.registry
+
+    def workloads_on_node(self) -> tuple[registry.Workload, ...]:
+        return () if self.registry is None else self.registry.on_node(self.node)
+
+
+def _dedupe(certs: Sequence[x509.Certificate]) -> tuple[x509.Certificate, ...]:
+    seen: set[str] = set()
+    out: list[x509.Certificate] = []
+    for cert in certs:
+        fp = fingerprint_sha256(cert)
+        if fp not in seen:
+            seen.add(fp)
+            out.append(cert)
+    return tuple(out)
+
+
+def registry_from_mesh_state(state: mdpb.MeshState) -> registry.Registry:
+    """The control plane's Workload messages as registry entries (selector from netns/uids)."""
+    items: list[registry.Workload] = []
+    for w in state.workloads:
+        netns = w.netns
+        uids = tuple(int(u) for u in w.uids)
+        selector = None
+        if netns:
+            selector = registry.Selector(netns=netns, uids=uids or (ports.PROXY_UID,))
+        items.append(
+            registry.Workload(
+                name=w.name,
+                namespace=w.namespace,
+                service_account=w.service_account,
+                node=w.node,
+                address=w.address,
+                service=w.service,
+                ports=tuple(int(p) for p in w.ports),
+                labels=dict(w.labels),
+                selector=selector,
+            )
+        )
+    return registry.Registry(tuple(items), state.trust_domain)

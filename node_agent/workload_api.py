@@ -1,0 +1,222 @@
+"""The SPIFFE Workload API (X.509 part) and the mesh-state relay, as grpc.aio servicers.
+
+Runs behind the front door (see `front_door.py`), which tells us who each connection is. The stubs
+are the `spiffe` package's: the standard proto has no package, so its method paths are
+`/SpiffeWorkloadAPI/...`, and generating our own copy would clash with it in one process.
+
+Rules from the standard kept here: the `workload.spiffe.io: true` header is required
+(INVALID_ARGUMENT), a caller with no identity gets PERMISSION_DENIED (never an empty message, which
+would close an `X509Source` for good), every message carries the full state, and a stream gets a
+new message whenever its caller's SVID rotates or the bundle changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+from meshward_common.errors import MeshwardError, NotReady
+from meshward_common.grpc_status import status_for
+from meshward_common.protos import meshward_discovery_pb2 as mdpb
+from meshward_common.protos import meshward_discovery_pb2_grpc as mdpb_grpc
+from meshward_common.registry import Workload
+from meshward_common.spiffe_id import SpiffeId
+from meshward_common.svid import der_chain
+from node_agent.attestation import ProcReader, attest
+from node_agent.front_door import PeerTable
+from node_agent.state import AgentState, WorkloadSvid
+from node_agent.workload_svids import utcnow
+
+log = logging.getLogger(__name__)
+
+HEADER_KEY = "workload.spiffe.io"
+HEADER_VALUE = "true"
+REGISTRY_WAIT_SECONDS = 10.0
+
+
+def x509_svid_response(
+    svid: WorkloadSvid, bundle_der: bytes, now: dt.datetime
+) -> workload_pb2.X509SVIDResponse | None:
+    """The full X509SVIDResponse for one caller, or None while there is nothing valid to send."""
+    if now >= svid.not_after or not bundle_der:
+        return None
+    key_der = svid.key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return workload_pb2.X509SVIDResponse(
+        svids=[
+            workload_pb2.X509SVID(
+                spiffe_id=str(svid.spiffe_id),
+                x509_svid=der_chain(svid.chain),
+                x509_svid_key=key_der,
+                bundle=bundle_der,
+            )
+        ]
+    )
+
+
+class Guard:
+    """Header check, then attestation of the caller by its relayed connection."""
+
+    def __init__(self, state: AgentState, peers: PeerTable, proc: ProcReader) -> None:
+        self.state = state
+        self.peers = peers
+        self.proc = proc
+
+    async def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Workload:
+        metadata = dict(context.invocation_metadata() or ())
+        if metadata.get(HEADER_KEY) != HEADER_VALUE:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"security header missing from request: {HEADER_KEY}: {HEADER_VALUE}",
+            )
+        try:
+            facts = self.peers.lookup_peer(context.peer())
+            if await self.state.wait_registry(REGISTRY_WAIT_SECONDS) is None:
+                raise NotReady("registry not received from the control plane yet")
+            return attest(facts, self.state.workloads_on_node(), self.proc)
+        except MeshwardError as exc:
+            await abort_with(context, exc)
+
+    def reattest(self, context: grpc.aio.ServicerContext[Any, Any]) -> Workload:
+        facts = self.peers.lookup_peer(context.peer())
+        return attest(facts, self.state.workloads_on_node(), self.proc)
+
+
+async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: MeshwardError) -> NoReturn:
+    await context.abort(status_for(exc), str(exc))
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
+    def __init__(
+        self,
+        state: AgentState,
+        guard: Guard,
+        ensure_svid: Callable[[SpiffeId], None],
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.state = state
+        self.guard = guard
+        self.ensure_svid = ensure_svid
+        self.clock = clock
+        self.open_streams = 0
+
+    async def _identity(
+        self, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[Workload, SpiffeId]:
+        workload = await self.guard.caller(context)
+        try:
+            return workload, workload.spiffe_id(self.state.trust_domain)
+        except MeshwardError as exc:
+            await abort_with(context, exc)
+
+    async def FetchX509SVID(
+        self, request: workload_pb2.X509SVIDRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
+        workload, sid = await self._identity(context)
+        self.ensure_svid(sid)
+        log.info("FetchX509SVID: %s/%s gets %s", workload.namespace, workload.name, sid)
+        last: bytes | None = None
+        self.open_streams += 1
+        try:
+            while True:
+                version = self.state.changed.version
+                svid = self.state.svid(sid)
+                msg = None
+                if svid is not None:
+                    msg = x509_svid_response(svid, der_chain(self.state.bundle), self.clock())
+                if msg is not None:
+                    data = msg.SerializeToString(deterministic=True)
+                    if data != last:
+                        last = data
+                        yield msg
+                await self.state.changed.wait_after(version)
+                await self._still_same(context, sid)
+        finally:
+            self.open_streams -= 1
+
+    async def _still_same(self, context: grpc.aio.ServicerContext[Any, Any], sid: SpiffeId) -> None:
+        """After a registry change, end the stream if the caller is no longer this identity."""
+        try:
+            now_is = self.guard.reattest(context).spiffe_id(self.state.trust_domain)
+        except MeshwardError as exc:
+            await abort_with(context, exc)
+        if now_is != sid:
+            # The client reconnects and is attested afresh.
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "caller's identity changed")
+
+    async def FetchX509Bundles(
+        self, request: workload_pb2.X509BundlesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
+        await self._identity(context)
+        last: bytes | None = None
+        while True:
+            version = self.state.changed.version
+            bundle = der_chain(self.state.bundle)
+            if bundle and bundle != last:
+                last = bundle
+                yield workload_pb2.X509BundlesResponse(bundles={self.state.trust_domain: bundle})
+            await self.state.changed.wait_after(version)
+
+    async def FetchJWTSVID(
+        self, request: workload_pb2.JWTSVIDRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> workload_pb2.JWTSVIDResponse:
+        await _unimplemented(context)
+
+    async def FetchJWTBundles(
+        self, request: workload_pb2.JWTBundlesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[workload_pb2.JWTBundlesResponse]:
+        await _unimplemented(context)
+        yield workload_pb2.JWTBundlesResponse()  # pragma: no cover (makes this a generator)
+
+    async def ValidateJWTSVID(
+        self,
+        request: workload_pb2.ValidateJWTSVIDRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> workload_pb2.ValidateJWTSVIDResponse:
+        await _unimplemented(context)
+
+
+async def _unimplemented(context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+    metadata = dict(context.invocation_metadata() or ())
+    if metadata.get(HEADER_KEY) != HEADER_VALUE:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"security header missing: {HEADER_KEY}"
+        )
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "JWT-SVIDs are not supported yet")
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+class MeshStateRelay(mdpb_grpc.MeshDiscoveryServicer):
+    """The control plane's mesh state, relayed to attested workloads (full state each time)."""
+
+    def __init__(self, state: AgentState, guard: Guard) -> None:
+        self.state = state
+        self.guard = guard
+
+    async def StreamMeshState(
+        self, request: mdpb.MeshStateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[mdpb.MeshState]:
+        await self.guard.caller(context)
+        sent = request.version_info
+        while True:
+            version = self.state.changed.version
+            current = self.state.mesh_state
+            if current is not None and current.version_info != sent:
+                sent = current.version_info
+                yield current
+            await self.state.changed.wait_after(version)
+
+
+def add_servicers(server: grpc.aio.Server, api: WorkloadApiServicer, relay: MeshStateRelay) -> None:
+    workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(api, server)  # type: ignore[no-untyped-call]
+    mdpb_grpc.add_MeshDiscoveryServicer_to_server(relay, server)  # type: ignore[no-untyped-call]

@@ -1,0 +1,139 @@
+"""Workload SVIDs: a key per identity made here, the certificate from the CA, rotated on schedule.
+
+An identity's loop starts the first time an attested caller needs it; it then renews at the
+schedule's jittered half-life, retries with backoff while the CA is unreachable, and meanwhile the
+current SVID keeps being served (the streams check expiry themselves). Every issued chain is
+verified against the bundle before it is served: `X509Source` closes for good on a bad message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshward_common.errors import MeshwardError, SvidError
+from meshward_common.spiffe_id import SpiffeId
+from meshward_common.svid import verify_x509_svid
+from node_agent.ca_client import make_csr, split_root
+from node_agent.rotation import RotationSchedule, seconds_until
+from node_agent.state import AgentState, WorkloadSvid
+
+log = logging.getLogger(__name__)
+
+# (identity, CSR PEM, requested TTL) -> chain as the CA returned it (leaf first, root last)
+Issuer = Callable[[SpiffeId, str, dt.timedelta], Awaitable[list[x509.Certificate]]]
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def accept_chain(
+    state: AgentState,
+    spiffe_id: SpiffeId,
+    key: ec.EllipticCurvePrivateKey,
+    chain: list[x509.Certificate],
+    now: dt.datetime,
+) -> WorkloadSvid:
+    """Check a chain from the CA before serving it; learn a new root it carries."""
+    body, roots = split_root(chain)
+    if not body:
+        raise SvidError([f"CA returned no leaf for {spiffe_id}"])
+    state.add_roots(roots)
+    got = verify_x509_svid(body, state.bundle, now)
+    problems = []
+    if got != spiffe_id:
+        problems.append(f"CA issued {got}, asked for {spiffe_id}")
+    if body[0].public_key() != key.public_key():
+        problems.append("issued certificate is not for the key we generated")
+    if problems:
+        raise SvidError(problems)
+    return WorkloadSvid(spiffe_id, tuple(body), key)
+
+
+class WorkloadSvidManager:
+    def __init__(
+        self,
+        state: AgentState,
+        issuer: Issuer,
+        ttl: dt.timedelta,
+        schedule: RotationSchedule | None = None,
+        clock: Clock = utcnow,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.state = state
+        self.issuer = issuer
+        self.ttl = ttl
+        self.schedule = schedule or RotationSchedule()
+        self.clock = clock
+        self.rand = rand
+        self.rotations = 0
+        self._tasks: dict[SpiffeId, asyncio.Task[None]] = {}
+
+    def ensure(self, spiffe_id: SpiffeId) -> None:
+        """Start keeping an SVID for this identity (idempotent)."""
+        task = self._tasks.get(spiffe_id)
+        if task is None or task.done():
+            self._tasks[spiffe_id] = asyncio.create_task(
+                self._keep(spiffe_id), name=f"svid {spiffe_id}"
+            )
+
+    def retain_only(self, wanted: set[SpiffeId]) -> None:
+        """Stop rotating (and forget) identities no longer registered on this node."""
+        for sid in list(self._tasks):
+            if sid not in wanted:
+                self._tasks.pop(sid).cancel()
+                self.state.drop_svid(sid)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def issue(self, spiffe_id: SpiffeId) -> WorkloadSvid:
+        key = ec.generate_private_key(ec.SECP256R1())
+        chain = await self.issuer(spiffe_id, make_csr(key, spiffe_id), self.ttl)
+        return accept_chain(self.state, spiffe_id, key, chain, self.clock())
+
+    async def _keep(self, spiffe_id: SpiffeId) -> None:
+        attempt = 0
+        renew_at: dt.datetime | None = None
+        while True:
+            now = self.clock()
+            current = self.state.svid(spiffe_id)
+            if current is None or renew_at is None or now >= renew_at:
+                try:
+                    svid = await self.issue(spiffe_id)
+                except (MeshwardError, OSError) as exc:
+                    held = current.not_after if current else None
+                    delay = self.schedule.next_retry_delay(attempt, self.rand(), now, held)
+                    attempt += 1
+                    expired = held is not None and now >= held
+                    log.warning(
+                        "SVID for %s not renewed (attempt %d, retry in %.1fs%s): %s",
+                        spiffe_id, attempt, delay, ", current one EXPIRED" if expired else "", exc,
+                    )  # fmt: skip
+                    await asyncio.sleep(max(delay, 0.05))
+                    continue
+                attempt = 0
+                self.state.put_svid(svid)
+                self.rotations += 1
+                renew_at = self.schedule.renew_at(svid.not_before, svid.not_after, self.rand())
+                log.info(
+                    "SVID for %s issued, valid until %s, renewing at %s",
+                    spiffe_id, svid.not_after.isoformat(), renew_at.isoformat(),
+                )  # fmt: skip
+                continue
+            await asyncio.sleep(seconds_until(renew_at, now))

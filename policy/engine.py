@@ -1,0 +1,225 @@
+"""Istio's authorization decision, as a pure function of the policies and one request.
+
+Order (Istio's): any DENY match denies; else, if no ALLOW policy selects the workload, allow; else
+allow only on an ALLOW match. AUDIT matches never change the outcome but are reported. Policies
+apply to workloads of their own namespace, or of every namespace when they live in the root one.
+
+Plain TCP has no method, path, host, headers or request principal. As Istio does, a rule of an
+ALLOW policy that uses any of those never matches TCP (allow less), while in DENY and AUDIT rules
+those fields are dropped and the rest of the rule still applies (deny more).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from policy.matchers import Attributes, IpAddress, Predicate, compile_constraint
+from policy.model import (
+    DEFAULT_ROOT_NAMESPACE,
+    Action,
+    AuthorizationPolicy,
+    PeerAuthentication,
+    Resource,
+    Rule,
+    selects,
+)
+
+SPIFFE_PREFIX = "spiffe://"
+
+
+@dataclass(frozen=True)
+class Workload:
+    namespace: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request (HTTP) or connection (TCP) arriving at `workload`."""
+
+    workload: Workload
+    source_principal: str = ""  # caller's verified SPIFFE ID, with or without spiffe://
+    source_ip: str = ""
+    remote_ip: str = ""  # original client; "" means the same as source_ip (no trusted proxies)
+    destination_ip: str = ""
+    destination_port: int = 0
+    is_http: bool = True
+    method: str = ""
+    path: str = ""
+    host: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    sni: str = ""
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """Which policy and rule matched, and what the rule says."""
+
+    policy: str  # namespace/name
+    action: Action
+    rule: int
+    description: str
+    source: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.action} policy {self.policy} rule {self.rule} ({self.description})"
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    match: RuleMatch | None = None  # the rule that decided, if a rule did
+    audits: tuple[RuleMatch, ...] = ()
+
+    @property
+    def policy(self) -> str | None:
+        return self.match.policy if self.match else None
+
+
+def attributes(request: Request) -> Attributes:
+    """Normalise a request once: principal without scheme, namespace from it, parsed IPs."""
+    principal = request.source_principal
+    if principal.startswith(SPIFFE_PREFIX):
+        principal = principal[len(SPIFFE_PREFIX) :]
+    source_ip = _ip(request.source_ip)
+    return Attributes(
+        principal=principal,
+        source_namespace=namespace_of(principal),
+        source_ip=source_ip,
+        remote_ip=_ip(request.remote_ip) if request.remote_ip else source_ip,
+        destination_ip=_ip(request.destination_ip),
+        destination_port=request.destination_port,
+        sni=request.sni,
+        is_http=request.is_http,
+        method=request.method,
+        path=request.path.split("?", 1)[0].split("#", 1)[0],
+        host=request.host.lower(),
+        headers={k.lower(): v for k, v in request.headers.items()},
+    )
+
+
+def namespace_of(principal: str) -> str:
+    """The namespace in an Istio identity `<td>/ns/<namespace>/sa/<sa>`, or ""."""
+    parts = principal.split("/")
+    for i in range(1, len(parts) - 1):
+        if parts[i] == "ns":
+            return parts[i + 1]
+    return ""
+
+
+def _ip(text: str) -> IpAddress | None:
+    try:
+        return ipaddress.ip_address(text) if text else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    match: RuleMatch
+    http: Predicate | None  # None: can never match this kind of traffic
+    tcp: Predicate | None
+
+
+def compile_rule(policy: AuthorizationPolicy, index: int, rule: Rule) -> CompiledRule:
+    match = RuleMatch(policy.key, policy.action, index, rule.describe(), policy.source)
+    return CompiledRule(
+        match, _predicate(rule, True, policy.action), _predicate(rule, False, policy.action)
+    )
+
+
+def _predicate(rule: Rule, http: bool, action: Action) -> Predicate | None:
+    if not http and action == "ALLOW" and any(c.http_only for c in rule.constraints()):
+        return None
+    groups = []
+    for alternatives in (rule.sources, rule.operations):
+        compiled = [
+            tuple(compile_constraint(c) for c in g if http or not c.http_only) for g in alternatives
+        ]
+        # An entry left empty (every field HTTP-only, dropped on TCP) matches anything.
+        groups.append(() if any(not g for g in compiled) else tuple(compiled))
+    sources, operations = groups
+    conditions = tuple(compile_constraint(c) for c in rule.conditions if http or not c.http_only)
+
+    def predicate(a: Attributes) -> bool:
+        return (
+            (not sources or any(all(p(a) for p in g) for g in sources))
+            and (not operations or any(all(p(a) for p in g) for g in operations))
+            and all(p(a) for p in conditions)
+        )
+
+    return predicate
+
+
+class WorkloadPolicies:
+    """The policies that select one workload, compiled; `decide` is the per-request call."""
+
+    def __init__(self, policies: Iterable[AuthorizationPolicy]) -> None:
+        by_action: dict[str, list[CompiledRule]] = {"ALLOW": [], "DENY": [], "AUDIT": []}
+        self.allow_policies: list[str] = []
+        for p in policies:
+            by_action[p.action].extend(compile_rule(p, i, r) for i, r in enumerate(p.rules))
+            if p.action == "ALLOW":
+                self.allow_policies.append(p.key)
+        self._deny = tuple(by_action["DENY"])
+        self._allow = tuple(by_action["ALLOW"])
+        self._audit = tuple(by_action["AUDIT"])
+
+    def decide(self, a: Attributes) -> Decision:
+        audits = tuple(r.match for r in self._audit if _matches(r, a))
+        for r in self._deny:
+            if _matches(r, a):
+                return Decision(False, f"denied by {r.match}", r.match, audits)
+        if not self.allow_policies:
+            return Decision(True, "allowed: no ALLOW policy selects the workload", None, audits)
+        for r in self._allow:
+            if _matches(r, a):
+                return Decision(True, f"allowed by {r.match}", r.match, audits)
+        names = ", ".join(self.allow_policies)
+        return Decision(
+            False, f"denied: no rule of the ALLOW policies ({names}) matched", None, audits
+        )
+
+
+def _matches(rule: CompiledRule, a: Attributes) -> bool:
+    predicate = rule.http if a.is_http else rule.tcp
+    return predicate is not None and predicate(a)
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """Every parsed resource of the mesh, and which namespace is the root (mesh-wide) one."""
+
+    authorization: tuple[AuthorizationPolicy, ...] = ()
+    peer_authentication: tuple[PeerAuthentication, ...] = ()
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
+
+    @classmethod
+    def of(
+        cls, resources: Iterable[Resource], root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    ) -> PolicySet:
+        authz = [r for r in resources if isinstance(r, AuthorizationPolicy)]
+        peer = [r for r in resources if isinstance(r, PeerAuthentication)]
+        authz.sort(key=lambda p: (p.namespace != root_namespace, p.namespace, p.name))
+        peer.sort(key=lambda p: (p.namespace, p.name))
+        return cls(tuple(authz), tuple(peer), root_namespace)
+
+    def selecting(self, workload: Workload) -> list[AuthorizationPolicy]:
+        return [
+            p
+            for p in self.authorization
+            if p.namespace in (workload.namespace, self.root_namespace)
+            and selects(p.match_labels, workload.labels)
+        ]
+
+    def for_workload(self, workload: Workload) -> WorkloadPolicies:
+        return WorkloadPolicies(self.selecting(workload))
+
+
+def decide(policies: PolicySet, request: Request) -> Decision:
+    """Istio's decision for one request. Pure; compiles the selected policies each call, so
+    per-request callers should keep `policies.for_workload(...)` and call its `decide`."""
+    return policies.for_workload(request.workload).decide(attributes(request))

@@ -1,0 +1,80 @@
+"""Policy files and directories into a PolicySet, keeping the good files and reporting the bad.
+
+A file with any problem contributes nothing (its problems are reported with file and line); the
+other files still load. Callers decide what a problem means: `authz lint` prints them, `authz
+check` refuses to decide, the control plane keeps the last good version of that file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshward_common.errors import ConfigError
+from meshward_common.yaml_lines import yaml_files
+from policy.model import Resource
+from policy.parse import PolicyFileError, Problem, parse_text
+
+
+@dataclass
+class Loaded:
+    resources: list[Resource] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    files: int = 0
+
+
+def load_paths(paths: Iterable[Path]) -> Loaded:
+    """Every policy in the given files and directories (*.yaml / *.yml, not recursive)."""
+    out = Loaded()
+    for path in paths:
+        if not path.exists():
+            out.problems.append(Problem(str(path), 0, "path", "no such file or directory"))
+            continue
+        for file in yaml_files(path):
+            out.files += 1
+            try:
+                text = file.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                out.problems.append(Problem(str(file), 0, "file", f"cannot read: {exc}"))
+                continue
+            try:
+                out.resources.extend(parse_text(text, str(file)))
+            except PolicyFileError as exc:
+                out.problems.extend(exc.problems)
+    _report_duplicates(out)
+    return out
+
+
+def _report_duplicates(loaded: Loaded) -> None:
+    """The same kind/namespace/name in two files: Kubernetes would keep one object; we refuse the
+    later one, since which of the two the user meant is a guess."""
+    first: dict[tuple[str, str], Resource] = {}
+    kept: list[Resource] = []
+    for r in loaded.resources:
+        ident = (type(r).__name__, r.key)
+        if ident in first:
+            earlier = first[ident]
+            loaded.problems.append(
+                Problem(
+                    r.source,
+                    r.line,
+                    "metadata.name",
+                    f"{ident[0]} {r.key} is already defined at {earlier.source}:{earlier.line}",
+                )
+            )
+            continue
+        first[ident] = r
+        kept.append(r)
+    loaded.resources = kept
+
+
+def load_strict(paths: Iterable[Path]) -> list[Resource]:
+    """Every policy in the paths, or ConfigError naming every problem."""
+    loaded = load_paths(paths)
+    if loaded.problems:
+        raise PolicyFileError(loaded.problems)
+    return loaded.resources
+
+
+__all__ = ["ConfigError", "Loaded", "load_paths", "load_strict"]

@@ -1,0 +1,225 @@
+"""istio-init's job: the nat rules that steer a pod's TCP through its sidecar.
+
+`render_rules` is pure: options in, `iptables-restore` input out. With the default options it writes
+the same chains, in the same order, as `istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*'
+-b '*' -d 15090,15021,15020` (see DESIGN.md, "The life of a request"). `apply_rules` is the thin
+shell that loads that text into a pod's network namespace and reads it back to check it took.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from meshward_common import ports
+from meshward_common.errors import ConfigError, MeshwardError
+
+INBOUND_CHAIN = "ISTIO_INBOUND"
+REDIRECT_CHAIN = "ISTIO_REDIRECT"
+IN_REDIRECT_CHAIN = "ISTIO_IN_REDIRECT"
+OUTPUT_CHAIN = "ISTIO_OUTPUT"
+ISTIO_CHAINS = (INBOUND_CHAIN, REDIRECT_CHAIN, IN_REDIRECT_CHAIN, OUTPUT_CHAIN)
+BUILTIN_NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+
+_COMMAND_TIMEOUT_S = 20.0
+
+
+class InterceptionError(MeshwardError):
+    """iptables refused the rules, or what the kernel holds differs from what we loaded."""
+
+
+def _check_port(port: int, what: str) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"interception: {what} {port!r} is not a TCP port (1-65535)")
+
+
+def _check_id(value: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"interception: {what} {value!r} is not a non-negative integer")
+
+
+@dataclass(frozen=True)
+class InterceptionOptions:
+    """What istio-iptables takes as flags (-u -g -p -z -d -o -x), validated on construction."""
+
+    proxy_uid: int = ports.PROXY_UID
+    proxy_gid: int = ports.PROXY_GID
+    outbound_port: int = ports.OUTBOUND
+    inbound_port: int = ports.INBOUND
+    exclude_inbound_ports: tuple[int, ...] = (
+        ports.AGENT_STATUS,
+        ports.HEALTH,
+        ports.PROMETHEUS,
+    )
+    exclude_outbound_ports: tuple[int, ...] = ()
+    exclude_outbound_cidrs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_id(self.proxy_uid, "proxy_uid")
+        _check_id(self.proxy_gid, "proxy_gid")
+        _check_port(self.outbound_port, "outbound_port")
+        _check_port(self.inbound_port, "inbound_port")
+        # Accept lists from callers but store tuples so the value stays frozen and hashable.
+        object.__setattr__(self, "exclude_inbound_ports", tuple(self.exclude_inbound_ports))
+        object.__setattr__(self, "exclude_outbound_ports", tuple(self.exclude_outbound_ports))
+        object.__setattr__(self, "exclude_outbound_cidrs", tuple(self.exclude_outbound_cidrs))
+        for port in self.exclude_inbound_ports:
+            _check_port(port, "exclude_inbound_ports entry")
+        for port in self.exclude_outbound_ports:
+            _check_port(port, "exclude_outbound_ports entry")
+        for cidr in self.exclude_outbound_cidrs:
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"interception: exclude_outbound_cidrs entry {cidr!r} is not a CIDR: {exc}"
+                ) from exc
+            if net.version != 4:
+                raise ConfigError(
+                    f"interception: exclude_outbound_cidrs entry {cidr!r} is IPv6; "
+                    "only the IPv4 nat table is written"
+                )
+
+
+def render_rules(options: InterceptionOptions | None = None) -> str:
+    """The pod's whole nat table as `iptables-restore` input, in istio-iptables' rule order."""
+    o = options if options is not None else InterceptionOptions()
+    tunnel = ports.TUNNEL
+    lines = ["*nat"]
+    # A pod netns starts with an empty nat table, so we write the whole table, not a --noflush delta.
+    lines += [f":{chain} ACCEPT [0:0]" for chain in BUILTIN_NAT_CHAINS]
+    lines += [f":{chain} - [0:0]" for chain in ISTIO_CHAINS]
+    # Istio always lets the HBONE tunnel port through, before anything else.
+    lines.append(f"-A {INBOUND_CHAIN} -p tcp --dport {tunnel} -j RETURN")
+    lines.append(f"-A {REDIRECT_CHAIN} -p tcp -j REDIRECT --to-ports {o.outbound_port}")
+    lines.append(f"-A {IN_REDIRECT_CHAIN} -p tcp -j REDIRECT --to-ports {o.inbound_port}")
+    lines.append(f"-A PREROUTING -p tcp -j {INBOUND_CHAIN}")
+    lines += [f"-A {INBOUND_CHAIN} -p tcp --dport {p} -j RETURN" for p in o.exclude_inbound_ports]
+    lines.append(f"-A {INBOUND_CHAIN} -p tcp -j {IN_REDIRECT_CHAIN}")
+    lines.append(f"-A OUTPUT -j {OUTPUT_CHAIN}")
+    # istio-iptables -o: port exclusions come before the loopback/owner rules.
+    lines += [f"-A {OUTPUT_CHAIN} -p tcp --dport {p} -j RETURN" for p in o.exclude_outbound_ports]
+    # Envoy's inbound passthrough binds 127.0.0.6 to reach the app: never capture it again.
+    lines.append(f"-A {OUTPUT_CHAIN} -o lo -s {ports.INBOUND_PASSTHROUGH_SOURCE}/32 -j RETURN")
+    for flag, ident in (("--uid-owner", o.proxy_uid), ("--gid-owner", o.proxy_gid)):
+        # The sidecar calling the pod's own IP goes through the inbound path (it may be a service
+        # VIP that resolved back to us); the app's loopback calls are left alone; the sidecar's
+        # other traffic bypasses capture entirely - that is what keeps it from looping.
+        lines.append(
+            f"-A {OUTPUT_CHAIN} -o lo ! -d 127.0.0.1/32 -p tcp ! --dport {tunnel} "
+            f"-m owner {flag} {ident} -j {IN_REDIRECT_CHAIN}"
+        )
+        lines.append(f"-A {OUTPUT_CHAIN} -o lo -m owner ! {flag} {ident} -j RETURN")
+        lines.append(f"-A {OUTPUT_CHAIN} -m owner {flag} {ident} -j RETURN")
+    lines.append(f"-A {OUTPUT_CHAIN} -d 127.0.0.1/32 -j RETURN")
+    # istio-iptables -x: CIDR exclusions come after loopback and before the catch-all redirect.
+    for cidr in o.exclude_outbound_cidrs:
+        net = ipaddress.ip_network(cidr, strict=False)
+        lines.append(f"-A {OUTPUT_CHAIN} -d {net.with_prefixlen} -j RETURN")
+    lines.append(f"-A {OUTPUT_CHAIN} -j {REDIRECT_CHAIN}")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+RuleSpec = frozenset[tuple[bool, str, tuple[str, ...]]]
+
+
+def _rule_spec(tokens: list[str]) -> RuleSpec:
+    """One rule as an order-free set of (negated, option, args), so `iptables-save`'s spelling
+    (`-m tcp` inserted, options reordered) compares equal to ours."""
+    items: list[tuple[bool, str, tuple[str, ...]]] = []
+    i = 0
+    negate = False
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok == "!":
+            negate = True
+            i += 1
+            continue
+        args: list[str] = []
+        i += 1
+        while i < len(tokens) and not tokens[i].startswith("-") and tokens[i] != "!":
+            args.append(tokens[i])
+            i += 1
+        items.append((negate, tok, tuple(args)))
+        negate = False
+    # iptables-save names the implicit protocol match module; it adds no meaning.
+    return frozenset(item for item in items if item not in {(False, "-m", ("tcp",))})
+
+
+def parse_nat_rules(text: str) -> dict[str, list[RuleSpec]]:
+    """`iptables-save`/`iptables-restore` text (or Istio's `-N`/`-A` listing) to chain -> ordered
+    rules. Built-in chains appear only if they hold rules; user chains always appear."""
+    chains: dict[str, list[RuleSpec]] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or line.startswith("*") or line == "COMMIT":
+            continue
+        if line.startswith(":"):
+            name = line[1:].split()[0]
+            if name not in BUILTIN_NAT_CHAINS:
+                chains.setdefault(name, [])
+            continue
+        tokens = shlex.split(line)
+        if tokens[0] == "-N":
+            for name in " ".join(tokens[1:]).replace("/", " ").split():
+                chains.setdefault(name, [])
+            continue
+        if tokens[0] != "-A" or len(tokens) < 2:
+            raise InterceptionError(f"interception: cannot read rule line {line!r}")
+        chains.setdefault(tokens[1], []).append(_rule_spec(tokens[2:]))
+    return chains
+
+
+def _run_in_netns(netns: str, argv: list[str], stdin: str | None = None) -> str:
+    cmd = ["ip", "netns", "exec", netns, *argv]
+    try:
+        done = subprocess.run(
+            cmd,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=_COMMAND_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InterceptionError(f"interception: {' '.join(argv)} in netns {netns}: {exc}") from exc
+    if done.returncode != 0:
+        detail = done.stderr.strip().replace("\n", " | ")
+        raise InterceptionError(
+            f"interception: {' '.join(argv)} in netns {netns} failed "
+            f"(exit {done.returncode}): {detail}"
+        )
+    return done.stdout
+
+
+def read_nat_table(netns: str) -> dict[str, list[RuleSpec]]:
+    """The nat table the kernel holds for `netns`, parsed like `parse_nat_rules`."""
+    return parse_nat_rules(_run_in_netns(netns, ["iptables-save", "-t", "nat"]))
+
+
+def apply_rules(netns: str, options: InterceptionOptions | None = None) -> str:
+    """Load the pod's nat table into `netns` (replacing it) and verify it; returns the text loaded.
+
+    Run before the app and the sidecar start, as istio-init does."""
+    text = render_rules(options)
+    _run_in_netns(netns, ["iptables-restore"], stdin=text)
+    want = parse_nat_rules(text)
+    got = read_nat_table(netns)
+    if _nonempty(got) != _nonempty(want):
+        raise InterceptionError(
+            f"interception: nat table in netns {netns} differs from the rules loaded "
+            f"({_summary(got)} vs {_summary(want)})"
+        )
+    return text
+
+
+def _nonempty(chains: Mapping[str, list[RuleSpec]]) -> dict[str, list[RuleSpec]]:
+    return {name: rules for name, rules in chains.items() if rules or name in ISTIO_CHAINS}
+
+
+def _summary(chains: Mapping[str, list[RuleSpec]]) -> str:
+    return ", ".join(f"{name}:{len(rules)}" for name, rules in sorted(chains.items()))

@@ -1,0 +1,207 @@
+"""Thin socket adapters for the data path: listeners, peeking, SO_ORIGINAL_DST, byte relays."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+import struct
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
+STREAM_LIMIT = 256 * 1024
+RELAY_CHUNK = 256 * 1024
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def original_dst(sock: socket.socket) -> tuple[str, int]:
+    """The address the client connected to before iptables REDIRECT rewrote it; the socket's own
+    address when no NAT happened (a direct connection)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOPROTOOPT):
+            raise
+        host, port = sock.getsockname()[:2]
+        return str(host), int(port)
+    port, packed = struct.unpack_from("!2xH4s", raw)
+    return socket.inet_ntoa(packed), int(port)
+
+
+def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve_accepts(
+    listener: socket.socket, handle: Callable[[socket.socket], Awaitable[None]]
+) -> None:
+    """Accept forever; each connection is handled by its own task, and no failure of one
+    connection reaches the accept loop."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def guarded(conn: socket.socket) -> None:
+        try:
+            await handle(conn)
+        except (ConnectionError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("connection handler failed")
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    try:
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept failed: %s; pausing", exc)
+                    await asyncio.sleep(0.1)
+                    continue
+                raise
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = asyncio.create_task(guarded(conn))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(OSError):
+            listener.close()
+
+
+async def peek(sock: socket.socket, n: int, timeout: float) -> bytes:
+    """Up to n bytes the client sent first, left in the socket; b"" if nothing came in time."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(sock.fileno(), ready)
+    try:
+        await asyncio.wait_for(fut, timeout)
+    except TimeoutError:
+        return b""
+    finally:
+        loop.remove_reader(sock.fileno())
+    try:
+        return sock.recv(n, socket.MSG_PEEK)
+    except BlockingIOError:
+        return b""
+
+
+async def wrap_accepted(
+    sock: socket.socket, ssl_context: ssl.SSLContext | None, handshake_timeout: float = 10.0
+) -> Streams:
+    """Streams over an accepted socket, terminating TLS when a context is given."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    if ssl_context is None:
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+    else:
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol, sock, ssl=ssl_context, ssl_handshake_timeout=handshake_timeout
+        )
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+async def connect(
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    local_addr: tuple[str, int] | None = None,
+    timeout: float = 10.0,
+) -> Streams:
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(
+            host,
+            port,
+            ssl=ssl_context,
+            server_hostname=server_hostname if ssl_context is not None else None,
+            local_addr=local_addr,
+            limit=STREAM_LIMIT,
+            ssl_handshake_timeout=timeout if ssl_context is not None else None,
+        ),
+        timeout,
+    )
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    """Copy bytes until EOF; half-close the far side when the transport can (TLS cannot)."""
+    total = 0
+    try:
+        while data := await reader.read(RELAY_CHUNK):
+            total += len(data)
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, ssl.SSLError, OSError):
+        pass
+    return total
+
+
+async def relay_both(a: Streams, b: Streams) -> tuple[int, int]:
+    """Relay a <-> b until both directions end; returns (bytes a->b, bytes b->a)."""
+    up = asyncio.create_task(pipe(a[0], b[1]))
+    down = asyncio.create_task(pipe(b[0], a[1]))
+    try:
+        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        # TLS cannot half-close, so a client could wait for EOF forever: once the server side
+        # has finished and closed, the exchange is over.
+        if down in done:
+            up.cancel()
+        await asyncio.wait({up, down})
+    finally:
+        close(a[1])
+        close(b[1])
+    return (
+        up.result() if not up.cancelled() else 0,
+        down.result() if not down.cancelled() else 0,
+    )
+
+
+def close(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
+
+
+def peer_leaf_der(writer: asyncio.StreamWriter) -> bytes | None:
+    ssl_object = writer.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    der: bytes | None = ssl_object.getpeercert(binary_form=True)
+    return der
+
+
+def selected_alpn(writer: asyncio.StreamWriter) -> str | None:
+    ssl_object = writer.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    alpn: str | None = ssl_object.selected_alpn_protocol()
+    return alpn

@@ -1,0 +1,161 @@
+"""TLS for the data path: SSLContexts built from the current SVID, and the SPIFFE check of a peer.
+
+Python's `ssl` exposes only the peer's leaf, so the SSLContext verifies the chain against the trust
+bundles (hostname checking off: SPIFFE IDs are URI SANs, not DNS names) and `verify_peer_leaf` then
+applies the X.509-SVID leaf rules, the validity window and the identity check to the leaf.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import ssl
+import tempfile
+from collections.abc import Collection
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import count
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from meshward_common.errors import PermissionDenied, SvidError, Unauthenticated
+from meshward_common.spiffe_id import SpiffeId
+from meshward_common.svid import leaf_problems, pem_of, spiffe_id_of
+from sidecar_tls.identity import WorkloadIdentity
+
+# Modern suites only: forward secrecy and AEAD (TLS 1.3 suites are always AEAD).
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+ALPN_HTTP = "http/1.1"
+ALPN_TCP = "meshward-tcp"  # raw TCP relayed after the same identity checks (Istio: "istio")
+ALPN_PROTOCOLS = (ALPN_HTTP, ALPN_TCP)
+
+_generations = count(1)
+
+
+def _base_context(purpose: ssl.Purpose, identity: WorkloadIdentity) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(
+        ssl.PROTOCOL_TLS_CLIENT if purpose is ssl.Purpose.SERVER_AUTH else ssl.PROTOCOL_TLS_SERVER
+    )
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.load_verify_locations(cadata=pem_of(identity.all_roots()).decode())
+    _load_own_svid(ctx, identity)
+    return ctx
+
+
+def _load_own_svid(ctx: ssl.SSLContext, identity: WorkloadIdentity) -> None:
+    # ssl can only load a key from a file: write it into a private 0700 directory as 0600, load it,
+    # and remove it at once (tmpfs when available, so it never reaches a disk).
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="mwsc-", dir=base) as tmp:
+        cert_path = os.path.join(tmp, "chain.pem")
+        key_path = os.path.join(tmp, "key.pem")
+        key_pem = identity.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_pem)
+        with open(cert_path, "wb") as f:
+            f.write(pem_of(identity.chain))
+        ctx.load_cert_chain(cert_path, key_path)
+
+
+@dataclass(frozen=True, eq=False)
+class TlsMaterial:
+    """One generation of TLS state: rebuilt whenever the SVID rotates. Connections keep the
+    generation they were opened with; new connections take the newest."""
+
+    identity: WorkloadIdentity
+    client_http: ssl.SSLContext  # offers ALPN http/1.1
+    client_tcp: ssl.SSLContext  # offers ALPN meshward-tcp
+    server: ssl.SSLContext
+    generation: int
+
+    @property
+    def spiffe_id(self) -> str:
+        return str(self.identity.spiffe_id)
+
+    @property
+    def trust_domains(self) -> frozenset[str]:
+        return frozenset(self.identity.bundles)
+
+    def client(self, alpn: str) -> ssl.SSLContext:
+        return self.client_http if alpn == ALPN_HTTP else self.client_tcp
+
+
+def build_material(identity: WorkloadIdentity) -> TlsMaterial:
+    server = _base_context(ssl.Purpose.CLIENT_AUTH, identity)
+    server.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    server.set_alpn_protocols(list(ALPN_PROTOCOLS))
+    client_http = _base_context(ssl.Purpose.SERVER_AUTH, identity)
+    client_http.set_alpn_protocols([ALPN_HTTP])
+    client_tcp = _base_context(ssl.Purpose.SERVER_AUTH, identity)
+    client_tcp.set_alpn_protocols([ALPN_TCP])
+    return TlsMaterial(identity, client_http, client_tcp, server, next(_generations))
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    spiffe_id: SpiffeId
+    der: bytes
+
+    @property
+    def cert_sha256(self) -> str:
+        return _sha256_hex(self.der)
+
+
+@lru_cache(maxsize=1024)
+def _sha256_hex(der: bytes) -> str:
+    h = hashes.Hash(hashes.SHA256())
+    h.update(der)
+    return h.finalize().hex()
+
+
+@lru_cache(maxsize=1024)
+def _parse_leaf(der: bytes) -> tuple[SpiffeId, tuple[str, ...], dt.datetime, dt.datetime]:
+    # Parsing costs more than a pooled request: cache by DER (connections repeat certificates).
+    cert = x509.load_der_x509_certificate(der)
+    problems = leaf_problems(cert)
+    sid = spiffe_id_of(cert) if not problems else SpiffeId("invalid.local")
+    return sid, tuple(problems), cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
+def verify_peer_leaf(
+    der: bytes | None,
+    trust_domains: Collection[str],
+    now: dt.datetime,
+    expected: Collection[str] | None = None,
+) -> PeerIdentity:
+    """Apply the SPIFFE rules to a peer leaf whose chain the SSLContext already verified.
+
+    `expected`: SPIFFE IDs the peer must have (secure naming), or None for any mesh identity.
+    Raises Unauthenticated (not an SVID) or PermissionDenied (wrong identity).
+    """
+    if not der:
+        raise Unauthenticated("peer presented no certificate")
+    try:
+        sid, problems, not_before, not_after = _parse_leaf(der)
+    except (ValueError, SvidError) as exc:
+        raise Unauthenticated(f"peer certificate is unreadable: {exc}") from exc
+    if problems:
+        raise Unauthenticated("peer certificate is not an X.509-SVID: " + "; ".join(problems))
+    if now < not_before or now > not_after:
+        raise Unauthenticated(f"peer certificate {sid} is outside its validity window")
+    if sid.trust_domain not in trust_domains:
+        raise Unauthenticated(f"peer {sid} is in trust domain {sid.trust_domain}, not trusted")
+    if expected is not None and str(sid) not in expected:
+        raise PermissionDenied(
+            f"peer presented {sid}, expected {' or '.join(sorted(expected)) or 'nothing'}"
+        )
+    return PeerIdentity(sid, der)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

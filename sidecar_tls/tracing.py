@@ -1,0 +1,314 @@
+"""The sidecar's tracing: one OpenTelemetry span per HTTP hop, reported the way Istio's Envoy does.
+
+`TracingObserver` implements `sidecar_tls.observe.HopObserver`. An inbound request gets a SERVER span,
+an outbound one a CLIENT span, both named `<destination service>:<port>/*` (Istio's route decorator)
+and tagged with Envoy's and Istio's tracing tags, plus the peer's SPIFFE ID. The trace context is read
+from W3C `traceparent`/`tracestate` or B3 (multi-header or single `b3`) and written back as W3C and B3
+multi-header (and single `b3` when the caller used it); a request without any starts a new trace here.
+
+Spans leave through a `BatchSpanProcessor` and an OTLP gRPC exporter with short timeouts: the data
+path only appends to an in-memory queue, so an absent or slow collector costs a request nothing.
+Export failures are logged once (and recovery once), not per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from urllib.parse import urlparse
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from meshward_common.errors import ConfigError
+from meshward_common.telemetry import trace_service_name
+from sidecar_tls.observe import Hop, HopSpan
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+# Attribute carrying the peer's SPIFFE ID (the caller's on inbound, the server's on outbound).
+PEER_PRINCIPAL = "peer.principal"
+# The OTLP exporter logs every failed batch (and every retry); we report failures once ourselves.
+_NOISY_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.sdk._shared_internal",
+)
+
+_w3c = TraceContextTextMapPropagator()
+_b3_multi = B3MultiFormat()
+_b3_single = B3SingleFormat()
+
+
+def resolve_endpoint(explicit: str | None, environ: Mapping[str, str]) -> str | None:
+    """The OTLP gRPC endpoint to export to: the explicit one (mesh config, `--otlp-endpoint`), else
+    `OTEL_EXPORTER_OTLP_ENDPOINT`, else None (spans are made and propagated but not exported)."""
+    endpoint = explicit or environ.get(ENDPOINT_ENV, "") or None
+    if endpoint is None:
+        return None
+    parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.port is None:
+        raise ConfigError(
+            f"OTLP endpoint {endpoint!r} must look like http://host:port (e.g. http://127.0.0.1:4317)"
+        )
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def extract_context(headers: Mapping[str, str]) -> Context | None:
+    """The caller's trace context: W3C first (Istio's default), then B3 single or multi-header.
+    None when the request carries no valid context (this hop starts a trace)."""
+    for propagator in (_w3c, _b3_multi):  # B3MultiFormat.extract also reads the single `b3` header
+        ctx = propagator.extract(headers)
+        if trace.get_current_span(ctx).get_span_context().is_valid:
+            return ctx
+    return None
+
+
+def operation_name(hop: Hop) -> str:
+    """Istio names a sidecar span after its route: `<service host>:<port>/*`."""
+    service = hop.destination_service or hop.authority or "unknown"
+    if ":" not in service:
+        port = _port_of(hop.upstream_address) or _port_of(hop.authority)
+        if port:
+            service = f"{service}:{port}"
+    return f"{service}/*"
+
+
+def upstream_cluster(hop: Hop) -> str:
+    """Envoy's cluster name for the hop: `outbound|<port>||<service>` / `inbound|<port>||`."""
+    port = _port_of(hop.upstream_address)
+    if hop.direction == "inbound":
+        return f"inbound|{port}||"
+    host = hop.destination_service.rsplit(":", 1)[0] if hop.destination_service else ""
+    return f"outbound|{port}||{host}"
+
+
+def start_attributes(hop: Hop, service: str, namespace: str, node_id: str) -> dict[str, str]:
+    """The tags Envoy (component, node_id, http.*, peer.address, upstream_*) and Istio (istio.*)
+    put on a sidecar span at request time, plus the SPIFFE IDs of both ends."""
+    attrs = {
+        "component": "proxy",
+        "node_id": node_id,
+        "istio.canonical_service": service,
+        "istio.namespace": namespace,
+        "http.method": hop.method,
+        "http.url": f"http://{hop.authority or hop.destination_service}{hop.path}",
+        "http.protocol": "HTTP/1.1",
+        "upstream_cluster": upstream_cluster(hop),
+        "upstream_cluster.name": upstream_cluster(hop),
+        "upstream_address": hop.upstream_address,
+        "peer.address": hop.downstream_address,
+        "connection_security_policy": "mutual_tls" if hop.mutual_tls else "none",
+    }
+    peer = hop.source_principal if hop.direction == "inbound" else hop.destination_principal
+    if peer:
+        attrs[PEER_PRINCIPAL] = peer
+    if hop.source_principal:
+        attrs["source.principal"] = hop.source_principal
+    if hop.destination_principal:
+        attrs["destination.principal"] = hop.destination_principal
+    return {k: v for k, v in attrs.items() if v}
+
+
+def _port_of(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    return port if sep and host and port.isdigit() else ""
+
+
+class _HttpSpan:
+    """One hop's span; `finish` is idempotent so a data-path double call cannot corrupt a trace."""
+
+    __slots__ = ("_done", "_inject", "_span")
+
+    def __init__(self, span: trace.Span, inject: Sequence[tuple[str, str]]) -> None:
+        self._span = span
+        self._inject = inject
+        self._done = False
+
+    def inject(self) -> Sequence[tuple[str, str]]:
+        return self._inject
+
+    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        span = self._span
+        span.set_attribute("http.status_code", str(status))
+        span.set_attribute("response_size", str(response_bytes))
+        if error or status >= 500 or status == 0:
+            # Envoy marks 5xx and upstream failures with error=true; the reason is in response_flags.
+            span.set_attribute("error", "true")
+            span.set_status(Status(StatusCode.ERROR, error or f"HTTP {status}"))
+        span.end()
+
+
+class _NoSpan:
+    def inject(self) -> Sequence[tuple[str, str]]:
+        return ()
+
+    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()
+
+
+class _ReportOnceExporter(SpanExporter):
+    """Wraps the OTLP exporter so that a dead collector is reported once, not once per batch, and
+    never raises into the batch worker."""
+
+    def __init__(self, inner: SpanExporter, endpoint: str) -> None:
+        self._inner = inner
+        self._endpoint = endpoint
+        self._failing = False
+        self.failures = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception as exc:  # the exporter's own bugs must not kill the worker thread
+            log.debug("OTLP export raised", exc_info=exc)
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            if self._failing:
+                log.info("tracing: OTLP collector at %s answers again", self._endpoint)
+            self._failing = False
+            return result
+        self.failures += 1
+        if not self._failing:
+            log.warning(
+                "tracing: cannot export spans to OTLP collector at %s; dropping them until it "
+                "answers (reported once)",
+                self._endpoint,
+            )
+        self._failing = True
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _quiet_otel_exporter_logs() -> None:
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+class TracingObserver:
+    """`HopObserver` producing OpenTelemetry spans for a sidecar of `<service>.<namespace>`.
+
+    `endpoint`: OTLP gRPC collector (e.g. `http://127.0.0.1:4317`); None falls back to
+    `OTEL_EXPORTER_OTLP_ENDPOINT`; with neither, spans are propagated but not exported.
+    `exporter` replaces the OTLP exporter (tests). Call `shutdown()` on exit to flush.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        namespace: str,
+        endpoint: str | None = None,
+        *,
+        pod_name: str = "",
+        pod_ip: str = "",
+        export_timeout_s: float = 2.0,
+        schedule_delay_ms: int = 1000,
+        max_queue_size: int = 4096,
+        exporter: SpanExporter | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.service = service
+        self.namespace = namespace
+        self.service_name = trace_service_name(service, namespace)
+        # Istio's sidecar node id: sidecar~<pod ip>~<pod>.<namespace>~<namespace>.svc.cluster.local
+        self.node_id = (
+            f"sidecar~{pod_ip or '0.0.0.0'}~{pod_name or service}.{namespace}~"
+            f"{namespace}.svc.cluster.local"
+        )
+        self.endpoint = resolve_endpoint(endpoint, os.environ if environ is None else environ)
+        resource = Resource.create(
+            {
+                "service.name": self.service_name,
+                "service.namespace": namespace,
+                "k8s.namespace.name": namespace,
+                "k8s.pod.name": pod_name or service,
+            }
+        )
+        self._provider = TracerProvider(resource=resource)
+        self._exporter: _ReportOnceExporter | None = None
+        if exporter is None and self.endpoint is not None:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            _quiet_otel_exporter_logs()
+            exporter = OTLPSpanExporter(
+                endpoint=self.endpoint,
+                insecure=self.endpoint.startswith("http://"),
+                timeout=export_timeout_s,
+            )
+        if exporter is not None:
+            self._exporter = _ReportOnceExporter(exporter, self.endpoint or "(custom exporter)")
+            self._provider.add_span_processor(
+                BatchSpanProcessor(
+                    self._exporter,
+                    max_queue_size=max_queue_size,
+                    schedule_delay_millis=schedule_delay_ms,
+                    export_timeout_millis=int(export_timeout_s * 1000),
+                )
+            )
+        self._tracer = self._provider.get_tracer("meshward.sidecar")
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def export_failures(self) -> int:
+        return self._exporter.failures if self._exporter else 0
+
+    def start(self, hop: Hop, headers: Mapping[str, str]) -> HopSpan:
+        if hop.protocol != "http":
+            return _NO_SPAN  # Envoy traces HTTP only; TCP connections show up in metrics
+        parent = extract_context(headers)
+        kind = SpanKind.SERVER if hop.direction == "inbound" else SpanKind.CLIENT
+        attrs = start_attributes(hop, self.service_name, self.namespace, self.node_id)
+        request_id = headers.get("x-request-id", "")
+        out: list[tuple[str, str]] = []
+        if not request_id:
+            request_id = str(uuid.uuid4())
+            out.append(("x-request-id", request_id))
+        attrs["guid:x-request-id"] = request_id
+        if "user-agent" in headers:
+            attrs["user_agent"] = headers["user-agent"]
+        span = self._tracer.start_span(
+            operation_name(hop), context=parent, kind=kind, attributes=attrs
+        )
+        out.extend(_inject_headers(span, use_b3_single="b3" in headers))
+        return _HttpSpan(span, out)
+
+    def force_flush(self, timeout_s: float = 5.0) -> bool:
+        return self._provider.force_flush(int(timeout_s * 1000))
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._provider.shutdown()
+
+
+def _inject_headers(span: trace.Span, *, use_b3_single: bool) -> list[tuple[str, str]]:
+    carrier: dict[str, str] = {}
+    ctx = trace.set_span_in_context(span)
+    _w3c.inject(carrier, context=ctx)
+    _b3_multi.inject(carrier, context=ctx)
+    if use_b3_single:
+        _b3_single.inject(carrier, context=ctx)
+    return list(carrier.items())

@@ -1,0 +1,180 @@
+"""A real Jaeger v2 (all-in-one, in-memory storage) for tests, on free loopback ports.
+
+`run_jaeger(tmp_path)` writes a minimal Jaeger config (OTLP gRPC receiver -> memory storage -> query
+API), starts the binary and waits until both the OTLP port and the query API answer. The binary is
+found as `meshward traces` and `make jaeger` find it: `$MESHWARD_JAEGER`, then `jaeger` on PATH, then
+`tools/bin/jaeger`; if none exists it is built first with `scripts/build_jaeger.sh` (slow once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS_JAEGER = REPO / "tools" / "bin" / "jaeger"
+JAEGER_VERSION = "v1.76.0"
+
+CONFIG_TEMPLATE = """\
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    logs:
+      level: warn
+
+extensions:
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: "127.0.0.1:{query_http}"
+    grpc:
+      endpoint: "127.0.0.1:{query_grpc}"
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 10000
+
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: "127.0.0.1:{otlp_grpc}"
+
+processors:
+  batch:
+    timeout: 100ms
+
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+"""
+
+
+def find_jaeger(environ: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    given = env.get("MESHWARD_JAEGER")
+    if given:
+        return given
+    on_path = shutil.which("jaeger", path=env.get("PATH"))
+    if on_path:
+        return on_path
+    return str(TOOLS_JAEGER) if TOOLS_JAEGER.exists() else None
+
+
+def ensure_jaeger() -> str:
+    """The Jaeger binary, building it from the tools Go module if there is none yet."""
+    found = find_jaeger()
+    if found:
+        return found
+    subprocess.run(["bash", str(REPO / "scripts" / "build_jaeger.sh"), JAEGER_VERSION], check=True)
+    return str(TOOLS_JAEGER)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Jaeger:
+    process: subprocess.Popen[bytes]
+    otlp_port: int
+    query_port: int
+    log_path: Path
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def otlp_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.otlp_port}"
+
+    @property
+    def query_url(self) -> str:
+        return f"http://127.0.0.1:{self.query_port}"
+
+    def api(self, path: str) -> Any:
+        with urllib.request.urlopen(self.query_url + path, timeout=5) as resp:  # noqa: S310
+            return json.load(resp)
+
+    def traces(self, service: str, limit: int = 20) -> list[dict[str, Any]]:
+        data = self.api(f"/api/traces?service={service}&limit={limit}&lookback=1h")
+        return list(data.get("data") or [])
+
+    def wait_for_traces(
+        self, service: str, *, min_spans: int, timeout_s: float = 20.0
+    ) -> list[dict[str, Any]]:
+        """Poll the query API until a trace of `service` has at least `min_spans` spans."""
+        deadline = time.monotonic() + timeout_s
+        traces: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            traces = self.traces(service)
+            if any(len(t["spans"]) >= min_spans for t in traces):
+                return traces
+            time.sleep(0.2)
+        raise AssertionError(f"no trace of {service} with >= {min_spans} spans in Jaeger: {traces}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _ready(j: Jaeger) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", j.otlp_port), timeout=0.5):
+            pass
+        j.api("/api/services")
+    except OSError:
+        return False
+    return True
+
+
+def run_jaeger(tmp_path: Path, *, timeout_s: float = 60.0) -> Jaeger:
+    binary = ensure_jaeger()
+    otlp, query_http, query_grpc = free_port(), free_port(), free_port()
+    config = tmp_path / "jaeger.yaml"
+    config.write_text(
+        CONFIG_TEMPLATE.format(otlp_grpc=otlp, query_http=query_http, query_grpc=query_grpc)
+    )
+    log_path = tmp_path / "jaeger.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [binary, "--config", str(config)], stdout=log_file, stderr=subprocess.STDOUT
+        )
+    j = Jaeger(proc, otlp, query_http, log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jaeger exited with {proc.returncode}:\n{j.log()[-3000:]}")
+        if _ready(j):
+            return j
+        time.sleep(0.2)
+    j.stop()
+    raise RuntimeError(f"jaeger not ready within {timeout_s}s:\n{j.log()[-3000:]}")
