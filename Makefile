@@ -50,5 +50,11 @@ $(TOOLS)/jaeger: tools/go.mod
 dev-certs: install
 	.venv/bin/meshward ca dev-certs --out certs-dev
 
+up:
+	@bash scripts/mesh_up.sh up
+
+down:
+	@bash scripts/mesh_up.sh down
+
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache .mypy_cache .ruff_cache

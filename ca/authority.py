@@ -9,6 +9,7 @@ the root).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from ca.issuer import SigningAuthority
 from meshward_common.errors import ConfigError
 from meshward_common.spiffe_id import SpiffeId
 from meshward_common.svid import signing_cert_problems
+
+log = logging.getLogger(__name__)
 
 ROOT_TTL = dt.timedelta(days=3650)
 INTERMEDIATE_TTL = dt.timedelta(days=730)
@@ -40,7 +43,9 @@ def _ca_extensions(
     path_length: int | None,
 ) -> x509.CertificateBuilder:
     return (
-        builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=path_length), critical=True
+        )
         .add_extension(
             x509.KeyUsage(
                 digital_signature=False,
@@ -206,7 +211,14 @@ def load_plugin_ca(plugin_dir: Path, now: dt.datetime) -> SigningAuthority:
         raise ConfigError(f"{plugin_dir}: ca-key.pem does not match ca-cert.pem")
     problems = signing_cert_problems(ca_cert)
     if problems:
-        raise ConfigError(f"{plugin_dir}/ca-cert.pem: not a signing certificate: {'; '.join(problems)}")
+        raise ConfigError(
+            f"{plugin_dir}/ca-cert.pem: not a signing certificate: {'; '.join(problems)}"
+        )
+    ku = ca_cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    if ku.digital_signature:
+        # Istio's own tools/certs sets it on intermediates, so accept it, but say so: meshward's
+        # signing certificates carry keyCertSign (and cRLSign) only.
+        log.warning("%s/ca-cert.pem: signing certificate also allows digitalSignature", plugin_dir)
     if now > ca_cert.not_valid_after_utc:
         raise ConfigError(f"{plugin_dir}/ca-cert.pem: expired at {ca_cert.not_valid_after_utc}")
     # Istio's cert-chain.pem starts with ca-cert.pem; accept it with or without it.
@@ -237,7 +249,9 @@ def load_or_create_root(state_dir: Path, trust_domain: str, now: dt.datetime) ->
     cert_path, key_path = state_dir / ROOT_CERT, state_dir / ROOT_KEY
     if cert_path.exists() != key_path.exists():
         present = cert_path if cert_path.exists() else key_path
-        raise ConfigError(f"{state_dir}: found {present.name} without its pair; restore or remove it")
+        raise ConfigError(
+            f"{state_dir}: found {present.name} without its pair; restore or remove it"
+        )
     if not cert_path.exists():
         cert, key = make_root(trust_domain, now)
         write_private(key_path, key_pem(key))

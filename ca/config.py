@@ -1,16 +1,16 @@
 """The control plane's configuration: flags or one YAML file with the same keys, validated at start.
 
-    listen: 127.0.0.1:15012
-    state-dir: /var/lib/meshward/ca
-    trust-domain: cluster.local
-    registry: /etc/meshward/registry.yaml
-    policy-dir: /etc/meshward/policies
-    plugin-ca-dir: /etc/meshward/cacerts
-    workload-ttl: 24h
-    max-ttl: 24h
-    root-namespace: istio-system
-    rate-limit: 500          # CSRs per second per node, sustained
-    rate-burst: 1000
+listen: 127.0.0.1:15012
+state-dir: /var/lib/meshward/ca
+trust-domain: cluster.local
+registry: /etc/meshward/registry.yaml
+policy-dir: /etc/meshward/policies
+plugin-ca-dir: /etc/meshward/cacerts
+workload-ttl: 24h
+max-ttl: 24h
+root-namespace: istio-system
+rate-limit: 500          # CSRs per second per node, sustained
+rate-burst: 1000
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "root-namespace": DEFAULT_ROOT_NAMESPACE,
     "rate-limit": DEFAULT_RATE,
     "rate-burst": DEFAULT_BURST,
+    "metrics-listen": None,
 }
 
 
@@ -61,6 +62,7 @@ class CaConfig:
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
     rate_limit: float = DEFAULT_RATE
     rate_burst: float = DEFAULT_BURST
+    metrics_listen: tuple[str, int] | None = None
 
     @property
     def listen(self) -> str:
@@ -151,4 +153,14 @@ def build_config(settings: Mapping[str, Any]) -> CaConfig:
         root_namespace=root_namespace,
         rate_limit=rate,
         rate_burst=burst,
+        metrics_listen=_metrics_listen(merged["metrics-listen"]),
     )
+
+
+def _metrics_listen(value: Any) -> tuple[str, int] | None:
+    if value in (None, ""):
+        return None
+    try:
+        return parse_listen(str(value))
+    except ConfigError as exc:
+        raise ConfigError(f"metrics-{exc}") from exc

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import ssl
 from dataclasses import dataclass
+from typing import cast
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +54,14 @@ class PeerTable:
         return len(self._by_port)
 
 
-def server_ssl_context(
-    cert_file: str, key_file: str, bundle_pem: str, *, ciphers_tls12: str | None = None
-) -> ssl.SSLContext:
+def server_ssl_context(cert_file: str, key_file: str, bundle_pem: str) -> ssl.SSLContext:
+    """TLS 1.2+, ALPN h2, client certificate requested and verified against the bundle if sent."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert_file, key_file)
     ctx.load_verify_locations(cadata=bundle_pem)
     ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.set_alpn_protocols(["h2"])  # gRPC clients insist on h2
-    if ciphers_tls12:
-        ctx.set_ciphers(ciphers_tls12)
     return ctx
 
 
@@ -76,8 +74,8 @@ class _Side(asyncio.Protocol):
         self.pending: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its interface.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         other = self.other
@@ -145,9 +143,13 @@ class _ClientSide(_Side):
         transport.set_write_buffer_limits(high=_HIGH_WATER)
         self.transport.set_write_buffer_limits(high=_HIGH_WATER)
         self.other, upstream.other = upstream, self
+        # Either side may have spoken before the link existed (gRPC sends SETTINGS at once).
         for chunk in self.pending:
             transport.write(chunk)
+        for chunk in upstream.pending:
+            self.transport.write(chunk)
         self.pending.clear()
+        upstream.pending.clear()
         self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -41,6 +41,8 @@ class SigningAuthority:
     # Every root a peer should trust (a bundle may hold an old and a new root during rotation).
     roots: tuple[x509.Certificate, ...]
     served_chain_pem: tuple[str, ...] = field(init=False)
+    # Computed once: every leaf this authority signs carries the same key identifier.
+    authority_key_id: x509.AuthorityKeyIdentifier = field(init=False)
 
     def __post_init__(self) -> None:
         chain = [self.cert, *self.parents]
@@ -48,6 +50,8 @@ class SigningAuthority:
             raise ValueError("a self-signed signing certificate must be in the roots")
         pems = tuple(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
         object.__setattr__(self, "served_chain_pem", pems)
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key())  # type: ignore[arg-type]
+        object.__setattr__(self, "authority_key_id", aki)
 
     @property
     def served_chain(self) -> tuple[x509.Certificate, ...]:
@@ -106,6 +110,30 @@ def effective_ttl(
     return dt.timedelta(seconds=requested_seconds)
 
 
+def _key_usage(*, key_encipherment: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+# The fixed parts of every leaf, built once (the builder copies them, never mutates).
+_EMPTY_NAME = x509.Name([])
+_LEAF_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+_EC_KEY_USAGE = _key_usage(key_encipherment=False)
+_RSA_KEY_USAGE = _key_usage(key_encipherment=True)  # RSA key transport in TLS 1.2
+_LEAF_EKU = x509.ExtendedKeyUsage(
+    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+)
+
+
 def _hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | hashes.SHA384:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
         return hashes.SHA384()
@@ -136,38 +164,17 @@ def issue_svid(
     builder = (
         x509.CertificateBuilder()
         # Empty subject, as Istio issues: the identity lives in the (then critical) URI SAN.
-        .subject_name(x509.Name([]))
+        .subject_name(_EMPTY_NAME)
         .issuer_name(authority.cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=is_rsa,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
+        .add_extension(_RSA_KEY_USAGE if is_rsa else _EC_KEY_USAGE, critical=True)
+        .add_extension(_LEAF_EKU, critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.cert.public_key()),  # type: ignore[arg-type]
-            critical=False,
-        )
+        .add_extension(authority.authority_key_id, critical=False)
     )
     leaf = builder.sign(authority.key, _hash_for(authority.key))
     return [leaf, *authority.served_chain]

@@ -205,4 +205,3 @@ class MeshStateSource:
                 await self.poll_once()
             except Exception:  # a watcher that dies silently would freeze the mesh's state
                 log.exception("mesh state poll failed")
-

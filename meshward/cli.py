@@ -16,6 +16,14 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("node_agent.cli", "agent"),
     ("sidecar_tls.cli", "sidecar"),
     ("policy.cli", "authz"),
+    ("meshward.traces", "traces"),
+    ("meshward.mesh_cli", "up"),
+    ("meshward.mesh_cli", "down"),
+    ("meshward.mesh_cli", "status"),
+    ("meshward.mesh_cli", "logs"),
+    ("meshward.mesh_cli", "exec_"),
+    ("meshward.mesh_cli", "proxy_config"),
+    ("meshward.mesh_cli", "check"),
 )
 
 

@@ -5,7 +5,8 @@ A pod is a network namespace `<prefix>-<name>` joined to the bridge `<prefix>-br
 a hosts file `/etc/netns/<netns>/hosts` (which `ip netns exec` bind-mounts over /etc/hosts) that maps
 service names to pod addresses. The host side of the bridge holds the subnet's first address so host
 processes (the ingress, tests) reach pods. Pods get the connected route only: no default route, no
-NAT, no forwarding changes on the host, so nothing a pod sends can leave the machine.
+NAT, no forwarding changes on the host, so nothing a pod sends can leave the machine. A pod's eth0
+has no IPv6 (not even link-local), so the IPv4 interception rules see all of its traffic.
 
 Everything created is named from the prefix, so `PodNetwork.cleanup_prefix` can remove what a crashed
 run left behind without having to remember it.
@@ -30,7 +31,6 @@ from typing import IO, Any
 from meshward_common.errors import ConfigError, MeshwardError
 
 NETNS_ETC = Path("/etc/netns")
-NETNS_RUN = Path("/run/netns")
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
@@ -184,6 +184,32 @@ class PodNetwork:
         self._created = False
         self.cleanup_prefix(self.prefix)
 
+    @classmethod
+    def attach(cls, prefix: str, subnet: str) -> PodNetwork:
+        """The network another process created (`meshward up`), rebuilt from the kernel's state:
+        its pods, their addresses and the hosts table. Processes it spawned are not tracked, but
+        destroy() still kills them through their namespaces."""
+        net = cls(prefix, subnet)
+        if net.bridge not in list_links():
+            raise ConfigError(f"pods: no network {prefix}: bridge {net.bridge} does not exist")
+        net._created = True
+        mark = f"{prefix}-"
+        for netns in sorted(list_netns()):
+            if not netns.startswith(mark):
+                continue
+            name = netns[len(mark) :]
+            out = _run(["ip", "-n", netns, "-o", "-4", "addr", "show", "dev", "eth0"], check=False)
+            fields = out.split()
+            if "inet" not in fields:
+                continue  # half-built by a crash: not a pod, cleanup_prefix removes it
+            address = ipaddress.IPv4Interface(fields[fields.index("inet") + 1]).ip
+            index = int(address) - int(net.subnet.network_address)
+            net.pods[name] = Pod(name, netns, str(address), f"{prefix}-v{index}")
+        hosts_file = NETNS_ETC / next(iter(net.pods.values())).netns / "hosts" if net.pods else None
+        if hosts_file is not None and hosts_file.is_file():
+            net._hosts = _parse_hosts(hosts_file.read_text(encoding="utf-8"))
+        return net
+
     @staticmethod
     def cleanup_prefix(prefix: str) -> None:
         """Remove every netns, link and /etc/netns dir named `<prefix>-*` (leftovers of a crash)."""
@@ -266,6 +292,21 @@ class PodNetwork:
         self._write_hosts(pod)
         _run(["ip", "netns", "add", netns])
         _run(["ip", "-n", netns, "link", "set", "lo", "up"])
+        # eth0 must carry no IPv6 at all: interception covers IPv4 only, and a link-local fe80::
+        # address would let an app reach other pods around its sidecar. Setting the netns default
+        # before eth0 exists means it never gets an address; lo keeps ::1.
+        _run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ]
+        )
         _run(
             [
                 "ip",
@@ -347,9 +388,11 @@ class PodNetwork:
     # -- processes -----------------------------------------------------------------------------
 
     def command(
-        self, pod: Pod, argv: Sequence[str], *, uid: int | None, gid: int | None
+        self, pod: Pod, argv: Sequence[str], *, uid: int | None = None, gid: int | None = None
     ) -> list[str]:
-        """The argv that runs `argv` inside `pod` as uid/gid (root when uid is None)."""
+        """The argv that runs `argv` inside `pod` as uid/gid (gid defaults to uid; root when uid
+        is None). Pure: `pod` need not have been added by this object (launchers build commands
+        for pods that already exist in the kernel)."""
         if not argv:
             raise ConfigError(f"pods: empty command for pod {pod.name}")
         cmd = ["ip", "netns", "exec", pod.netns]
@@ -411,6 +454,18 @@ class PodNetwork:
             check=False,
             start_new_session=True,
         )
+
+
+def _parse_hosts(text: str) -> dict[str, list[str]]:
+    """The name -> addresses table of a hosts file we wrote, without the localhost lines."""
+    table: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2 or fields[0] in ("127.0.0.1", "::1"):
+            continue
+        for host in fields[1:]:
+            table.setdefault(host, []).append(fields[0])
+    return table
 
 
 def _stop_process_group(proc: subprocess.Popen[Any]) -> None:

@@ -144,6 +144,26 @@ def _ee_policy() -> ExtensionPolicy:
     )
 
 
+def _lifetime_nesting_problems(
+    chain: Sequence[x509.Certificate], bundle: Sequence[x509.Certificate]
+) -> list[str]:
+    """No certificate in the chain may outlive the one that signed it (design: "notAfter never
+    past the signing certificate's")."""
+    problems: list[str] = []
+    candidates = [*chain[1:], *bundle]
+    for cert in chain:
+        # Several roots may share a subject during rotation: it is enough to fit inside one.
+        parents = [p for p in candidates if p is not cert and p.subject == cert.issuer]
+        if parents and all(cert.not_valid_after_utc > p.not_valid_after_utc for p in parents):
+            parent = parents[0]
+            problems.append(
+                f"certificate {cert.subject.rfc4514_string() or '(leaf)'} outlives its signer "
+                f"{parent.subject.rfc4514_string()} ({cert.not_valid_after_utc.isoformat()} > "
+                f"{parent.not_valid_after_utc.isoformat()})"
+            )
+    return problems
+
+
 def verify_x509_svid(
     chain: Sequence[x509.Certificate],
     bundle: Sequence[x509.Certificate],
@@ -165,6 +185,7 @@ def verify_x509_svid(
         problems.append(f"leaf not valid before {leaf.not_valid_before_utc.isoformat()}")
     if now > leaf.not_valid_after_utc:
         problems.append(f"leaf expired at {leaf.not_valid_after_utc.isoformat()}")
+    problems.extend(_lifetime_nesting_problems(chain, bundle))
     if problems:
         raise SvidError(problems)
     builder = (

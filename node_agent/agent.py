@@ -13,79 +13,61 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshward_common.errors import ConfigError, MeshwardError, NotReady, SvidError
-from meshward_common.spiffe_id import SpiffeId, node_id
-from meshward_common.svid import pem_of, verify_x509_svid
+from meshward_common.errors import (
+    ConfigError,
+    MeshwardError,
+    NotReady,
+    SvidError,
+)
+from meshward_common.spiffe_id import node_id
+from meshward_common.svid import verify_x509_svid
 from node_agent import node_identity as ni
 from node_agent.attestation import ProcReader
 from node_agent.ca_client import (
     ClientCredential,
-    create_certificate,
     make_channel,
-    make_csr,
     split_root,
     stream_mesh_state,
     verify_control_plane,
 )
+from node_agent.ca_link import ControlPlaneLink, request_node_certificate
 from node_agent.config import AgentConfig
 from node_agent.front_door import FrontDoor, PeerTable
-from node_agent.rotation import RotationSchedule, seconds_until
-from node_agent.state import AgentState
+from node_agent.metrics import AgentMetrics
+from node_agent.rotation import RotationSchedule, effective_start, seconds_until
+from node_agent.state import AgentState, WorkloadRef
 from node_agent.workload_api import Guard, MeshStateRelay, WorkloadApiServicer, add_servicers
 from node_agent.workload_svids import WorkloadSvidManager, utcnow
 
 log = logging.getLogger("node_agent")
 
-BOOTSTRAP_ATTEMPTS = 5
-
-
-class ControlPlaneLink:
-    """One gRPC channel to the CA, rebuilt (after a secure-naming check) whenever it failed."""
-
-    def __init__(self, address: str, state: AgentState) -> None:
-        self.address = address
-        self.state = state
-        self.credential: ClientCredential | None = None
-        self._channel: grpc.aio.Channel | None = None
-
-    def bundle_pem(self) -> bytes:
-        return pem_of(self.state.bundle)
-
-    async def channel(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            await verify_control_plane(self.address, self.bundle_pem())
-            self._channel = make_channel(self.address, self.bundle_pem(), self.credential)
-        return self._channel
-
-    async def reset(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            await channel.close()
-
-    async def issue_workload(
-        self, spiffe_id: SpiffeId, csr_pem: str, ttl: dt.timedelta
-    ) -> list[x509.Certificate]:
-        try:
-            return await create_certificate(
-                await self.channel(), csr_pem, ttl, impersonate=spiffe_id
-            )
-        except NotReady:
-            await self.reset()
-            raise
+BOOTSTRAP_ATTEMPTS = 3
 
 
 class NodeAgent:
-    def __init__(self, config: AgentConfig, clock: Callable[[], dt.datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        clock: Callable[[], dt.datetime] = utcnow,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.metrics = metrics
         self.state = AgentState(config.node)
         self.link = ControlPlaneLink(config.ca_address, self.state)
         self.schedule = RotationSchedule()
         self.svids = WorkloadSvidManager(
-            self.state, self.link.issue_workload, config.workload_ttl, self.schedule, clock
+            self.state,
+            self.link.issue_workload,
+            config.workload_ttl,
+            self.schedule,
+            clock,
+            metrics=metrics,
         )
         self.peers = PeerTable()
         self.node_svid: ni.NodeSvid | None = None
+        self._node_received_at: dt.datetime | None = None  # None: loaded from disk
         self._server: grpc.aio.Server | None = None
         self._front: FrontDoor | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -123,6 +105,8 @@ class NodeAgent:
 
     def _use_node_svid(self, svid: ni.NodeSvid) -> None:
         self.node_svid = svid
+        if self.metrics is not None:
+            self.metrics.set_svid_expiry(str(svid.spiffe_id), svid.not_after)
         self.state.trust_domain = svid.spiffe_id.trust_domain
         self.link.credential = ClientCredential(svid.key_pem(), svid.chain_pem())
 
@@ -150,35 +134,38 @@ class NodeAgent:
                 await verify_control_plane(self.config.ca_address, self.link.bundle_pem())
                 channel = make_channel(self.config.ca_address, self.link.bundle_pem(), None)
                 try:
-                    chain = await create_certificate(
-                        channel, make_csr(key, None), None, join_token=token
-                    )
+                    chain = await request_node_certificate(channel, key, token)
                 finally:
                     await channel.close()
                 svid = self._accept_node_chain(key, chain)
+                self._node_received_at = self.clock()
                 log.info("bootstrapped: node SVID %s until %s", svid.spiffe_id, svid.not_after)
                 return svid
             except NotReady as exc:
                 last = exc
-                await asyncio.sleep(self.schedule.backoff_cap(attempt) * random.random())  # noqa: S311
+                if attempt + 1 < BOOTSTRAP_ATTEMPTS:
+                    jitter = random.random()  # noqa: S311 (jitter, not crypto)
+                    await asyncio.sleep(self.schedule.backoff_cap(attempt) * jitter)
             except MeshwardError as exc:
                 raise ConfigError(
                     f"bootstrap refused by the CA at {self.config.ca_address}: {exc}"
                 ) from exc
-        raise ConfigError(f"cannot bootstrap: {last}")
+        raise ConfigError(f"cannot bootstrap after {BOOTSTRAP_ATTEMPTS} attempts: {last}")
 
     async def _renew_node_svid(self) -> None:
         attempt = 0
+        received_at: dt.datetime | None = self._node_received_at
         while True:
             svid = self.node_svid
             assert svid is not None
             now = self.clock()
-            renew_at = self.schedule.renew_at(svid.not_before, svid.not_after, random.random())  # noqa: S311
+            start = effective_start(svid.not_before, received_at)
+            renew_at = self.schedule.renew_at(start, svid.not_after, random.random())  # noqa: S311
             await asyncio.sleep(seconds_until(renew_at, now))
             while True:
                 try:
                     channel = await self.link.channel()
-                    chain = await create_certificate(channel, make_csr(svid.key, None), None)
+                    chain = await request_node_certificate(channel, svid.key, None)
                     new = self._accept_node_chain(svid.key, chain)
                 except (MeshwardError, OSError) as exc:
                     await self.link.reset()
@@ -187,6 +174,8 @@ class NodeAgent:
                         attempt, rand, self.clock(), svid.not_after
                     )
                     attempt += 1
+                    if self.metrics is not None:
+                        self.metrics.record_rotation("node", "error")
                     if self.clock() >= svid.not_after:
                         log.error(
                             "node SVID expired at %s and the CA is unreachable; once it is back "
@@ -197,8 +186,11 @@ class NodeAgent:
                     await asyncio.sleep(max(delay, 0.05))
                     continue
                 attempt = 0
+                received_at = self.clock()
                 self._use_node_svid(new)
-                await self.link.reset()  # the next channel presents the new certificate
+                if self.metrics is not None:
+                    self.metrics.record_rotation("node", "ok")
+                self.link.retire()  # the next channel presents the new certificate
                 log.info("node SVID renewed until %s", new.not_after.isoformat())
                 break
 
@@ -214,7 +206,7 @@ class NodeAgent:
                     self.state.set_mesh_state(mesh)
                     td = self.state.trust_domain
                     self.svids.retain_only(
-                        {w.spiffe_id(td) for w in self.state.workloads_on_node()}
+                        {WorkloadRef.of(w, td) for w in self.state.workloads_on_node()}
                     )
                     log.info("mesh state %s: %d workloads on this node",
                              mesh.version_info, len(self.state.workloads_on_node()))  # fmt: skip
@@ -230,8 +222,8 @@ class NodeAgent:
         await self.establish_node_identity()
         proc = ProcReader()
         guard = Guard(self.state, self.peers, proc)
-        api = WorkloadApiServicer(self.state, guard, self.svids.ensure, self.clock)
-        relay = MeshStateRelay(self.state, guard)
+        api = WorkloadApiServicer(self.state, guard, self.svids.ensure, self.clock, self.metrics)
+        relay = MeshStateRelay(self.state, guard, self.metrics)
         self._server = grpc.aio.server()
         add_servicers(self._server, api, relay)
         port = self._server.add_insecure_port("127.0.0.1:0")
@@ -254,8 +246,11 @@ class NodeAgent:
             with contextlib.suppress(BaseException):
                 await task
         await self.svids.close()
+        # Front door first: clients see their connection drop (UNAVAILABLE, which X509Source
+        # retries). Stopping the gRPC server first would end their streams with CANCELLED, which
+        # X509Source treats as final and closes for good.
         if self._front is not None:
             await self._front.stop()
         if self._server is not None:
             await self._server.stop(0.5)
-        await self.link.reset()
+        await self.link.close()

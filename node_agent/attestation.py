@@ -2,7 +2,8 @@
 
 The facts come only from the kernel, never from the caller: pid/uid/gid from SO_PEERCRED, the pid's
 network namespace from /proc/<pid>/ns/net (its inode identifies the namespace; a named namespace
-is the bind mount /run/netns/<name>, the host's is /proc/1/ns/net).
+is the bind mount /run/netns/<name>; "host" is the agent's own, /proc/self/ns/net: the agent runs
+in the node's namespace, and /proc/1 may be unreadable in a sandbox).
 
 Pid reuse (SPIRE's peertracker problem): between the connect() the kernel recorded and our reads of
 /proc/<pid>, the caller may exit and another process may take its pid, and we would attest the
@@ -91,7 +92,7 @@ class ProcReader:
     def netns_named(self, name: str) -> tuple[int, int] | None:
         """The namespace a registry selector names, or None if it does not exist (yet)."""
         path = (
-            self.proc_root / "1" / "ns" / "net"
+            self.proc_root / "self" / "ns" / "net"
             if name == registry.HOST_NETNS
             else self.netns_dir / name
         )

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import struct_pb2
 
 from meshward_common.errors import (
+    InvalidRequest,
     MeshwardError,
     NotReady,
     PermissionDenied,
@@ -67,6 +68,8 @@ def _map_rpc_error(exc: grpc.aio.AioRpcError, what: str) -> MeshwardError:
         return PermissionDenied(detail)
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return Unauthenticated(detail)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidRequest(detail)
     return NotReady(detail)
 
 
@@ -145,6 +148,9 @@ async def create_certificate(
         response = await stub.CreateCertificate(request, metadata=metadata, timeout=_RPC_TIMEOUT)
     except grpc.aio.AioRpcError as exc:
         raise _map_rpc_error(exc, what) from exc
+    except asyncio.CancelledError:
+        _reraise_if_cancelling()
+        raise NotReady(f"{what}: channel closed during the call") from None
     if not response.cert_chain:
         raise NotReady(f"{what}: CA returned an empty chain")
     try:
@@ -163,8 +169,19 @@ async def stream_mesh_state(
             yield state
     except grpc.aio.AioRpcError as exc:
         raise _map_rpc_error(exc, "mesh state stream") from exc
+    except asyncio.CancelledError:
+        _reraise_if_cancelling()
+        raise NotReady("mesh state stream: channel closed") from None
     finally:
         call.cancel()
+
+
+def _reraise_if_cancelling() -> None:
+    """grpc.aio reports its channel closing under a call as CancelledError: tell it apart from
+    our own task being cancelled, which must propagate."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def split_root(

@@ -7,7 +7,7 @@ import contextlib
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -15,6 +15,7 @@ from meshward_common import logs
 from meshward_common.errors import ConfigError, MeshwardError
 from node_agent.agent import NodeAgent
 from node_agent.config import AgentConfig, build_config, load_config_file
+from node_agent.metrics import AgentMetrics, start_metrics_server
 
 
 @click.group("agent")
@@ -34,6 +35,7 @@ def agent() -> None:
 @click.option("--join-token-file", type=click.Path(path_type=Path), help="File holding the token.")
 @click.option("--workload-ttl", help="Requested workload SVID validity, e.g. 30s, 24h.")
 @click.option("--log-level", help="DEBUG, INFO, WARNING (default INFO).")
+@click.option("--metrics-listen", help="HOST:PORT for Prometheus metrics (default: off).")
 @click.option(
     "--config", "config_file", type=click.Path(path_type=Path), help="YAML file, same keys."
 )
@@ -43,17 +45,29 @@ def run(config_file: Path | None, **flags: Any) -> None:
         file_values = load_config_file(config_file) if config_file else {}
         config = build_config(flags, file_values)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        _fail(str(exc))
     logs.setup("agent", config.log_level)
     try:
         asyncio.run(_serve(config))
     except MeshwardError as exc:
-        click.echo(f"meshward agent: {exc}", err=True)
-        sys.exit(1)
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr saying what is wrong, then exit 1 (no traceback)."""
+    click.echo(f"meshward agent: error: {message}", err=True)
+    sys.exit(1)
 
 
 async def _serve(config: AgentConfig) -> None:
-    node_agent = NodeAgent(config)
+    metrics = None
+    if config.metrics_listen is not None:
+        metrics = AgentMetrics()
+        host, port = start_metrics_server(*config.metrics_listen, metrics)
+        click.echo(f"meshward agent: metrics on http://{host}:{port}/metrics")
+    node_agent = NodeAgent(config, metrics=metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

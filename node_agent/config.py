@@ -23,7 +23,7 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 CONFIG_KEYS = {
     "node", "ca_address", "state_dir", "socket", "trust_bundle", "join_token", "join_token_file",
-    "workload_ttl", "log_level",
+    "workload_ttl", "log_level", "metrics_listen",
 }  # fmt: skip
 
 
@@ -55,6 +55,7 @@ class AgentConfig:
     join_token: str | None
     workload_ttl: dt.timedelta
     log_level: str = "INFO"
+    metrics_listen: tuple[str, int] | None = None  # Prometheus endpoint; off unless asked
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -81,10 +82,11 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return out
 
 
-def _check_address(address: str) -> str:
+def _check_address(address: str, option: str = "--ca-address", port_zero: bool = False) -> str:
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--ca-address: {address!r} is not HOST:PORT")
+    low = 0 if port_zero else 1
+    if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
+        raise ConfigError(f"{option}: {address!r} is not HOST:PORT")
     return address
 
 
@@ -121,6 +123,11 @@ def build_config(flags: Mapping[str, Any], file_values: Mapping[str, Any]) -> Ag
         if not token:
             raise ConfigError(f"--join-token-file {token_file} is empty")
     ttl = merged.get("workload_ttl") or "24h"
+    metrics = merged.get("metrics_listen")
+    metrics_listen = None
+    if metrics:
+        host, _, port = _check_address(str(metrics), "--metrics-listen", True).rpartition(":")
+        metrics_listen = (host, int(port))
     return AgentConfig(
         node=str(node),
         ca_address=address,
@@ -130,4 +137,5 @@ def build_config(flags: Mapping[str, Any], file_values: Mapping[str, Any]) -> Ag
         join_token=str(token) if token else None,
         workload_ttl=parse_duration(str(ttl), "--workload-ttl"),
         log_level=str(merged.get("log_level") or "INFO").upper(),
+        metrics_listen=metrics_listen,
     )

@@ -95,6 +95,7 @@ class FrontDoor:
         self.proc = proc or ProcReader()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         prepare_socket_path(self.socket_path)
@@ -108,11 +109,12 @@ class FrontDoor:
             self._server.close()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        # Closing the streams ends every relay; cancelling the handler tasks instead would make
+        # asyncio's stream callback log the CancelledError as an error.
+        for w in list(self._writers):
+            w.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
 
@@ -128,6 +130,7 @@ class FrontDoor:
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
+        self._writers.add(writer)
         facts: PeerFacts | None
         try:
             facts = attest_socket(sock, self.proc)
@@ -139,6 +142,9 @@ class FrontDoor:
         try:
             upstream.bind(("127.0.0.1", 0))
             port = upstream.getsockname()[1]
+            # Without this, Nagle + delayed ACK add ~40 ms to every new connection's handshake
+            # (measured: 43 ms -> 6 ms per connect + first message).
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             upstream.setblocking(False)
             self.peers.register(port, facts)
             await asyncio.get_running_loop().sock_connect(
@@ -148,13 +154,17 @@ class FrontDoor:
         except OSError as exc:
             log.warning("cannot reach the internal Workload API server: %s", exc)
             self.peers.unregister(port)
+            self._writers.discard(writer)
             upstream.close()
             writer.close()
             return
+        self._writers.add(up_writer)
         try:
             await _pipe_both(reader, writer, up_reader, up_writer)
         finally:
             self.peers.unregister(port)
+            self._writers.discard(writer)
+            self._writers.discard(up_writer)
 
 
 async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:

@@ -38,7 +38,9 @@ class RotationSchedule:
         """The moment to renew a certificate valid from `not_before` to `not_after`.
 
         `rand` in [0, 1) picks a point in [renew - jitter, renew + jitter] of the lifetime,
-        clamped to `latest_fraction`.
+        clamped to `latest_fraction`. CAs backdate notBefore (clock skew), which for short TTLs
+        would put half-life in the past: callers pass the later of notBefore and the time they
+        received the certificate (see `effective_start`).
         """
         _check_rand(rand)
         lifetime = not_after - not_before
@@ -78,6 +80,11 @@ class RotationSchedule:
             if remaining > 0:
                 delay = min(delay, remaining)
         return max(delay, 0.0)
+
+
+def effective_start(not_before: dt.datetime, received_at: dt.datetime | None) -> dt.datetime:
+    """Where the usable lifetime starts: a backdated notBefore does not count."""
+    return not_before if received_at is None else max(not_before, received_at)
 
 
 def is_expired(not_after: dt.datetime, now: dt.datetime) -> bool:

@@ -21,6 +21,23 @@ from meshward_common.spiffe_id import SpiffeId
 from meshward_common.svid import fingerprint_sha256
 
 
+@dataclass(frozen=True, order=True)
+class WorkloadRef:
+    """One registered workload and the identity it holds: the unit that gets its own key.
+
+    Two pods with the same service account share an identity but never a key."""
+
+    workload: str  # "<namespace>/<name>"
+    spiffe_id: SpiffeId
+
+    @classmethod
+    def of(cls, workload: registry.Workload, trust_domain: str) -> WorkloadRef:
+        return cls(f"{workload.namespace}/{workload.name}", workload.spiffe_id(trust_domain))
+
+    def __str__(self) -> str:
+        return f"{self.workload} ({self.spiffe_id})"
+
+
 @dataclass(frozen=True)
 class WorkloadSvid:
     """One workload's SVID; the key exists only in memory and only here."""
@@ -63,7 +80,7 @@ class AgentState:
         self.node = node
         self.changed = Notifier()
         self._bundle: tuple[x509.Certificate, ...] = ()
-        self._svids: dict[SpiffeId, WorkloadSvid] = {}
+        self._svids: dict[WorkloadRef, WorkloadSvid] = {}
         self.registry: registry.Registry | None = None
         self.mesh_state: mdpb.MeshState | None = None
         self.trust_domain = ""
@@ -87,15 +104,15 @@ class AgentState:
         return self.set_bundle([*self._bundle, *roots])
 
     # -- workload SVIDs -----------------------------------------------------------------------
-    def svid(self, spiffe_id: SpiffeId) -> WorkloadSvid | None:
-        return self._svids.get(spiffe_id)
+    def svid(self, ref: WorkloadRef) -> WorkloadSvid | None:
+        return self._svids.get(ref)
 
-    def put_svid(self, svid: WorkloadSvid) -> None:
-        self._svids[svid.spiffe_id] = svid
+    def put_svid(self, ref: WorkloadRef, svid: WorkloadSvid) -> None:
+        self._svids[ref] = svid
         self.changed.bump()
 
-    def drop_svid(self, spiffe_id: SpiffeId) -> None:
-        if self._svids.pop(spiffe_id, None) is not None:
+    def drop_svid(self, ref: WorkloadRef) -> None:
+        if self._svids.pop(ref, None) is not None:
             self.changed.bump()
 
     # -- mesh state (registry + policies) -----------------------------------------------------

@@ -12,9 +12,10 @@ new message whenever its caller's SVID rotates or the bundle changes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn
 
 import grpc
@@ -26,11 +27,11 @@ from meshward_common.grpc_status import status_for
 from meshward_common.protos import meshward_discovery_pb2 as mdpb
 from meshward_common.protos import meshward_discovery_pb2_grpc as mdpb_grpc
 from meshward_common.registry import Workload
-from meshward_common.spiffe_id import SpiffeId
 from meshward_common.svid import der_chain
 from node_agent.attestation import ProcReader, attest
 from node_agent.front_door import PeerTable
-from node_agent.state import AgentState, WorkloadSvid
+from node_agent.metrics import AgentMetrics, Stream
+from node_agent.state import AgentState, WorkloadRef, WorkloadSvid
 from node_agent.workload_svids import utcnow
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class Guard:
                 raise NotReady("registry not received from the control plane yet")
             return attest(facts, self.state.workloads_on_node(), self.proc)
         except MeshwardError as exc:
+            log.info("Workload API caller refused: %s", exc)
             await abort_with(context, exc)
 
     def reattest(self, context: grpc.aio.ServicerContext[Any, Any]) -> Workload:
@@ -101,36 +103,34 @@ class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         self,
         state: AgentState,
         guard: Guard,
-        ensure_svid: Callable[[SpiffeId], None],
+        ensure_svid: Callable[[WorkloadRef], None],
         clock: Callable[[], dt.datetime] = utcnow,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.state = state
         self.guard = guard
         self.ensure_svid = ensure_svid
         self.clock = clock
-        self.open_streams = 0
+        self.metrics = metrics
 
-    async def _identity(
-        self, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> tuple[Workload, SpiffeId]:
+    async def _identity(self, context: grpc.aio.ServicerContext[Any, Any]) -> WorkloadRef:
         workload = await self.guard.caller(context)
         try:
-            return workload, workload.spiffe_id(self.state.trust_domain)
+            return WorkloadRef.of(workload, self.state.trust_domain)
         except MeshwardError as exc:
             await abort_with(context, exc)
 
     async def FetchX509SVID(
         self, request: workload_pb2.X509SVIDRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[workload_pb2.X509SVIDResponse]:
-        workload, sid = await self._identity(context)
-        self.ensure_svid(sid)
-        log.info("FetchX509SVID: %s/%s gets %s", workload.namespace, workload.name, sid)
+        ref = await self._identity(context)
+        self.ensure_svid(ref)
+        log.info("FetchX509SVID: %s", ref)
         last: bytes | None = None
-        self.open_streams += 1
-        try:
+        with _counted(self.metrics, "x509_svid"):
             while True:
                 version = self.state.changed.version
-                svid = self.state.svid(sid)
+                svid = self.state.svid(ref)
                 msg = None
                 if svid is not None:
                     msg = x509_svid_response(svid, der_chain(self.state.bundle), self.clock())
@@ -140,17 +140,17 @@ class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                         last = data
                         yield msg
                 await self.state.changed.wait_after(version)
-                await self._still_same(context, sid)
-        finally:
-            self.open_streams -= 1
+                await self._still_same(context, ref)
 
-    async def _still_same(self, context: grpc.aio.ServicerContext[Any, Any], sid: SpiffeId) -> None:
-        """After a registry change, end the stream if the caller is no longer this identity."""
+    async def _still_same(
+        self, context: grpc.aio.ServicerContext[Any, Any], ref: WorkloadRef
+    ) -> None:
+        """After a registry change, end the stream if the caller is no longer this workload."""
         try:
-            now_is = self.guard.reattest(context).spiffe_id(self.state.trust_domain)
+            now_is = WorkloadRef.of(self.guard.reattest(context), self.state.trust_domain)
         except MeshwardError as exc:
             await abort_with(context, exc)
-        if now_is != sid:
+        if now_is != ref:
             # The client reconnects and is attested afresh.
             await context.abort(grpc.StatusCode.UNAVAILABLE, "caller's identity changed")
 
@@ -159,13 +159,16 @@ class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     ) -> AsyncIterator[workload_pb2.X509BundlesResponse]:
         await self._identity(context)
         last: bytes | None = None
-        while True:
-            version = self.state.changed.version
-            bundle = der_chain(self.state.bundle)
-            if bundle and bundle != last:
-                last = bundle
-                yield workload_pb2.X509BundlesResponse(bundles={self.state.trust_domain: bundle})
-            await self.state.changed.wait_after(version)
+        with _counted(self.metrics, "x509_bundles"):
+            while True:
+                version = self.state.changed.version
+                bundle = der_chain(self.state.bundle)
+                if bundle and bundle != last:
+                    last = bundle
+                    yield workload_pb2.X509BundlesResponse(
+                        bundles={self.state.trust_domain: bundle}
+                    )
+                await self.state.changed.wait_after(version)
 
     async def FetchJWTSVID(
         self, request: workload_pb2.JWTSVIDRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -199,22 +202,37 @@ async def _unimplemented(context: grpc.aio.ServicerContext[Any, Any]) -> NoRetur
 class MeshStateRelay(mdpb_grpc.MeshDiscoveryServicer):
     """The control plane's mesh state, relayed to attested workloads (full state each time)."""
 
-    def __init__(self, state: AgentState, guard: Guard) -> None:
+    def __init__(
+        self, state: AgentState, guard: Guard, metrics: AgentMetrics | None = None
+    ) -> None:
         self.state = state
         self.guard = guard
+        self.metrics = metrics
 
     async def StreamMeshState(
         self, request: mdpb.MeshStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[mdpb.MeshState]:
         await self.guard.caller(context)
         sent = request.version_info
-        while True:
-            version = self.state.changed.version
-            current = self.state.mesh_state
-            if current is not None and current.version_info != sent:
-                sent = current.version_info
-                yield current
-            await self.state.changed.wait_after(version)
+        with _counted(self.metrics, "mesh_state"):
+            while True:
+                version = self.state.changed.version
+                current = self.state.mesh_state
+                if current is not None and current.version_info != sent:
+                    sent = current.version_info
+                    yield current
+                await self.state.changed.wait_after(version)
+
+
+@contextlib.contextmanager
+def _counted(metrics: AgentMetrics | None, stream: Stream) -> Iterator[None]:
+    if metrics is not None:
+        metrics.stream_opened(stream)
+    try:
+        yield
+    finally:
+        if metrics is not None:
+            metrics.stream_closed(stream)
 
 
 def add_servicers(server: grpc.aio.Server, api: WorkloadApiServicer, relay: MeshStateRelay) -> None:

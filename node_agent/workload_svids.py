@@ -22,8 +22,9 @@ from meshward_common.errors import MeshwardError, SvidError
 from meshward_common.spiffe_id import SpiffeId
 from meshward_common.svid import verify_x509_svid
 from node_agent.ca_client import make_csr, split_root
-from node_agent.rotation import RotationSchedule, seconds_until
-from node_agent.state import AgentState, WorkloadSvid
+from node_agent.metrics import AgentMetrics
+from node_agent.rotation import RotationSchedule, effective_start, seconds_until
+from node_agent.state import AgentState, WorkloadRef, WorkloadSvid
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class WorkloadSvidManager:
         schedule: RotationSchedule | None = None,
         clock: Clock = utcnow,
         rand: Callable[[], float] = random.random,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.state = state
         self.issuer = issuer
@@ -76,22 +78,23 @@ class WorkloadSvidManager:
         self.clock = clock
         self.rand = rand
         self.rotations = 0
-        self._tasks: dict[SpiffeId, asyncio.Task[None]] = {}
+        self.metrics = metrics
+        self._tasks: dict[WorkloadRef, asyncio.Task[None]] = {}
 
-    def ensure(self, spiffe_id: SpiffeId) -> None:
-        """Start keeping an SVID for this identity (idempotent)."""
-        task = self._tasks.get(spiffe_id)
+    def ensure(self, ref: WorkloadRef) -> None:
+        """Start keeping an SVID for this workload (idempotent)."""
+        task = self._tasks.get(ref)
         if task is None or task.done():
-            self._tasks[spiffe_id] = asyncio.create_task(
-                self._keep(spiffe_id), name=f"svid {spiffe_id}"
-            )
+            self._tasks[ref] = asyncio.create_task(self._keep(ref), name=f"svid {ref}")
 
-    def retain_only(self, wanted: set[SpiffeId]) -> None:
-        """Stop rotating (and forget) identities no longer registered on this node."""
-        for sid in list(self._tasks):
-            if sid not in wanted:
-                self._tasks.pop(sid).cancel()
-                self.state.drop_svid(sid)
+    def retain_only(self, wanted: set[WorkloadRef]) -> None:
+        """Stop rotating (and forget) workloads no longer registered on this node."""
+        for ref in list(self._tasks):
+            if ref not in wanted:
+                self._tasks.pop(ref).cancel()
+                self.state.drop_svid(ref)
+                if self.metrics is not None and all(r.spiffe_id != ref.spiffe_id for r in wanted):
+                    self.metrics.forget_svid(str(ref.spiffe_id))
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())
@@ -107,33 +110,40 @@ class WorkloadSvidManager:
         chain = await self.issuer(spiffe_id, make_csr(key, spiffe_id), self.ttl)
         return accept_chain(self.state, spiffe_id, key, chain, self.clock())
 
-    async def _keep(self, spiffe_id: SpiffeId) -> None:
+    async def _keep(self, ref: WorkloadRef) -> None:
+        spiffe_id = ref.spiffe_id
         attempt = 0
         renew_at: dt.datetime | None = None
         while True:
             now = self.clock()
-            current = self.state.svid(spiffe_id)
+            current = self.state.svid(ref)
             if current is None or renew_at is None or now >= renew_at:
                 try:
-                    svid = await self.issue(spiffe_id)
+                    svid = await self.issue(spiffe_id)  # a new key every time
                 except (MeshwardError, OSError) as exc:
                     held = current.not_after if current else None
                     delay = self.schedule.next_retry_delay(attempt, self.rand(), now, held)
                     attempt += 1
+                    if self.metrics is not None:
+                        self.metrics.record_rotation("workload", "error")
                     expired = held is not None and now >= held
                     log.warning(
                         "SVID for %s not renewed (attempt %d, retry in %.1fs%s): %s",
-                        spiffe_id, attempt, delay, ", current one EXPIRED" if expired else "", exc,
+                        ref, attempt, delay, ", current one EXPIRED" if expired else "", exc,
                     )  # fmt: skip
                     await asyncio.sleep(max(delay, 0.05))
                     continue
                 attempt = 0
-                self.state.put_svid(svid)
+                self.state.put_svid(ref, svid)
                 self.rotations += 1
-                renew_at = self.schedule.renew_at(svid.not_before, svid.not_after, self.rand())
+                if self.metrics is not None:
+                    self.metrics.record_rotation("workload", "ok")
+                    self.metrics.set_svid_expiry(str(spiffe_id), svid.not_after)
+                start = effective_start(svid.not_before, now)
+                renew_at = self.schedule.renew_at(start, svid.not_after, self.rand())
                 log.info(
                     "SVID for %s issued, valid until %s, renewing at %s",
-                    spiffe_id, svid.not_after.isoformat(), renew_at.isoformat(),
+                    ref, svid.not_after.isoformat(), renew_at.isoformat(),
                 )  # fmt: skip
                 continue
             await asyncio.sleep(seconds_until(renew_at, now))

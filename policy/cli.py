@@ -122,7 +122,12 @@ def check(
     )
     decision = decide(policy_set, request)
     mtls = resolve_mtls(
-        policy_set.peer_authentication, namespace, workload.labels, port, root_namespace
+        policy_set.peer_authentication,
+        namespace,
+        workload.labels,
+        port,
+        root_namespace,
+        default="STRICT",
     )
     if output == "json":
         click.echo(json.dumps(_as_json(decision, mtls), indent=2))
@@ -137,7 +142,7 @@ def check(
         for audit in decision.audits:
             click.echo(f"  audit:  {audit}")
         click.echo(
-            f"  mtls:   {mtls} (PeerAuthentication for port {port}; Istio's default when unset: PERMISSIVE)"
+            f"  mtls:   {mtls} (PeerAuthentication for port {port}; meshward's sidecars use STRICT when none is set)"
         )
     sys.exit(EXIT_ALLOW if decision.allowed else EXIT_DENY)
 

@@ -11,11 +11,10 @@ those fields are dropped and the rest of the rule still applies (deny more).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from policy.matchers import Attributes, IpAddress, Predicate, compile_constraint
+from policy.matchers import Attributes, Predicate, compile_constraint, normalize_path, parse_ip
 from policy.model import (
     DEFAULT_ROOT_NAMESPACE,
     Action,
@@ -84,18 +83,18 @@ def attributes(request: Request) -> Attributes:
     principal = request.source_principal
     if principal.startswith(SPIFFE_PREFIX):
         principal = principal[len(SPIFFE_PREFIX) :]
-    source_ip = _ip(request.source_ip)
+    source_ip = parse_ip(request.source_ip)
     return Attributes(
         principal=principal,
         source_namespace=namespace_of(principal),
         source_ip=source_ip,
-        remote_ip=_ip(request.remote_ip) if request.remote_ip else source_ip,
-        destination_ip=_ip(request.destination_ip),
+        remote_ip=parse_ip(request.remote_ip) if request.remote_ip else source_ip,
+        destination_ip=parse_ip(request.destination_ip),
         destination_port=request.destination_port,
         sni=request.sni,
         is_http=request.is_http,
         method=request.method,
-        path=request.path.split("?", 1)[0].split("#", 1)[0],
+        path=normalize_path(request.path),
         host=request.host.lower(),
         headers={k.lower(): v for k, v in request.headers.items()},
     )
@@ -108,13 +107,6 @@ def namespace_of(principal: str) -> str:
         if parts[i] == "ns":
             return parts[i + 1]
     return ""
-
-
-def _ip(text: str) -> IpAddress | None:
-    try:
-        return ipaddress.ip_address(text) if text else None
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -145,48 +137,68 @@ def _predicate(rule: Rule, http: bool, action: Action) -> Predicate | None:
     conditions = tuple(compile_constraint(c) for c in rule.conditions if http or not c.http_only)
 
     def predicate(a: Attributes) -> bool:
-        return (
-            (not sources or any(all(p(a) for p in g) for g in sources))
-            and (not operations or any(all(p(a) for p in g) for g in operations))
-            and all(p(a) for p in conditions)
-        )
+        # Plain loops, not any()/all() over generators: this runs per request and rule.
+        for p in conditions:
+            if not p(a):
+                return False
+        return _any_group(sources, a) and _any_group(operations, a)
 
     return predicate
+
+
+def _any_group(groups: tuple[tuple[Predicate, ...], ...], a: Attributes) -> bool:
+    """True if no groups (no `from`/`to`), or if every predicate of some group holds."""
+    if not groups:
+        return True
+    for group in groups:
+        for p in group:
+            if not p(a):
+                break
+        else:
+            return True
+    return False
 
 
 class WorkloadPolicies:
     """The policies that select one workload, compiled; `decide` is the per-request call."""
 
     def __init__(self, policies: Iterable[AuthorizationPolicy]) -> None:
-        by_action: dict[str, list[CompiledRule]] = {"ALLOW": [], "DENY": [], "AUDIT": []}
+        rules: list[CompiledRule] = []
         self.allow_policies: list[str] = []
         for p in policies:
-            by_action[p.action].extend(compile_rule(p, i, r) for i, r in enumerate(p.rules))
+            rules.extend(compile_rule(p, i, r) for i, r in enumerate(p.rules))
             if p.action == "ALLOW":
                 self.allow_policies.append(p.key)
-        self._deny = tuple(by_action["DENY"])
-        self._allow = tuple(by_action["ALLOW"])
-        self._audit = tuple(by_action["AUDIT"])
+        self.empty = not rules and not self.allow_policies
+        # Per protocol and action, (match, predicate) with never-matching rules left out.
+        self._by_protocol: dict[bool, dict[str, tuple[tuple[RuleMatch, Predicate], ...]]] = {
+            is_http: {
+                action: tuple(
+                    (r.match, pred)
+                    for r in rules
+                    if r.match.action == action
+                    and (pred := r.http if is_http else r.tcp) is not None
+                )
+                for action in ("ALLOW", "DENY", "AUDIT")
+            }
+            for is_http in (True, False)
+        }
 
     def decide(self, a: Attributes) -> Decision:
-        audits = tuple(r.match for r in self._audit if _matches(r, a))
-        for r in self._deny:
-            if _matches(r, a):
-                return Decision(False, f"denied by {r.match}", r.match, audits)
+        rules = self._by_protocol[a.is_http]
+        audits = tuple(m for m, pred in rules["AUDIT"] if pred(a)) if rules["AUDIT"] else ()
+        for match, pred in rules["DENY"]:
+            if pred(a):
+                return Decision(False, f"denied by {match}", match, audits)
         if not self.allow_policies:
             return Decision(True, "allowed: no ALLOW policy selects the workload", None, audits)
-        for r in self._allow:
-            if _matches(r, a):
-                return Decision(True, f"allowed by {r.match}", r.match, audits)
+        for match, pred in rules["ALLOW"]:
+            if pred(a):
+                return Decision(True, f"allowed by {match}", match, audits)
         names = ", ".join(self.allow_policies)
         return Decision(
             False, f"denied: no rule of the ALLOW policies ({names}) matched", None, audits
         )
-
-
-def _matches(rule: CompiledRule, a: Attributes) -> bool:
-    predicate = rule.http if a.is_http else rule.tcp
-    return predicate is not None and predicate(a)
 
 
 @dataclass(frozen=True)

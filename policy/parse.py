@@ -7,17 +7,14 @@ half a policy file applied could allow what the whole file meant to deny.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from meshward_common.errors import ConfigError
-from meshward_common.yaml_lines import LineDict, LineList, load_documents
+from meshward_common.yaml_lines import LineDict, load_documents
 from policy.model import (
-    IP_ATTRIBUTES,
-    PORT_ATTRIBUTES,
     Action,
     AuthorizationPolicy,
     Constraint,
@@ -26,60 +23,21 @@ from policy.model import (
     Resource,
     Rule,
 )
-
-API_VERSIONS = frozenset({"security.istio.io/v1", "security.istio.io/v1beta1"})
-KINDS = frozenset({"AuthorizationPolicy", "PeerAuthentication"})
-TOP_LEVEL_KEYS = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
-METADATA_KEYS = frozenset(
-    {
-        "name",
-        "namespace",
-        "labels",
-        "annotations",
-        "uid",
-        "resourceVersion",
-        "generation",
-        "creationTimestamp",
-    }
+from policy.vocabulary import (
+    API_VERSIONS,
+    CONDITION_KEYS,
+    HEADER_KEY_RE,
+    KINDS,
+    METADATA_KEYS,
+    NAME_RE,
+    OPERATION_FIELDS,
+    PEER_MODES,
+    SOURCE_FIELDS,
+    TOP_LEVEL_KEYS,
+    kind_of,
+    port_number,
+    value_problem,
 )
-
-# field name -> (attribute, negate)
-SOURCE_FIELDS: Mapping[str, tuple[str, bool]] = {
-    "principals": ("source.principal", False),
-    "notPrincipals": ("source.principal", True),
-    "requestPrincipals": ("request.principal", False),
-    "notRequestPrincipals": ("request.principal", True),
-    "namespaces": ("source.namespace", False),
-    "notNamespaces": ("source.namespace", True),
-    "ipBlocks": ("source.ip", False),
-    "notIpBlocks": ("source.ip", True),
-    "remoteIpBlocks": ("remote.ip", False),
-    "notRemoteIpBlocks": ("remote.ip", True),
-}
-OPERATION_FIELDS: Mapping[str, tuple[str, bool]] = {
-    "hosts": ("request.host", False),
-    "notHosts": ("request.host", True),
-    "ports": ("destination.port", False),
-    "notPorts": ("destination.port", True),
-    "methods": ("request.method", False),
-    "notMethods": ("request.method", True),
-    "paths": ("request.path", False),
-    "notPaths": ("request.path", True),
-}
-CONDITION_KEYS = frozenset(
-    {
-        "source.ip",
-        "remote.ip",
-        "source.namespace",
-        "source.principal",
-        "destination.ip",
-        "destination.port",
-        "connection.sni",
-    }
-)
-_HEADER_KEY_RE = re.compile(r"request\.headers\[([!#$%&'*+.^_`|~0-9A-Za-z-]+)\]")
-_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
-PEER_MODES: frozenset[str] = frozenset({"UNSET", "STRICT", "PERMISSIVE", "DISABLE"})
 
 
 @dataclass(frozen=True)
@@ -157,7 +115,7 @@ class _Parser:
             empty.line, empty.key_lines = line, {}
             return empty
         if not isinstance(value, LineDict):
-            self.problem(line, field, f"must be a mapping, got {_kind(value)}")
+            self.problem(line, field, f"must be a mapping, got {kind_of(value)}")
             return None
         return value
 
@@ -179,13 +137,13 @@ class _Parser:
         if value is None:
             return ()
         if not isinstance(value, list):
-            self.problem(line, field, f"must be a list of strings, got {_kind(value)}")
+            self.problem(line, field, f"must be a list of strings, got {kind_of(value)}")
             return None
         out = []
         ok = True
         for i, item in enumerate(value):
             if isinstance(item, bool) or not isinstance(item, str | int):
-                self.problem(line, f"{field}[{i}]", f"must be a string, got {_kind(item)}")
+                self.problem(line, f"{field}[{i}]", f"must be a string, got {kind_of(item)}")
                 ok = False
             elif item == "":
                 self.problem(line, f"{field}[{i}]", "empty value")
@@ -224,7 +182,7 @@ class _Parser:
                 self.problem(
                     labels.line_of(k),
                     f"{field}.selector.matchLabels.{k}",
-                    f"label value must be a string (quote it), got {_kind(v)}",
+                    f"label value must be a string (quote it), got {kind_of(v)}",
                 )
             else:
                 out[k] = v
@@ -234,7 +192,7 @@ class _Parser:
 
     def document(self, doc: Any, index: int) -> Resource | None:
         if not isinstance(doc, LineDict):
-            self.problem(0, f"document {index + 1}", f"must be a mapping, got {_kind(doc)}")
+            self.problem(0, f"document {index + 1}", f"must be a mapping, got {kind_of(doc)}")
             return None
         before = len(self.problems)
         self.unknown_keys(doc, TOP_LEVEL_KEYS, "")
@@ -255,8 +213,10 @@ class _Parser:
             return None
         name, namespace = self.metadata(doc)
         spec = self.mapping(doc.get("spec"), doc.line_of("spec"), "spec")
-        if spec is None or name is None or namespace is None:
+        if spec is None:
             return None
+        # A bad name is already reported; keep checking the spec so lint shows every problem.
+        name, namespace = name or "invalid", namespace or "invalid"
         resource: Resource | None
         if kind == "AuthorizationPolicy":
             resource = self.authorization_policy(spec, name, namespace, doc.line)
@@ -270,7 +230,7 @@ class _Parser:
             return None, None
         self.unknown_keys(meta, METADATA_KEYS, "metadata")
         name = meta.get("name")
-        if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
+        if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
             self.problem(
                 meta.line_of("name") if "name" in meta else doc.line_of("metadata"),
                 "metadata.name",
@@ -278,7 +238,7 @@ class _Parser:
             )
             name = None
         namespace = meta.get("namespace", "default")
-        if not isinstance(namespace, str) or _NAME_RE.fullmatch(namespace) is None:
+        if not isinstance(namespace, str) or NAME_RE.fullmatch(namespace) is None:
             self.problem(
                 meta.line_of("namespace"),
                 "metadata.namespace",
@@ -318,7 +278,9 @@ class _Parser:
         if rules_value is not None:
             if not isinstance(rules_value, list):
                 self.problem(
-                    spec.line_of("rules"), "spec.rules", f"must be a list, got {_kind(rules_value)}"
+                    spec.line_of("rules"),
+                    "spec.rules",
+                    f"must be a list, got {kind_of(rules_value)}",
                 )
             else:
                 for i, item in enumerate(rules_value):
@@ -353,7 +315,9 @@ class _Parser:
             return ()
         value = rule[key]
         if not isinstance(value, list):
-            self.problem(rule.line_of(key), f"{field}.{key}", f"must be a list, got {_kind(value)}")
+            self.problem(
+                rule.line_of(key), f"{field}.{key}", f"must be a list, got {kind_of(value)}"
+            )
             return None
         out = []
         for i, item in enumerate(value):
@@ -389,7 +353,7 @@ class _Parser:
         value = rule["when"]
         if not isinstance(value, list):
             self.problem(
-                rule.line_of("when"), f"{field}.when", f"must be a list, got {_kind(value)}"
+                rule.line_of("when"), f"{field}.when", f"must be a list, got {kind_of(value)}"
             )
             return None
         out = []
@@ -404,7 +368,7 @@ class _Parser:
             if not isinstance(key, str) or not key:
                 self.problem(cond.line_of("key"), f"{where}.key", "required")
                 continue
-            header_match = _HEADER_KEY_RE.fullmatch(key)
+            header_match = HEADER_KEY_RE.fullmatch(key)
             if header_match:
                 attribute, header = "request.headers", header_match.group(1).lower()
             elif key in CONDITION_KEYS:
@@ -432,7 +396,7 @@ class _Parser:
             return ()
         line = m.line_of(key)
         for i, v in enumerate(values):
-            reason = _value_problem(attribute, v)
+            reason = value_problem(attribute, v)
             if reason:
                 self.problem(line, f"{field}[{i}]", reason)
         return values
@@ -457,7 +421,7 @@ class _Parser:
                     )
                 for port_text in plm:
                     where = f"spec.portLevelMtls.{port_text}"
-                    port = _port(port_text)
+                    port = port_number(port_text)
                     if port is None:
                         self.problem(
                             plm.line_of(port_text), where, "port must be a number from 1 to 65535"
@@ -480,40 +444,3 @@ class _Parser:
             )
             return "UNSET"
         return cast(PeerMode, mode)
-
-
-def _value_problem(attribute: str, value: str) -> str:
-    """Why `value` can never be what the user meant for `attribute`, or ""."""
-    if attribute in IP_ATTRIBUTES:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            return f"{value!r} is not an IP address or CIDR block"
-        return ""
-    if attribute in PORT_ATTRIBUTES:
-        return "" if _port(value) is not None else f"{value!r} is not a port number from 1 to 65535"
-    if attribute in ("source.principal", "request.principal") and value.startswith("spiffe://"):
-        return f"write principals without the spiffe:// prefix: {value[len('spiffe://') :]!r}"
-    if value != "*" and "*" in value[1:-1]:
-        return f"{value!r}: '*' is supported only alone, at the start or at the end"
-    if value.startswith("*") and value.endswith("*") and value != "*":
-        return f"{value!r}: '*' is supported only alone, at the start or at the end, not both"
-    return ""
-
-
-def _port(value: Any) -> int | None:
-    text = str(value)
-    if not text.isdigit():
-        return None
-    port = int(text)
-    return port if 1 <= port <= 65535 else None
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, LineDict | dict):
-        return "a mapping"
-    if isinstance(value, LineList | list):
-        return "a list"
-    if value is None:
-        return "nothing"
-    return f"{type(value).__name__} {value!r}"

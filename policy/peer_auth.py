@@ -4,6 +4,7 @@ Istio's precedence, most specific wins: port-level (of the workload policy) > wo
 namespace > mesh-wide (root namespace, no selector). UNSET at any level inherits the next one up;
 when nothing is set the caller's default applies (Istio's is PERMISSIVE; meshward's sidecar asks
 for STRICT). When several policies tie at one level, the first by name wins (Istio: the oldest).
+A root-namespace policy with a selector is ignored, as Istio does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def resolve_mtls(
     mesh = namespace_wide = workload = None
     for p in sorted(policies, key=lambda p: (p.namespace, p.name)):
         if p.match_labels:
+            if p.namespace == root_namespace:
+                continue  # Istio ignores workload-selector policies in the root namespace
             if workload is None and p.namespace == namespace and selects(p.match_labels, labels):
                 workload = p
         elif namespace_wide is None and p.namespace == namespace and namespace != root_namespace:

@@ -35,7 +35,12 @@ if ! grep -qE "^[[:space:]]*github.com/jaegertracing/jaeger ${VERSION//./\\.}( |
   go get -tool "$PKG@$VERSION"
 fi
 
-# 3. Cached? The stamp ties the binary to the version and the exact dependency set.
+# 3. One build at a time (make, the test harness and `meshward up` may all ask at once).
+mkdir -p "$TOOLS/bin"
+exec 9>"$TOOLS/bin/.jaeger.lock"
+flock 9
+
+# Cached? The stamp ties the binary to the version and the exact dependency set.
 want="$VERSION $(sha256sum go.mod go.sum | sha256sum | cut -c1-16)"
 if [[ -x "$OUT" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
   exit 0
@@ -46,11 +51,10 @@ fi
 if ! mkdir -p "$(go env GOMODCACHE)" 2>/dev/null || [[ ! -w "$(go env GOMODCACHE)" ]]; then
   export GOPATH="$TOOLS/gopath" GOMODCACHE="$TOOLS/gopath/pkg/mod"
 fi
-mkdir -p "$TOOLS/bin"
 echo "build_jaeger: building $PKG@$VERSION into tools/bin/jaeger (first build takes several minutes)" >&2
 go build -trimpath \
   -ldflags "-s -w -X github.com/jaegertracing/jaeger/internal/version.latestVersion=$VERSION" \
-  -o "$OUT.tmp" "$PKG"
-mv -f "$OUT.tmp" "$OUT"
+  -o "$OUT.tmp.$$" "$PKG"
+mv -f "$OUT.tmp.$$" "$OUT"
 echo "$want" > "$STAMP"
 echo "build_jaeger: built $OUT" >&2

@@ -10,6 +10,7 @@ command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v wrk >/dev/null || need+=(wrk)
 command -v openssl >/dev/null || need+=(openssl)
 command -v ps >/dev/null || need+=(procps)
+command -v setpriv >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "meshward: missing system tools (${need[*]}); run as root or install them: apt-get install ${need[*]}" >&2

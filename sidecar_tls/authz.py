@@ -9,7 +9,6 @@ or closes anything by itself.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
@@ -17,7 +16,7 @@ from typing import Literal
 
 from meshward_common.errors import ConfigError
 from policy.engine import PolicySet, Workload, WorkloadPolicies, namespace_of
-from policy.matchers import Attributes, IpAddress
+from policy.matchers import Attributes, normalize_path, parse_ip
 from policy.model import DEFAULT_ROOT_NAMESPACE, Resource
 from policy.parse import parse_text
 from policy.peer_auth import resolve_mtls
@@ -51,10 +50,16 @@ class AuthzDecision:
     audit: bool  # an AUDIT policy matched (and was logged)
 
 
+_NO_POLICY = AuthzDecision(
+    True, "allowed: no authorization policy selects the workload", None, False
+)
+
+
 @dataclass(frozen=True)
 class _State:
     policies: WorkloadPolicies
     policy_set: PolicySet
+    modes: dict[int, MtlsMode] = field(default_factory=dict)  # resolved lazily, per port
 
 
 class InboundAuthorizer:
@@ -65,7 +70,6 @@ class InboundAuthorizer:
         self._good: dict[str, tuple[str, tuple[Resource, ...]]] = {}  # source -> (yaml, parsed)
         self._last_input: tuple[tuple[tuple[str, str], ...], str] | None = None
         self._state = _State(WorkloadPolicies(()), PolicySet())
-        self._modes: dict[int, MtlsMode] = {}
 
     def update(self, documents: Sequence[tuple[str, str]], root_namespace: str) -> None:
         root = root_namespace or DEFAULT_ROOT_NAMESPACE
@@ -91,28 +95,30 @@ class InboundAuthorizer:
         policy_set = PolicySet.of(resources, root)
         # One assignment swaps the whole state, so a concurrent check() sees old or new, never half.
         self._state = _State(policy_set.for_workload(self.workload), policy_set)
-        self._modes = {}
 
     def check(self, req: AuthzRequest) -> AuthzDecision:
+        state = self._state
+        if state.policies.empty:
+            return _NO_POLICY
         principal = req.source_principal
         if principal.startswith(SPIFFE_PREFIX):
             principal = principal[len(SPIFFE_PREFIX) :]
-        source_ip = _ip(req.source_ip)
+        source_ip = parse_ip(req.source_ip)
         attrs = Attributes(
             principal=principal,
             source_namespace=namespace_of(principal) if principal else "",
             source_ip=source_ip,
             remote_ip=source_ip,  # no trusted proxies in front of a sidecar
-            destination_ip=_ip(req.destination_ip),
+            destination_ip=parse_ip(req.destination_ip),
             destination_port=req.destination_port,
             sni=req.sni,
             is_http=req.is_http,
             method=req.method,
-            path=req.path.split("?", 1)[0].split("#", 1)[0] if req.is_http else "",
+            path=normalize_path(req.path) if req.is_http else "",
             host=req.host.lower(),
             headers={k.lower(): v for k, v in req.headers.items()} if req.headers else {},
         )
-        decision = self._state.policies.decide(attrs)
+        decision = state.policies.decide(attrs)
         for audit in decision.audits:
             log.info(
                 "AUDIT %s matched: from %r %s %s %s -> %s",
@@ -128,9 +134,10 @@ class InboundAuthorizer:
         )
 
     def mtls_mode(self, port: int) -> MtlsMode:
-        mode = self._modes.get(port)
+        state = self._state
+        mode = state.modes.get(port)
         if mode is None:
-            ps = self._state.policy_set
+            ps = state.policy_set
             mode = resolve_mtls(
                 ps.peer_authentication,
                 self.workload.namespace,
@@ -139,7 +146,7 @@ class InboundAuthorizer:
                 ps.root_namespace,
                 default="STRICT",
             )
-            self._modes[port] = mode
+            state.modes[port] = mode
         return mode
 
 
@@ -156,10 +163,3 @@ def _without_duplicates(resources: Iterable[Resource]) -> list[Resource]:
         seen[ident] = r.source
         out.append(r)
     return out
-
-
-def _ip(text: str) -> IpAddress | None:
-    try:
-        return ipaddress.ip_address(text) if text else None
-    except ValueError:
-        return None

@@ -8,7 +8,7 @@ and relays bodies as bytes. Anything that could let two parsers disagree about w
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -16,10 +16,20 @@ from meshward_common.errors import InvalidRequest
 
 MAX_HEAD_BYTES = 64 * 1024
 
-_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_REQUEST_LINE_RE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (\S+) HTTP/(1\.[01])")
-_STATUS_LINE_RE = re.compile(rb"HTTP/(1\.[01]) ([0-9]{3})(?: ([^\r\n]*))?")
+_TCHAR_RUN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE_RE = re.compile(rf"({_TCHAR_RUN}) (\S+) HTTP/(1\.[01])")
+_STATUS_LINE_RE = re.compile(r"HTTP/(1\.[01]) ([0-9]{3})(?: ([^\r\n]*))?")
+_FRAMING_HEADER_RE = re.compile(
+    r"\r\n(content-length|transfer-encoding|connection):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)",
+    re.IGNORECASE,
+)
+# A header line; the lookahead leaves the CRLF for the next match to start from.
+_HEADER_RE = re.compile(rf"\r\n({_TCHAR_RUN}):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
 _METHOD_PREFIX_RE = re.compile(rb"[A-Z]{3,7} ")
+
+
+# Headers that describe one connection, not the message (RFC 9110 7.6.1); not forwarded.
+HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection")
 
 
 class Framing(Enum):
@@ -33,34 +43,46 @@ Headers = list[tuple[str, str]]
 
 
 @dataclass(frozen=True)
+class _Parsed:
+    """What one pass over the header lines learns (names lowercased once)."""
+
+    headers: Headers
+    lower: dict[str, str]  # lowercased name -> first value
+    framing: Framing
+    length: int
+    connection_tokens: frozenset[str]
+
+
+@dataclass(frozen=True)
 class RequestHead:
     method: str
     target: str
     version: str  # "1.1" or "1.0"
     headers: Headers
+    parsed: _Parsed | None = None
+
+    def _p(self) -> _Parsed:
+        return self.parsed or _analyse(self.headers)
 
     def get(self, name: str) -> str | None:
-        return _get(self.headers, name)
+        return self._p().lower.get(name.lower())
 
     @property
     def host(self) -> str:
-        return self.get("host") or ""
+        return self._p().lower.get("host", "")
 
     @property
     def framing(self) -> tuple[Framing, int]:
-        framing, length = _body_framing(self.headers)
-        return (Framing.NONE, 0) if framing is Framing.CLOSE else (framing, length)
+        p = self._p()
+        return (Framing.NONE, 0) if p.framing is Framing.CLOSE else (p.framing, p.length)
 
     @property
     def keep_alive(self) -> bool:
-        return _keep_alive(self.version, self.headers)
+        return _keep_alive(self.version, self._p().connection_tokens)
 
     def lower_map(self) -> dict[str, str]:
         """Header names lowercased, first value of each (the observer contract)."""
-        out: dict[str, str] = {}
-        for name, value in self.headers:
-            out.setdefault(name.lower(), value)
-        return out
+        return self._p().lower
 
 
 @dataclass(frozen=True)
@@ -69,18 +91,23 @@ class ResponseHead:
     status: int
     reason: str
     headers: Headers
+    parsed: _Parsed | None = None
+
+    def _p(self) -> _Parsed:
+        return self.parsed or _analyse(self.headers)
 
     def get(self, name: str) -> str | None:
-        return _get(self.headers, name)
+        return self._p().lower.get(name.lower())
 
     def framing(self, request_method: str) -> tuple[Framing, int]:
         if request_method == "HEAD" or self.status in (204, 304) or 100 <= self.status < 200:
             return Framing.NONE, 0
-        return _body_framing(self.headers)
+        p = self._p()
+        return p.framing, p.length
 
     @property
     def keep_alive(self) -> bool:
-        return _keep_alive(self.version, self.headers)
+        return _keep_alive(self.version, self._p().connection_tokens)
 
 
 def looks_like_http(first_bytes: bytes) -> bool:
@@ -90,33 +117,27 @@ def looks_like_http(first_bytes: bytes) -> bool:
 
 def parse_request_head(data: bytes) -> RequestHead:
     """`data`: the head up to and including the blank line."""
-    lines = _split_head(data)
-    m = _REQUEST_LINE_RE.fullmatch(lines[0])
+    text, line_end = _split_head(data)
+    m = _REQUEST_LINE_RE.fullmatch(text, 0, line_end)
     if m is None:
-        raise InvalidRequest(f"malformed HTTP request line {lines[0][:80]!r}")
-    head = RequestHead(
-        m.group(1).decode("ascii"),
-        m.group(2).decode("latin-1"),
-        m.group(3).decode("ascii"),
-        _parse_headers(lines[1:]),
-    )
-    _check_framing_headers(head.headers)
-    return head
+        raise InvalidRequest(f"malformed HTTP request line {text[: min(line_end, 80)]!r}")
+    parsed = _analyse(_parse_headers(text, line_end))
+    return RequestHead(m.group(1), m.group(2), m.group(3), parsed.headers, parsed)
 
 
 def parse_response_head(data: bytes) -> ResponseHead:
-    lines = _split_head(data)
-    m = _STATUS_LINE_RE.fullmatch(lines[0])
+    """A response head, scanned only for what relaying it needs: status line, framing and
+    keep-alive (the sidecar forwards the head's bytes unchanged, so nothing else is parsed).
+    The framing headers are checked as strictly as a request's."""
+    text, line_end = _split_head(data)
+    m = _STATUS_LINE_RE.fullmatch(text, 0, line_end)
     if m is None:
-        raise InvalidRequest(f"malformed HTTP status line {lines[0][:80]!r}")
-    head = ResponseHead(
-        m.group(1).decode("ascii"),
-        int(m.group(2)),
-        (m.group(3) or b"").decode("latin-1"),
-        _parse_headers(lines[1:]),
-    )
-    _check_framing_headers(head.headers)
-    return head
+        raise InvalidRequest(f"malformed HTTP status line {text[: min(line_end, 80)]!r}")
+    framing_headers: Headers = [
+        (name, value) for name, value in _FRAMING_HEADER_RE.findall(text, line_end)
+    ]
+    parsed = _analyse(framing_headers)
+    return ResponseHead(m.group(1), int(m.group(2)), m.group(3) or "", framing_headers, parsed)
 
 
 def rewrite_headers(
@@ -130,6 +151,25 @@ def rewrite_headers(
     out = [(n, v) for n, v in headers if n.lower() not in dropped]
     out.extend(setting)
     return out
+
+
+def rewrite_request(
+    raw: bytes,
+    head: RequestHead,
+    remove: Iterable[str] = (),
+    set_: Sequence[tuple[str, str]] = (),
+) -> bytes:
+    """The request head with `remove` dropped and `set_` replacing same-named headers.
+
+    Fast path: when none of those names is present, the original bytes are kept and the new
+    headers appended before the blank line (no re-serialization)."""
+    present = head.lower_map()
+    if not any(n in present for n in remove) and not any(n.lower() in present for n, _ in set_):
+        if not set_:
+            return raw
+        extra = "".join(f"{n}: {v}\r\n" for n, v in set_).encode("latin-1")
+        return raw[:-2] + extra + b"\r\n"
+    return serialize_request(head, rewrite_headers(head.headers, remove, set_))
 
 
 def serialize_request(head: RequestHead, headers: Sequence[tuple[str, str]] | None = None) -> bytes:
@@ -149,9 +189,7 @@ def simple_response(status: int, reason: str, body: str, close: bool = False) ->
     payload = body.encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\n"
-        f"content-length: {len(payload)}\r\n"
-        + ("connection: close\r\n" if close else "")
-        + "\r\n"
+        f"content-length: {len(payload)}\r\n" + ("connection: close\r\n" if close else "") + "\r\n"
     )
     return head.encode() + payload
 
@@ -164,72 +202,64 @@ def parse_chunk_size(line: bytes) -> int:
     return int(size, 16)
 
 
-def _split_head(data: bytes) -> list[bytes]:
+def _split_head(data: bytes) -> tuple[str, int]:
+    """The head as text (latin-1: one char per byte) and the end of its first line."""
     if len(data) > MAX_HEAD_BYTES:
         raise InvalidRequest(f"HTTP head larger than {MAX_HEAD_BYTES} bytes")
     if not data.endswith(b"\r\n\r\n"):
         raise InvalidRequest("HTTP head does not end with a blank line")
-    return data[:-4].split(b"\r\n")
+    # Bare CR or LF and NUL are where parsers disagree: refuse them (three C-speed scans).
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf or b"\x00" in data:
+        raise InvalidRequest("HTTP head has a bare CR, LF or NUL")
+    text = data.decode("latin-1")
+    return text, text.index("\r\n")
 
 
-def _parse_headers(lines: Sequence[bytes]) -> Headers:
-    headers: Headers = []
-    for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon or _TOKEN_RE.fullmatch(name) is None:
-            # Also catches obsolete line folding (a line starting with whitespace).
-            raise InvalidRequest(f"malformed HTTP header line {line[:80]!r}")
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
-            raise InvalidRequest(f"HTTP header {name!r} has a control character")
-        headers.append((name.decode("ascii"), value.strip(b" \t").decode("latin-1")))
+def _parse_headers(text: str, line_end: int) -> Headers:
+    # One regex pass in C instead of a Python loop per line; every line must match, so a
+    # line that does not (no colon, bad name, folding) is caught by the count.
+    headers: Headers = _HEADER_RE.findall(text, line_end)
+    if len(headers) != text.count("\r\n") - 2:
+        for line in text[line_end + 2 : -4].split("\r\n"):
+            if _HEADER_RE.fullmatch("\r\n" + line + "\r\n") is None:
+                raise InvalidRequest(f"malformed HTTP header line {line[:80]!r}")
+        raise InvalidRequest("malformed HTTP header block")
     return headers
 
 
-def _get(headers: Sequence[tuple[str, str]], name: str) -> str | None:
-    lname = name.lower()
-    for n, v in headers:
-        if n.lower() == lname:
-            return v
-    return None
-
-
-def _check_framing_headers(headers: Sequence[tuple[str, str]]) -> None:
-    lengths = {v.strip() for n, v in headers if n.lower() == "content-length"}
-    has_te = any(n.lower() == "transfer-encoding" for n, _ in headers)
-    if lengths and has_te:
+def _analyse(headers: Headers) -> _Parsed:
+    lower = {n.lower(): v for n, v in reversed(headers)}  # reversed: the first value wins
+    te = lower.get("transfer-encoding")
+    cl = lower.get("content-length")
+    conn = lower.get("connection")
+    if te is not None or cl is not None or conn is not None:
+        # Rare names seen more than once: gather every value (only when one is present).
+        lengths = {v for n, v in headers if cl is not None and n.lower() == "content-length"}
+        if te is not None:
+            te = ",".join(v for n, v in headers if n.lower() == "transfer-encoding")
+        if conn is not None:
+            conn = ",".join(v for n, v in headers if n.lower() == "connection")
+    else:
+        lengths = set()
+    if lengths and te is not None:
         raise InvalidRequest("message has both Content-Length and Transfer-Encoding")
     if len(lengths) > 1:
         raise InvalidRequest("message has conflicting Content-Length values")
-    for value in lengths:
-        if not value.isdigit() or len(value) > 18:
-            raise InvalidRequest(f"Content-Length {value!r} is not a number")
-
-
-def _body_framing(headers: Sequence[tuple[str, str]]) -> tuple[Framing, int]:
-    te = _get(headers, "transfer-encoding")
+    framing, length = Framing.CLOSE, 0
     if te is not None:
         codings = [c.strip().lower() for c in te.split(",")]
-        if codings[-1] != "chunked":
-            return Framing.CLOSE, 0
-        return Framing.CHUNKED, 0
-    cl = _get(headers, "content-length")
-    if cl is not None:
-        n = int(cl)
-        return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
-    return Framing.CLOSE, 0
+        framing = Framing.CHUNKED if codings[-1] == "chunked" else Framing.CLOSE
+    elif cl is not None:
+        if not cl.isdigit() or len(cl) > 18:
+            raise InvalidRequest(f"Content-Length {cl!r} is not a number")
+        length = int(cl)
+        framing = Framing.LENGTH if length else Framing.NONE
+    tokens = frozenset(t.strip().lower() for t in conn.split(",")) if conn else frozenset()
+    return _Parsed(headers, lower, framing, length, tokens)
 
 
-def _keep_alive(version: str, headers: Sequence[tuple[str, str]]) -> bool:
-    tokens = {
-        t.strip().lower()
-        for n, v in headers
-        if n.lower() == "connection"
-        for t in v.split(",")
-    }
+def _keep_alive(version: str, tokens: frozenset[str]) -> bool:
     if "close" in tokens:
         return False
     return version == "1.1" or "keep-alive" in tokens
-
-
-def header_map_lower(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}

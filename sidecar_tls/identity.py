@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
@@ -104,7 +105,7 @@ class WorkloadApiSvidSource(SvidSource):
         super().__init__()
         self._socket = socket_path if socket_path.startswith("unix:") else "unix://" + socket_path
         self._retry = retry_seconds
-        self._source: object | None = None
+        self._source: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = threading.Event()
@@ -124,12 +125,12 @@ class WorkloadApiSvidSource(SvidSource):
                 continue
             self._source = source
             # X509Source closes for good on a stream error: watch it and reopen.
-            while not self._closed.is_set() and not source.is_closed():
-                await asyncio.sleep(self._retry)
+            while not self._closed.is_set() and not source.is_closed():  # noqa: ASYNC110
+                await asyncio.sleep(self._retry)  # X509Source has no close callback: poll
             if not self._closed.is_set():
                 log.warning("workload API stream closed; reconnecting")
 
-    def _open_source(self) -> object:
+    def _open_source(self) -> Any:
         from spiffe import X509Source  # the spiffe package's stubs; never our own
 
         source = X509Source(socket_path=self._socket, timeout_in_seconds=5)
@@ -137,9 +138,9 @@ class WorkloadApiSvidSource(SvidSource):
         self._on_update(source)
         return source
 
-    def _on_update(self, source: object) -> None:
+    def _on_update(self, source: Any) -> None:
         try:
-            identity = identity_from_x509_context(source.get_x509_context())  # type: ignore[attr-defined]
+            identity = identity_from_x509_context(source.get_x509_context())
         except (SvidError, ValueError) as exc:
             log.error("workload API sent an unusable SVID: %s", exc)
             return
@@ -151,13 +152,13 @@ class WorkloadApiSvidSource(SvidSource):
         if self._task is not None:
             self._task.cancel()
         if self._source is not None:
-            self._source.close()  # type: ignore[attr-defined]
+            self._source.close()
 
 
-def identity_from_x509_context(context: object) -> WorkloadIdentity:
-    svid = context.default_svid  # type: ignore[attr-defined]
+def identity_from_x509_context(context: Any) -> WorkloadIdentity:
+    svid = context.default_svid
     bundles: dict[str, tuple[x509.Certificate, ...]] = {}
-    for bundle in context.x509_bundle_set.bundles:  # type: ignore[attr-defined]
+    for bundle in context.x509_bundle_set.bundles:
         bundles[bundle.trust_domain.name] = tuple(bundle.x509_authorities)
     return WorkloadIdentity(chain=tuple(svid.cert_chain), key=svid.private_key, bundles=bundles)
 

@@ -9,23 +9,23 @@ app leave from 127.0.0.6, which the interception rules let through instead of lo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from meshward_common import ports
-from meshward_common.errors import InvalidRequest, MeshwardError, Unauthenticated
+from meshward_common.errors import Unauthenticated
 from sidecar_tls.authz import AuthzRequest, InboundAuthorizer
 from sidecar_tls.http1 import (
+    RequestHead,
     looks_like_http,
-    parse_request_head,
-    rewrite_headers,
-    serialize_request,
+    rewrite_request,
     simple_response,
 )
-from sidecar_tls.http_stream import exchange, read_head, relay_body
+from sidecar_tls.http_relay import HttpRelay, Prepared, UpstreamLink, run_relay
 from sidecar_tls.net import (
     Streams,
     close,
@@ -35,16 +35,20 @@ from sidecar_tls.net import (
     peer_leaf_der,
     relay_both,
     selected_alpn,
-    wrap_accepted,
+    streams_over,
+    wrap_accepted_protocol,
 )
 from sidecar_tls.observe import Hop, HopObserver, NoopObserver
 from sidecar_tls.state import SidecarState
 from sidecar_tls.tls import ALPN_HTTP, PeerIdentity, verify_peer_leaf
-from sidecar_tls.xfcc import format_xfcc, sanitize_set
+from sidecar_tls.xfcc import HEADER as XFCC_HEADER
+from sidecar_tls.xfcc import format_xfcc
 
 log = logging.getLogger(__name__)
 
 TLS_HANDSHAKE_RECORD = 0x16
+APP_CONNECT_SECONDS = 10.0
+DENIED_BODY = "RBAC: access denied"
 FIRST_BYTES_TIMEOUT = 10.0
 _NEVER_FORWARD = frozenset(
     {ports.OUTBOUND, ports.INBOUND, ports.ADMIN, ports.HEALTH, ports.PROMETHEUS}
@@ -84,7 +88,7 @@ class InboundProxy:
         self.service = service
         self.observer = observer or NoopObserver()
         self._original_dst = original_dst
-        self._source = passthrough_source
+        self.passthrough_source = passthrough_source
         self.refused = 0
 
     async def handle(self, sock: socket.socket) -> None:
@@ -102,31 +106,41 @@ class InboundProxy:
             mode == "PERMISSIVE" and first[:1] == bytes([TLS_HANDSHAKE_RECORD])
         )
         peer: PeerIdentity | None = None
+        relay = HttpRelay(_NoHooks())  # until the caller is known: buffers, reads paused
         if use_tls:
             material = self.state.material
             try:
-                down = await wrap_accepted(sock, material.server)
+                transport = await wrap_accepted_protocol(sock, material.server, relay)
             except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
                 self._refuse(downstream, port, f"TLS handshake failed ({mode}): {_reason(exc)}")
                 return
             try:
                 peer = verify_peer_leaf(
-                    peer_leaf_der(down[1]), material.trust_domains, self.state.now()
+                    peer_leaf_der(transport), material.trust_domains, self.state.now()
                 )
             except Unauthenticated as exc:
-                close(down[1])
+                transport.close()
                 self._refuse(downstream, port, str(exc))
                 return
-            is_http = selected_alpn(down[1]) == ALPN_HTTP
+            is_http = selected_alpn(transport) == ALPN_HTTP
         else:
-            down = await wrap_accepted(sock, None)
+            transport = await wrap_accepted_protocol(sock, None, relay)
             is_http = looks_like_http(first)
         caller = Caller(peer, downstream, str(peer_ip))
+        if relay.state == "closed":
+            return
+        if is_http:
+            hooks = _InboundHooks(self, caller, port)
+            relay.hooks = hooks
+            relay.start()
+            try:
+                await run_relay(relay)
+            finally:
+                hooks.close()
+            return
+        down = streams_over(transport, bytes(relay.buf))
         try:
-            if is_http:
-                await self._http(down, caller, port)
-            else:
-                await self._tcp(down, caller, port)
+            await self._tcp(down, caller, port)
         finally:
             close(down[1])
 
@@ -134,10 +148,15 @@ class InboundProxy:
         self.refused += 1
         log.warning("inbound refused: %s -> port %d: %s", downstream, port, reason)
 
-    def _hop(self, protocol: str, caller: Caller, port: int) -> Hop:
+    def _hop(
+        self, protocol: str, caller: Caller, port: int, head: RequestHead | None = None
+    ) -> Hop:
         return Hop(
             direction="inbound",
             protocol="http" if protocol == "http" else "tcp",
+            method=head.method if head else "",
+            path=head.target if head else "",
+            authority=head.host if head else "",
             source_principal=str(caller.peer.spiffe_id) if caller.peer else "",
             destination_principal=self.state.material.spiffe_id,
             destination_workload=self.workload,
@@ -149,7 +168,7 @@ class InboundProxy:
         )
 
     async def _connect_app(self, port: int) -> Streams:
-        return await connect(self.app_host, port, local_addr=(self._source, 0))
+        return await connect(self.app_host, port, local_addr=(self.passthrough_source, 0))
 
     async def _tcp(self, down: Streams, caller: Caller, port: int) -> None:
         decision = self.authorizer.check(
@@ -174,114 +193,109 @@ class InboundProxy:
         _, received = await relay_both(down, app)
         span.finish(0, received)
 
-    async def _http(self, down: Streams, caller: Caller, port: int) -> None:
-        reader, writer = down
-        xfcc = (
-            format_xfcc(
-                self.state.material.spiffe_id, caller.peer.cert_sha256, str(caller.peer.spiffe_id)
-            )
-            if caller.peer
+
+class _NoHooks:
+    """Hooks of a relay whose caller is not verified yet: it is never started with these."""
+
+    def prepare(self, raw: bytes, head: RequestHead) -> Prepared:
+        raise AssertionError("relay started before the caller was verified")
+
+    def take_upstream(self) -> UpstreamLink | None:
+        return None
+
+    async def open_upstream(self) -> UpstreamLink:
+        raise AssertionError("relay started before the caller was verified")
+
+    def release_upstream(self, link: UpstreamLink, reusable: bool) -> None:
+        link.close()
+
+    def upstream_failed(self, exc: BaseException) -> bytes:
+        return b""
+
+
+class _InboundHooks:
+    """Per caller connection: authorization, XFCC, and one keep-alive connection to the app."""
+
+    def __init__(self, proxy: InboundProxy, caller: Caller, port: int) -> None:
+        self.proxy = proxy
+        self.caller = caller
+        self.port = port
+        self.app: UpstreamLink | None = None
+        peer = caller.peer
+        self.xfcc = (
+            format_xfcc(proxy.state.material.spiffe_id, peer.cert_sha256, str(peer.spiffe_id))
+            if peer
             else None
         )
-        app: Streams | None = None
-        try:
-            while True:
-                try:
-                    raw = await read_head(reader)
-                    if raw is None:
-                        return
-                    head = parse_request_head(raw)
-                except InvalidRequest as exc:
-                    log.info("inbound: bad request from %s: %s", caller.address, exc)
-                    writer.write(simple_response(400, "Bad Request", f"{exc}\n", close=True))
-                    await writer.drain()
-                    return
-                lower = head.lower_map()
-                hop = replace(
-                    self._hop("http", caller, port),
-                    method=head.method,
-                    path=head.target,
-                    authority=head.host,
-                )
-                span = self.observer.start(hop, lower)
-                decision = self.authorizer.check(
-                    AuthzRequest(
-                        _principal(caller),
-                        caller.ip,
-                        self.pod_ip,
-                        port,
-                        is_http=True,
-                        method=head.method,
-                        path=head.target,
-                        host=head.host,
-                        headers=lower,
-                    )
-                )
-                framing, length = head.framing
-                if not decision.allowed:
-                    log.info(
-                        "inbound denied: %s %s %s from %s (%s)",
-                        _principal(caller) or "plaintext",
-                        head.method,
-                        head.target,
-                        caller.address,
-                        decision.reason,
-                    )
-                    has_body = length > 0 or framing.value == "chunked"
-                    writer.write(
-                        simple_response(403, "Forbidden", "RBAC: access denied", close=has_body)
-                    )
-                    await writer.drain()
-                    span.finish(403, 19, "RBAC: access denied")
-                    if has_body or not head.keep_alive:
-                        return
-                    continue
-                headers = rewrite_headers(sanitize_set(head.headers, xfcc), set_=span.inject())
-                request = serialize_request(head, headers)
-                if app is None or app[0].at_eof():
-                    if app is not None:
-                        close(app[1])
-                    try:
-                        app = await self._connect_app(port)
-                    except (OSError, TimeoutError) as exc:
-                        await relay_body(reader, _Discard(), framing, length)  # type: ignore[arg-type]
-                        writer.write(
-                            simple_response(
-                                503, "Service Unavailable", f"app not reachable: {exc}\n", close=True
-                            )
-                        )
-                        await writer.drain()
-                        span.finish(503, 0, str(exc))
-                        return
-                try:
-                    status, n, reusable, must_close = await exchange(
-                        request, head.method, framing, length, down, app
-                    )
-                except (MeshwardError, ConnectionError, OSError) as exc:
-                    span.finish(502, 0, str(exc) or type(exc).__name__)
-                    return
-                span.finish(status, n)
-                if status == 101:
-                    await relay_both(down, app)
-                    return
-                if not reusable:
-                    close(app[1])
-                    app = None
-                if must_close or not head.keep_alive:
-                    return
-        finally:
-            if app is not None:
-                close(app[1])
 
+    def prepare(self, raw: bytes, head: RequestHead) -> Prepared:
+        proxy, caller = self.proxy, self.caller
+        lower = head.lower_map()
+        span = proxy.observer.start(proxy._hop("http", caller, self.port, head), lower)
+        decision = proxy.authorizer.check(
+            AuthzRequest(
+                _principal(caller),
+                caller.ip,
+                proxy.pod_ip,
+                self.port,
+                is_http=True,
+                method=head.method,
+                path=head.target,
+                host=head.host,
+                headers=lower,
+            )
+        )
+        if not decision.allowed:
+            log.info(
+                "inbound denied: %s %s %s from %s (%s)",
+                _principal(caller) or "plaintext",
+                head.method,
+                head.target,
+                caller.address,
+                decision.reason,
+            )
+            span.finish(403, len(DENIED_BODY), DENIED_BODY)
+            return Prepared(span, answer=simple_response(403, "Forbidden", DENIED_BODY))
+        # SANITIZE_SET: the caller's XFCC goes, ours (mTLS callers only) is set.
+        extra = list(span.inject())
+        if self.xfcc:
+            extra.append((XFCC_HEADER, self.xfcc))
+        return Prepared(span, rewrite_request(raw, head, (XFCC_HEADER,), extra))
 
-class _Discard:
-    """A writer that drops what it is given (a refused request's body)."""
-
-    def write(self, data: bytes) -> None:
+    def take_upstream(self) -> UpstreamLink | None:
+        app, self.app = self.app, None
+        if app is not None and app.usable():
+            return app
         return None
 
-    async def drain(self) -> None:
-        return None
+    async def open_upstream(self) -> UpstreamLink:
+        loop = asyncio.get_running_loop()
+        _, link = await asyncio.wait_for(
+            loop.create_connection(
+                UpstreamLink,
+                self.proxy.app_host,
+                self.port,
+                local_addr=(self.proxy.passthrough_source, 0),
+            ),
+            APP_CONNECT_SECONDS,
+        )
+        return link
+
+    def release_upstream(self, link: UpstreamLink, reusable: bool) -> None:
+        if reusable:
+            self.app = link
+        else:
+            link.close()
+
+    def upstream_failed(self, exc: BaseException) -> bytes:
+        return simple_response(
+            503, "Service Unavailable", f"app not reachable: {exc}\n", close=True
+        )
+
+    def close(self) -> None:
+        if self.app is not None:
+            self.app.close()
+            self.app = None
 
 
 def _principal(caller: Caller) -> str:

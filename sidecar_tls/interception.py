@@ -25,6 +25,8 @@ ISTIO_CHAINS = (INBOUND_CHAIN, REDIRECT_CHAIN, IN_REDIRECT_CHAIN, OUTPUT_CHAIN)
 BUILTIN_NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
 
 _COMMAND_TIMEOUT_S = 20.0
+_MULTIPORT_MAX = 15
+_LOCK_WAIT_S = 10
 
 
 class InterceptionError(MeshwardError):
@@ -100,8 +102,8 @@ def render_rules(options: InterceptionOptions | None = None) -> str:
     lines += [f"-A {INBOUND_CHAIN} -p tcp --dport {p} -j RETURN" for p in o.exclude_inbound_ports]
     lines.append(f"-A {INBOUND_CHAIN} -p tcp -j {IN_REDIRECT_CHAIN}")
     lines.append(f"-A OUTPUT -j {OUTPUT_CHAIN}")
-    # istio-iptables -o: port exclusions come before the loopback/owner rules.
-    lines += [f"-A {OUTPUT_CHAIN} -p tcp --dport {p} -j RETURN" for p in o.exclude_outbound_ports]
+    # istio-iptables -o: port exclusions come before the loopback/owner rules, for tcp and udp.
+    lines += _outbound_port_returns(o.exclude_outbound_ports)
     # Envoy's inbound passthrough binds 127.0.0.6 to reach the app: never capture it again.
     lines.append(f"-A {OUTPUT_CHAIN} -o lo -s {ports.INBOUND_PASSTHROUGH_SOURCE}/32 -j RETURN")
     for flag, ident in (("--uid-owner", o.proxy_uid), ("--gid-owner", o.proxy_gid)):
@@ -122,6 +124,23 @@ def render_rules(options: InterceptionOptions | None = None) -> str:
     lines.append(f"-A {OUTPUT_CHAIN} -j {REDIRECT_CHAIN}")
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def _outbound_port_returns(excluded: tuple[int, ...]) -> list[str]:
+    """Istio's spelling: one port is a plain --dport match, several share a multiport rule.
+    multiport takes at most 15 ports, so longer lists are split (Istio would fail there)."""
+    if not excluded:
+        return []
+    groups = [excluded[i : i + _MULTIPORT_MAX] for i in range(0, len(excluded), _MULTIPORT_MAX)]
+    lines = []
+    for group in groups:
+        for proto in ("tcp", "udp"):
+            if len(group) == 1:
+                match = f"--dport {group[0]}"
+            else:
+                match = f"-m multiport --dports {','.join(map(str, group))}"
+            lines.append(f"-A {OUTPUT_CHAIN} -p {proto} {match} -j RETURN")
+    return lines
 
 
 RuleSpec = frozenset[tuple[bool, str, tuple[str, ...]]]
@@ -147,7 +166,8 @@ def _rule_spec(tokens: list[str]) -> RuleSpec:
         items.append((negate, tok, tuple(args)))
         negate = False
     # iptables-save names the implicit protocol match module; it adds no meaning.
-    return frozenset(item for item in items if item not in {(False, "-m", ("tcp",))})
+    implicit = {(False, "-m", ("tcp",)), (False, "-m", ("udp",))}
+    return frozenset(item for item in items if item not in implicit)
 
 
 def parse_nat_rules(text: str) -> dict[str, list[RuleSpec]]:
@@ -206,7 +226,8 @@ def apply_rules(netns: str, options: InterceptionOptions | None = None) -> str:
 
     Run before the app and the sidecar start, as istio-init does."""
     text = render_rules(options)
-    _run_in_netns(netns, ["iptables-restore"], stdin=text)
+    # -w: the legacy backend's xtables lock is machine-wide, shared with every other netns.
+    _run_in_netns(netns, ["iptables-restore", "-w", str(_LOCK_WAIT_S)], stdin=text)
     want = parse_nat_rules(text)
     got = read_nat_table(netns)
     if _nonempty(got) != _nonempty(want):

@@ -10,6 +10,7 @@ in one process never share counters. `serve()` exposes it at `/stats/prometheus`
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -19,7 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from meshward_common import telemetry
-from meshward_common.errors import ConfigError
+from meshward_common.errors import ConfigError, SpiffeIdError
+from meshward_common.spiffe_id import SpiffeId, parse_workload_id
 from sidecar_tls.observe import Hop, HopSpan
 
 # Istio's default buckets for istio_request_duration_milliseconds (stats filter, v1.x).
@@ -61,11 +63,11 @@ def hop_labels(hop: Hop) -> tuple[str, ...]:
     return (
         reporter,
         hop.source_workload or UNKNOWN,
-        hop.source_namespace or UNKNOWN,
+        hop.source_namespace or _namespace_of(hop.source_principal),
         hop.source_principal or UNKNOWN,
         hop.source_workload or UNKNOWN,
         hop.destination_workload or UNKNOWN,
-        hop.destination_namespace or UNKNOWN,
+        hop.destination_namespace or _namespace_of(hop.destination_principal),
         hop.destination_principal or UNKNOWN,
         hop.destination_service or UNKNOWN,
         service_name,
@@ -74,6 +76,19 @@ def hop_labels(hop: Hop) -> tuple[str, ...]:
         hop.protocol,
         security,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _namespace_of(principal: str) -> str:
+    """The namespace in a workload SPIFFE ID (`.../ns/<ns>/sa/<sa>`): an inbound sidecar knows its
+    caller only by the verified ID, and Istio still fills `source_workload_namespace`."""
+    if not principal:
+        return UNKNOWN
+    try:
+        parsed = parse_workload_id(SpiffeId.parse(principal))
+    except SpiffeIdError:
+        return UNKNOWN
+    return parsed[0] if parsed else UNKNOWN
 
 
 def response_flags(status: int, error: str | None) -> str:

@@ -9,6 +9,7 @@ import logging
 import socket
 import ssl
 import struct
+import weakref
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,7 @@ STREAM_LIMIT = 256 * 1024
 RELAY_CHUNK = 256 * 1024
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+_owned_by_transport: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
 
 def original_dst(sock: socket.socket) -> tuple[str, int]:
@@ -56,13 +58,20 @@ async def serve_accepts(
             await handle(conn)
         except (ConnectionError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
+        except RuntimeError as exc:
+            # uvloop's way of saying the peer's transport is already closed
+            if "handler is closed" not in str(exc):
+                raise
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("connection handler failed")
         finally:
-            with contextlib.suppress(OSError):
-                conn.close()
+            # A socket handed to a transport belongs to it: closing the fd underneath would let
+            # the next accept reuse the number while the event loop still watches the old one.
+            if conn not in _owned_by_transport:
+                with contextlib.suppress(OSError):
+                    conn.close()
 
     try:
         while True:
@@ -85,7 +94,7 @@ async def serve_accepts(
             listener.close()
 
 
-async def peek(sock: socket.socket, n: int, timeout: float) -> bytes:
+async def peek(sock: socket.socket, n: int, wait_seconds: float) -> bytes:
     """Up to n bytes the client sent first, left in the socket; b"" if nothing came in time."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
@@ -96,7 +105,7 @@ async def peek(sock: socket.socket, n: int, timeout: float) -> bytes:
 
     loop.add_reader(sock.fileno(), ready)
     try:
-        await asyncio.wait_for(fut, timeout)
+        await asyncio.wait_for(fut, wait_seconds)
     except TimeoutError:
         return b""
     finally:
@@ -114,12 +123,45 @@ async def wrap_accepted(
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=STREAM_LIMIT)
     protocol = asyncio.StreamReaderProtocol(reader)
+    _owned_by_transport.add(sock)
     if ssl_context is None:
         transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
     else:
         transport, _ = await loop.connect_accepted_socket(
             lambda: protocol, sock, ssl=ssl_context, ssl_handshake_timeout=handshake_timeout
         )
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+async def wrap_accepted_protocol(
+    sock: socket.socket,
+    ssl_context: ssl.SSLContext | None,
+    protocol: asyncio.Protocol,
+    handshake_timeout: float = 10.0,
+) -> asyncio.Transport:
+    """Hand an accepted socket (TLS terminated when a context is given) to a protocol."""
+    loop = asyncio.get_running_loop()
+    _owned_by_transport.add(sock)
+    if ssl_context is None:
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+    else:
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol, sock, ssl=ssl_context, ssl_handshake_timeout=handshake_timeout
+        )
+    return transport  # uvloop's transports are alike, not asyncio.Transport subclasses
+
+
+def streams_over(transport: asyncio.Transport, buffered: bytes) -> Streams:
+    """Switch a transport (reading paused) from its protocol to streams, keeping what the old
+    protocol had already received."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    if buffered:
+        reader.feed_data(buffered)
+    transport.resume_reading()
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
@@ -130,7 +172,7 @@ async def connect(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     local_addr: tuple[str, int] | None = None,
-    timeout: float = 10.0,
+    connect_seconds: float = 10.0,
 ) -> Streams:
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(
@@ -140,9 +182,9 @@ async def connect(
             server_hostname=server_hostname if ssl_context is not None else None,
             local_addr=local_addr,
             limit=STREAM_LIMIT,
-            ssl_handshake_timeout=timeout if ssl_context is not None else None,
+            ssl_handshake_timeout=connect_seconds if ssl_context is not None else None,
         ),
-        timeout,
+        connect_seconds,
     )
     sock = writer.get_extra_info("socket")
     if sock is not None:
@@ -191,7 +233,7 @@ def close(writer: asyncio.StreamWriter) -> None:
         writer.close()
 
 
-def peer_leaf_der(writer: asyncio.StreamWriter) -> bytes | None:
+def peer_leaf_der(writer: asyncio.StreamWriter | asyncio.BaseTransport) -> bytes | None:
     ssl_object = writer.get_extra_info("ssl_object")
     if ssl_object is None:
         return None
@@ -199,7 +241,7 @@ def peer_leaf_der(writer: asyncio.StreamWriter) -> bytes | None:
     return der
 
 
-def selected_alpn(writer: asyncio.StreamWriter) -> str | None:
+def selected_alpn(writer: asyncio.StreamWriter | asyncio.BaseTransport) -> str | None:
     ssl_object = writer.get_extra_info("ssl_object")
     if ssl_object is None:
         return None

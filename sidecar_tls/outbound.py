@@ -12,25 +12,32 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import replace
 
 from meshward_common import ports
-from meshward_common.errors import InvalidRequest, MeshwardError
+from meshward_common.errors import MeshwardError
 from sidecar_tls.destinations import Destination, OutboundPolicy, resolve_destination
 from sidecar_tls.http1 import (
-    Framing,
+    HOP_BY_HOP,
+    RequestHead,
     looks_like_http,
-    parse_request_head,
-    rewrite_headers,
-    serialize_request,
+    rewrite_request,
     simple_response,
 )
-from sidecar_tls.http_stream import UpstreamClosed, exchange, read_head
-from sidecar_tls.net import Streams, close, connect, original_dst, peek, relay_both, wrap_accepted
+from sidecar_tls.http_relay import HttpRelay, Prepared, UpstreamLink, run_relay
+from sidecar_tls.net import (
+    Streams,
+    close,
+    connect,
+    original_dst,
+    peek,
+    relay_both,
+    wrap_accepted,
+    wrap_accepted_protocol,
+)
 from sidecar_tls.observe import Hop, HopObserver, NoopObserver
-from sidecar_tls.pool import ConnectionPool, Upstream
+from sidecar_tls.pool import ConnectionPool
 from sidecar_tls.state import SidecarState
-from sidecar_tls.tls import ALPN_HTTP, ALPN_TCP
+from sidecar_tls.tls import ALPN_TCP
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +79,8 @@ class OutboundProxy:
         return resolve_destination(self.state.snapshot, ip, port)
 
     async def handle(self, sock: socket.socket) -> None:
-        downstream = "%s:%d" % sock.getpeername()[:2]
+        peer_ip, peer_port = sock.getpeername()[:2]
+        downstream = f"{peer_ip}:{peer_port}"
         dest = self._destination_for(sock)
         if dest is None:
             return
@@ -83,23 +91,38 @@ class OutboundProxy:
             await self._passthrough(sock, dest, downstream)
             return
         is_http = self._http_only or looks_like_http(await peek(sock, 8, SNIFF_TIMEOUT))
+        if is_http:
+            relay = HttpRelay(_OutboundHooks(self, dest, downstream))
+            await wrap_accepted_protocol(sock, None, relay)
+            relay.start()
+            await run_relay(relay)
+            return
         down = await wrap_accepted(sock, None)
         try:
-            if is_http:
-                await self._http(down, dest, downstream)
-            else:
-                await self._tcp(down, dest, downstream)
+            await self._tcp(down, dest, downstream)
         finally:
             close(down[1])
 
     def _refuse(self, dest: Destination, downstream: str, reason: str) -> None:
         self.refused += 1
-        log.warning("outbound refused: %s -> %s (%s): %s", downstream, dest.address, dest.service, reason)
+        log.warning(
+            "outbound refused: %s -> %s (%s): %s", downstream, dest.address, dest.service, reason
+        )
 
-    def _hop(self, protocol: str, dest: Destination, downstream: str, mtls: bool) -> Hop:
+    def _hop(
+        self,
+        protocol: str,
+        dest: Destination,
+        downstream: str,
+        mtls: bool,
+        head: RequestHead | None = None,
+    ) -> Hop:
         return Hop(
             direction="outbound",
             protocol="http" if protocol == "http" else "tcp",
+            method=head.method if head else "",
+            path=head.target if head else "",
+            authority=head.host if head else "",
             source_principal=self.state.material.spiffe_id if mtls else "",
             destination_principal=next(iter(sorted(dest.expected_ids)), ""),
             source_workload=self.workload,
@@ -135,89 +158,44 @@ class OutboundProxy:
         _, received = await relay_both(down, up.streams)
         span.finish(0, received)
 
-    async def _http(self, down: Streams, dest: Destination, downstream: str) -> None:
-        reader, writer = down
-        while True:
-            try:
-                raw = await read_head(reader)
-                if raw is None:
-                    return
-                head = parse_request_head(raw)
-            except InvalidRequest as exc:
-                log.info("outbound: bad request from %s: %s", downstream, exc)
-                writer.write(simple_response(400, "Bad Request", f"{exc}\n", close=True))
-                await writer.drain()
-                return
-            hop = replace(
-                self._hop("http", dest, downstream, True),
-                method=head.method,
-                path=head.target,
-                authority=head.host,
-            )
-            span = self.observer.start(hop, head.lower_map())
-            request = serialize_request(head, rewrite_headers(head.headers, set_=span.inject()))
-            framing, length = head.framing
-            try:
-                up, reused = await self.pool.acquire(dest)
-            except _UPSTREAM_ERRORS as exc:
-                reason = str(exc) or type(exc).__name__
-                self._refuse(dest, downstream, reason)
-                writer.write(
-                    simple_response(
-                        503, "Service Unavailable", f"upstream connect error: {reason}\n", close=True
-                    )
-                )
-                await writer.drain()
-                span.finish(503, 0, reason)
-                return
-            try:
-                status, n, reusable, must_close = await self._exchange(
-                    request, head.method, framing, length, down, up, reused, dest
-                )
-            except BaseException as exc:
-                close(up.writer)
-                span.finish(502, 0, str(exc) or type(exc).__name__)
-                raise
-            span.finish(status, n)
-            if status == 101:
-                await relay_both(down, up.streams)
-                return
-            if reusable:
-                self.pool.release(dest, up)
-            else:
-                close(up.writer)
-            if must_close or not head.keep_alive:
-                return
-
-    async def _exchange(
-        self,
-        request: bytes,
-        method: str,
-        framing: Framing,
-        length: int,
-        down: Streams,
-        up: Upstream,
-        reused: bool,
-        dest: Destination,
-    ) -> tuple[int, int, bool, bool]:
-        try:
-            return await exchange(request, method, framing, length, down, up.streams)
-        except (UpstreamClosed, ConnectionResetError, BrokenPipeError):
-            # A pooled connection the peer had already closed: retry a bodyless request once
-            # on a fresh connection (nothing of it reached the app).
-            if not reused or framing is not Framing.NONE:
-                raise
-        close(up.writer)
-        fresh = await self.pool.open(dest, ALPN_HTTP)
-        up.reader, up.writer, up.peer, up.generation = (
-            fresh.reader,
-            fresh.writer,
-            fresh.peer,
-            fresh.generation,
-        )
-        return await exchange(request, method, framing, length, down, up.streams)
-
 
 def fixed_destination(dest_for_request: Callable[[], Destination | None]) -> DestinationFor:
     """For the ingress: every connection goes to the routed destination."""
     return lambda _sock: dest_for_request()
+
+
+class _OutboundHooks:
+    """Per app connection: how the relay rewrites requests and finds pooled peer connections."""
+
+    def __init__(self, proxy: OutboundProxy, dest: Destination, downstream: str) -> None:
+        self.proxy = proxy
+        self.dest = dest
+        self.downstream = downstream
+
+    def prepare(self, raw: bytes, head: RequestHead) -> Prepared:
+        proxy = self.proxy
+        hop = proxy._hop("http", self.dest, self.downstream, True, head)
+        span = proxy.observer.start(hop, head.lower_map())
+        # Connection semantics are per hop: the app's `connection: close` must not close the
+        # pooled sidecar-to-sidecar connection (an upgrade keeps its headers).
+        hop_by_hop = () if head.get("upgrade") else HOP_BY_HOP
+        return Prepared(span, rewrite_request(raw, head, hop_by_hop, span.inject()))
+
+    def take_upstream(self) -> UpstreamLink | None:
+        return self.proxy.pool.take_link(self.dest)
+
+    async def open_upstream(self) -> UpstreamLink:
+        return await self.proxy.pool.open_link(self.dest)
+
+    def release_upstream(self, link: UpstreamLink, reusable: bool) -> None:
+        if reusable:
+            self.proxy.pool.release_link(self.dest, link)
+        else:
+            link.close()
+
+    def upstream_failed(self, exc: BaseException) -> bytes:
+        reason = str(exc) or type(exc).__name__
+        self.proxy._refuse(self.dest, self.downstream, reason)
+        return simple_response(
+            503, "Service Unavailable", f"upstream connect error: {reason}\n", close=True
+        )

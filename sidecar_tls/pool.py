@@ -13,11 +13,14 @@ import logging
 from dataclasses import dataclass
 
 from sidecar_tls.destinations import Destination
+from sidecar_tls.http_relay import UpstreamLink
 from sidecar_tls.net import Streams, close, connect, peer_leaf_der
 from sidecar_tls.state import SidecarState
-from sidecar_tls.tls import ALPN_HTTP, PeerIdentity, verify_peer_leaf
+from sidecar_tls.tls import PeerIdentity, verify_peer_leaf
 
 log = logging.getLogger(__name__)
+
+CONNECT_SECONDS = 10.0
 
 
 @dataclass(eq=False)
@@ -31,42 +34,16 @@ class Upstream:
     def streams(self) -> Streams:
         return self.reader, self.writer
 
-    def usable(self, dest: Destination, generation: int) -> bool:
-        return (
-            self.generation == generation
-            and str(self.peer.spiffe_id) in dest.expected_ids
-            and not self.reader.at_eof()
-            and not self.writer.is_closing()
-        )
-
 
 class ConnectionPool:
     def __init__(self, state: SidecarState, max_idle_per_destination: int = 128) -> None:
         self._state = state
-        self._idle: dict[tuple[str, int], list[Upstream]] = {}
+        self._links: dict[tuple[str, int], list[UpstreamLink]] = {}
         self._max_idle = max_idle_per_destination
         self.handshakes = 0
 
-    async def acquire(self, dest: Destination) -> tuple[Upstream, bool]:
-        """(connection, reused): an idle pooled connection, or a new verified one."""
-        generation = self._state.material.generation
-        idle = self._idle.get((dest.ip, dest.port))
-        while idle:
-            up = idle.pop()
-            if up.usable(dest, generation):
-                return up, True
-            close(up.writer)
-        return await self.open(dest, ALPN_HTTP), False
-
-    def release(self, dest: Destination, up: Upstream) -> None:
-        idle = self._idle.setdefault((dest.ip, dest.port), [])
-        if len(idle) < self._max_idle and not up.writer.is_closing():
-            idle.append(up)
-        else:
-            close(up.writer)
-
     async def open(self, dest: Destination, alpn: str) -> Upstream:
-        """A new mTLS connection whose server passed every check; raises on any refusal."""
+        """A new mTLS connection as streams (raw TCP relays; never pooled), checked like a link."""
         material = self._state.material
         sni = dest.service if "." in dest.service and ":" not in dest.service else None
         reader, writer = await connect(
@@ -85,8 +62,63 @@ class ConnectionPool:
             raise
         return Upstream(reader, writer, peer, material.generation)
 
+    # HTTP: callback-based links (the hot path)
+
+    def take_link(self, dest: Destination) -> UpstreamLink | None:
+        """An idle verified connection to `dest`, or None."""
+        generation = self._state.material.generation
+        idle = self._links.get((dest.ip, dest.port))
+        while idle:
+            link = idle.pop()
+            if (
+                link.usable()
+                and link.generation == generation
+                and link.peer_id in dest.expected_ids
+            ):
+                return link
+            link.close()
+        return None
+
+    async def open_link(self, dest: Destination) -> UpstreamLink:
+        """A new mTLS connection whose server passed every check; raises on any refusal."""
+        material = self._state.material
+        sni = dest.service if "." in dest.service and ":" not in dest.service else ""
+        loop = asyncio.get_running_loop()
+        transport, link = await asyncio.wait_for(
+            loop.create_connection(
+                UpstreamLink,
+                dest.ip,
+                dest.port,
+                ssl=material.client_http,
+                server_hostname=sni,
+                ssl_handshake_timeout=CONNECT_SECONDS,
+            ),
+            CONNECT_SECONDS,
+        )
+        self.handshakes += 1
+        try:
+            peer = verify_peer_leaf(
+                peer_leaf_der(transport),
+                material.trust_domains,
+                self._state.now(),
+                dest.expected_ids,
+            )
+        except Exception:
+            transport.close()
+            raise
+        link.generation = material.generation
+        link.peer_id = str(peer.spiffe_id)
+        return link
+
+    def release_link(self, dest: Destination, link: UpstreamLink) -> None:
+        idle = self._links.setdefault((dest.ip, dest.port), [])
+        if link.usable() and len(idle) < self._max_idle:
+            idle.append(link)
+        else:
+            link.close()
+
     def close_all(self) -> None:
-        for idle in self._idle.values():
-            for up in idle:
-                close(up.writer)
-        self._idle.clear()
+        for links in self._links.values():
+            for link in links:
+                link.close()
+        self._links.clear()

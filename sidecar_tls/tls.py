@@ -50,7 +50,8 @@ def _base_context(purpose: ssl.Purpose, identity: WorkloadIdentity) -> ssl.SSLCo
 def _load_own_svid(ctx: ssl.SSLContext, identity: WorkloadIdentity) -> None:
     # ssl can only load a key from a file: write it into a private 0700 directory as 0600, load it,
     # and remove it at once (tmpfs when available, so it never reaches a disk).
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    shm = "/dev/shm"  # noqa: S108 - mkdtemp below makes a private 0700 directory inside it
+    base = shm if os.path.isdir(shm) else None
     with tempfile.TemporaryDirectory(prefix="mwsc-", dir=base) as tmp:
         cert_path = os.path.join(tmp, "chain.pem")
         key_path = os.path.join(tmp, "key.pem")
@@ -77,14 +78,9 @@ class TlsMaterial:
     client_tcp: ssl.SSLContext  # offers ALPN meshward-tcp
     server: ssl.SSLContext
     generation: int
-
-    @property
-    def spiffe_id(self) -> str:
-        return str(self.identity.spiffe_id)
-
-    @property
-    def trust_domains(self) -> frozenset[str]:
-        return frozenset(self.identity.bundles)
+    # Computed once per generation: both are read on every request.
+    spiffe_id: str = ""
+    trust_domains: frozenset[str] = frozenset()
 
     def client(self, alpn: str) -> ssl.SSLContext:
         return self.client_http if alpn == ALPN_HTTP else self.client_tcp
@@ -98,7 +94,15 @@ def build_material(identity: WorkloadIdentity) -> TlsMaterial:
     client_http.set_alpn_protocols([ALPN_HTTP])
     client_tcp = _base_context(ssl.Purpose.SERVER_AUTH, identity)
     client_tcp.set_alpn_protocols([ALPN_TCP])
-    return TlsMaterial(identity, client_http, client_tcp, server, next(_generations))
+    return TlsMaterial(
+        identity,
+        client_http,
+        client_tcp,
+        server,
+        next(_generations),
+        str(identity.spiffe_id),
+        frozenset(identity.bundles),
+    )
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,7 @@ def _parse_leaf(der: bytes) -> tuple[SpiffeId, tuple[str, ...], dt.datetime, dt.
     # Parsing costs more than a pooled request: cache by DER (connections repeat certificates).
     cert = x509.load_der_x509_certificate(der)
     problems = leaf_problems(cert)
-    sid = spiffe_id_of(cert) if not problems else SpiffeId("invalid.local")
+    sid = spiffe_id_of(cert) if not problems else SpiffeId("invalid.local", "")
     return sid, tuple(problems), cert.not_valid_before_utc, cert.not_valid_after_utc
 
 

@@ -30,9 +30,7 @@ def parse_xfcc(value: str) -> list[dict[str, str]]:
     return elements
 
 
-def sanitize_set(
-    headers: Sequence[tuple[str, str]], value: str | None
-) -> list[tuple[str, str]]:
+def sanitize_set(headers: Sequence[tuple[str, str]], value: str | None) -> list[tuple[str, str]]:
     """Remove every incoming XFCC; set ours when the caller was authenticated by mTLS."""
     out = [(n, v) for n, v in headers if n.lower() != HEADER]
     if value is not None:

@@ -14,6 +14,7 @@ from meshward_common.logs import setup
 @click.option("--version", "version", default="v1", show_default=True)
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=int)
+@click.option("--pod", default=None, help="pod name shown in answers (default: hostname)")
 @click.option(
     "--upstream",
     "upstreams",
@@ -21,7 +22,9 @@ from meshward_common.logs import setup
     metavar="NAME=URL",
     help="base URL of an upstream service (default http://NAME:9080)",
 )
-def main(service: str, version: str, host: str, port: int, upstreams: tuple[str, ...]) -> None:
+def main(
+    service: str, version: str, host: str, port: int, pod: str | None, upstreams: tuple[str, ...]
+) -> None:
     """Run one demo service."""
     mapping: dict[str, str] = {}
     for item in upstreams:
@@ -30,7 +33,7 @@ def main(service: str, version: str, host: str, port: int, upstreams: tuple[str,
             raise click.BadParameter(f"{item!r} is not NAME=URL", param_hint="--upstream")
         mapping[name] = url
     setup(f"demo-{service}")
-    config = DemoConfig(service=service, version=version, host=host, port=port, upstreams=mapping)
+    config = DemoConfig(service, version, host, port, mapping, **({"pod": pod} if pod else {}))
     web.run_app(make_app(config), host=host, port=port, print=None, access_log=None)
 
 

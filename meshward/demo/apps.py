@@ -54,6 +54,8 @@ class DemoConfig:
     port: int = DEFAULT_PORT
     # service name -> base URL; defaults to http://<name>:9080, resolved by the pod's hosts file.
     upstreams: Mapping[str, str] = field(default_factory=dict)
+    # Pods share the host's UTS namespace, so the hostname does not tell them apart.
+    pod: str = field(default_factory=socket.gethostname)
 
     def __post_init__(self) -> None:
         if self.service not in SERVICES:
@@ -74,7 +76,7 @@ def _envelope(config: DemoConfig, request: web.Request, data: Any) -> dict[str, 
     return {
         "service": config.service,
         "version": config.version,
-        "pod": socket.gethostname(),
+        "pod": config.pod,
         "identity": caller_identity(headers),
         "trace_id": trace_id_of(headers),
         "received_headers": headers,

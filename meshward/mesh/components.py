@@ -120,7 +120,7 @@ def sidecar_argv(
 def app_argv(spec: MeshSpec, pod_name: str) -> list[str]:
     pod = spec.pod(pod_name)
     argv = [sys.executable, "-m", "meshward.demo", pod.service, "--version", pod.version]
-    argv += ["--port", str(APP_PORT)]
+    argv += ["--port", str(APP_PORT), "--pod", pod.name]
     return command_in_pod(spec, pod, argv, uid=spec.options.app_uid)
 
 

@@ -29,8 +29,9 @@ from meshward.mesh.readiness import (
 )
 from meshward.mesh.spec import APP_PORT, MeshOptions, MeshSpec, build_spec, registry_yaml
 from meshward.mesh.supervisor import Supervisor, kill_pids, pids_mentioning
+from meshward.pods import list_links
 from meshward_common import ports
-from meshward_common.errors import NotReady, PermissionDenied
+from meshward_common.errors import ConfigError, NotReady, PermissionDenied
 
 NEEDS_ROOT = "needs root or CAP_NET_ADMIN (try sudo)"
 STEP_TIMEOUT_S = 20.0
@@ -83,8 +84,8 @@ class Launcher:
         report = UpReport(jaeger=self.jaeger is not None)
         if load_options(self.layout) is not None and network_exists(self.spec):
             dead = [c for c in self.components if not self.sup.running(c.name)]
+            report.already_running = True
             if not dead:
-                report.already_running = True
                 report.not_ready = self.not_ready()
                 return report
             for c in dead:
@@ -92,7 +93,8 @@ class Launcher:
                 self.start_component(c)
                 report.started.append(c.name)
         else:
-            self._teardown()  # leftovers of a crashed run, if any
+            self._refuse_foreign_mesh()
+            self._teardown()  # leftovers of a crashed run from this state dir, if any
             try:
                 self._build(report)
             except BaseException:
@@ -101,6 +103,18 @@ class Launcher:
         wait_until(lambda: not self.not_ready(), ready_timeout_s, 0.25)
         report.not_ready = self.not_ready()
         return report
+
+    def _refuse_foreign_mesh(self) -> None:
+        """Leftovers are ours to remove only if this state dir started them (`up` saves its
+        options before it builds anything); a bridge with our prefix and no saved state here
+        belongs to a mesh started from another state dir."""
+        bridge = f"{self.options.prefix}-br"
+        if load_options(self.layout) is None and bridge in list_links():
+            raise ConfigError(
+                f"meshward up: {bridge} exists but {self.layout.root} holds no mesh: another mesh "
+                f"uses prefix {self.options.prefix!r} (give --prefix/--subnet, or `meshward down "
+                f"--prefix {self.options.prefix}` removes it)"
+            )
 
     def _build(self, report: UpReport) -> None:
         self.layout.make()

@@ -68,7 +68,8 @@ class Supervisor:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    env=dict(env) if env is not None else None,
+                    # Unbuffered: a crash's last words reach the log.
+                    env={**(env if env is not None else os.environ), "PYTHONUNBUFFERED": "1"},
                 )
             except OSError as exc:
                 raise ConfigError(f"mesh: cannot start {name} ({argv[0]}): {exc.strerror}") from exc

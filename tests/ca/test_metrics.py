@@ -6,6 +6,7 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ca.metrics import REFUSAL_REASONS, CaMetrics, refusal_reason, start_metrics_server
@@ -59,5 +60,5 @@ def test_counts_and_latency_scraped_over_http():
 
 
 def test_zero_series_exist_before_the_first_csr():
-    got = samples(__import__("prometheus_client").generate_latest(CaMetrics().registry).decode())
+    got = samples(generate_latest(CaMetrics().registry).decode())
     assert got[("meshward_ca_certificates_issued_total", (("kind", "workload"),))] == 0

@@ -56,7 +56,7 @@ receivers:
   otlp:
     protocols:
       grpc:
-        endpoint: "127.0.0.1:{otlp_grpc}"
+        endpoint: "{otlp_host}:{otlp_grpc}"
 
 processors:
   batch:
@@ -88,9 +88,9 @@ def ensure_jaeger() -> str:
     return str(TOOLS_JAEGER)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -100,11 +100,12 @@ class Jaeger:
     otlp_port: int
     query_port: int
     log_path: Path
+    otlp_host: str = "127.0.0.1"
     _stopped: bool = field(default=False, repr=False)
 
     @property
     def otlp_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.otlp_port}"
+        return f"http://{self.otlp_host}:{self.otlp_port}"
 
     @property
     def query_url(self) -> str:
@@ -148,7 +149,7 @@ class Jaeger:
 
 def _ready(j: Jaeger) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", j.otlp_port), timeout=0.5):
+        with socket.create_connection((j.otlp_host, j.otlp_port), timeout=0.5):
             pass
         j.api("/api/services")
     except OSError:
@@ -156,19 +157,23 @@ def _ready(j: Jaeger) -> bool:
     return True
 
 
-def run_jaeger(tmp_path: Path, *, timeout_s: float = 60.0) -> Jaeger:
+def run_jaeger(tmp_path: Path, *, otlp_host: str = "127.0.0.1", timeout_s: float = 60.0) -> Jaeger:
+    """Start Jaeger with its query API on loopback and OTLP gRPC on `otlp_host` (a pod network's
+    bridge address lets sidecars in pods export to it)."""
     binary = ensure_jaeger()
-    otlp, query_http, query_grpc = free_port(), free_port(), free_port()
+    otlp, query_http, query_grpc = free_port(otlp_host), free_port(), free_port()
     config = tmp_path / "jaeger.yaml"
     config.write_text(
-        CONFIG_TEMPLATE.format(otlp_grpc=otlp, query_http=query_http, query_grpc=query_grpc)
+        CONFIG_TEMPLATE.format(
+            otlp_host=otlp_host, otlp_grpc=otlp, query_http=query_http, query_grpc=query_grpc
+        )
     )
     log_path = tmp_path / "jaeger.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [binary, "--config", str(config)], stdout=log_file, stderr=subprocess.STDOUT
         )
-    j = Jaeger(proc, otlp, query_http, log_path)
+    j = Jaeger(proc, otlp, query_http, log_path, otlp_host)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,7 +75,12 @@ class NodeAgent:
             *self.extra_args,
         ]  # fmt: skip
         if not self._bootstrapped:
-            args += ["--join-token", self.control_plane.join_token(self.node)]
+            # A file (0600), not argv: a token on the command line is visible in `ps`.
+            token_file = self.state_dir.with_name(f"agent-{self.node}.token")
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.control_plane.join_token(self.node))
+            args += ["--join-token-file", str(token_file)]
         return args
 
     def start(self) -> None:
@@ -146,7 +152,4 @@ def run_node_agent(
         yield agent
     finally:
         agent.stop()
-        with contextlib.suppress(OSError):
-            agent.socket_path.unlink()
-        with contextlib.suppress(OSError):
-            agent.socket_path.parent.rmdir()
+        shutil.rmtree(agent.socket_path.parent, ignore_errors=True)

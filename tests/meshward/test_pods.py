@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from meshward.pods import NETNS_ETC, PodNetwork, list_links, list_netns
+from meshward.pods import NETNS_ETC, Pod, PodNetwork, list_links, list_netns
 from meshward_common.errors import ConfigError
-from tests.harness.pods import pod_network, wait_for_tcp
+from tests.harness.pods import pod_network, pod_network_fixture, wait_for_tcp
 
 PREFIX = "mwic"
 SUBNET = "10.213.32.0/24"
@@ -73,6 +73,27 @@ def test_names_derive_from_the_prefix() -> None:
 def test_add_pod_before_create_is_refused() -> None:
     with pytest.raises(ConfigError, match="not created"):
         PodNetwork(PREFIX, SUBNET).add_pod("a")
+
+
+def test_command_wraps_argv_in_ip_netns_exec_and_setpriv() -> None:
+    network = PodNetwork(PREFIX, SUBNET)
+    pod = Pod("app", "mwic-app", "10.213.32.2", "mwic-v2")
+    assert network.command(pod, ["id", "-u"], uid=1337) == [
+        *("ip", "netns", "exec", "mwic-app"),
+        *("setpriv", "--reuid", "1337", "--regid", "1337", "--clear-groups", "--"),
+        *("id", "-u"),
+    ]
+    assert network.command(pod, ["id"], uid=1000, gid=1337)[5:9] == [
+        "--reuid",
+        "1000",
+        "--regid",
+        "1337",
+    ]
+    assert network.command(pod, ["id"]) == ["ip", "netns", "exec", "mwic-app", "id"]
+    with pytest.raises(ConfigError, match="empty command"):
+        network.command(pod, [])
+    with pytest.raises(ConfigError, match="gid 5 given without a uid"):
+        network.command(pod, ["id"], gid=5)
 
 
 def test_hosts_text_groups_names_by_address() -> None:
@@ -139,6 +160,11 @@ def test_a_pod_has_its_address_loopback_and_only_the_connected_route(net: PodNet
     links = {link["ifname"]: link for link in ip_json("-n", pod.netns, "link", "show")}
     assert "UP" in links["lo"]["flags"]  # type: ignore[operator]
     assert "UP" in links["eth0"]["flags"]  # type: ignore[operator]
+    # No IPv6 on eth0 (not even link-local), so nothing gets around the IPv4 interception rules;
+    # loopback keeps ::1.
+    addrs = {a["ifname"]: a["addr_info"] for a in ip_json("-n", pod.netns, "-6", "addr", "show")}
+    assert addrs.get("eth0", []) == []
+    assert [x["local"] for x in addrs["lo"]] == ["::1"]  # type: ignore[attr-defined]
     (veth,) = ip_json("link", "show", "dev", pod.veth_host)
     assert veth["master"] == net.bridge
     assert (NETNS_ETC / pod.netns / "hosts").read_text().startswith("127.0.0.1\tlocalhost\n")
@@ -205,8 +231,6 @@ def test_spawn_runs_as_the_uid_and_gid_asked(net: PodNetwork) -> None:
     out, _ = proc.communicate(timeout=20)
     mine = Path("/proc/self/ns/net").readlink()
     assert out.decode().strip() != str(mine)
-    with pytest.raises(ConfigError, match="gid"):
-        net.command(pod, ["id"], uid=None, gid=5)
 
 
 @pytest.mark.netns
@@ -297,3 +321,35 @@ def test_overlapping_subnets_are_refused(net: PodNetwork) -> None:
 def test_cleanup_refuses_a_prefix_that_could_match_everything() -> None:
     with pytest.raises(ConfigError, match="refusing"):
         PodNetwork.cleanup_prefix("")
+
+
+other_net = pod_network_fixture(OTHER_PREFIX, OTHER_SUBNET)
+
+
+@pytest.mark.netns
+def test_the_fixture_factory_gives_a_created_network(other_net: PodNetwork) -> None:
+    assert other_net.prefix == OTHER_PREFIX
+    assert other_net.bridge in list_links()
+    assert other_net.add_pod("a").ip == "10.213.32.130"
+
+
+@pytest.mark.netns
+def test_attach_rebuilds_a_network_made_by_another_process(net: PodNetwork) -> None:
+    a = net.add_pod("a")
+    b = net.add_pod("b", ip="10.213.32.40")
+    net.set_hosts({"reviews": [b.ip], "productpage": [a.ip]})
+    attached = PodNetwork.attach(PREFIX, SUBNET)
+    assert attached.pods == net.pods
+    assert attached.hosts_text() == net.hosts_text()
+    # It can add to the network and tear it down, processes included.
+    c = attached.add_pod("c")
+    assert c.ip not in (a.ip, b.ip)
+    sleeper = subprocess.Popen(["ip", "netns", "exec", a.netns, "sleep", "300"])
+    attached.destroy()
+    assert sleeper.wait(timeout=10) != 0
+    assert leftovers(PREFIX) == []
+
+
+def test_attach_to_a_missing_network_is_refused() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        PodNetwork.attach("mwicnone", "10.213.32.0/24")

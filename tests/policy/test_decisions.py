@@ -69,7 +69,7 @@ POLICIES: dict[str, str] = {
     # Explicit-deny task: deny GET, then deny unless x-token: admin.
     "deny-method-get": _ap(
         "deny-method-get",
-        "  selector:\n    matchLabels:\n      app: httpbin\n  action: DENY\n  rules:\n  - to:\n    - operation:\n        methods: [\"GET\"]\n",
+        '  selector:\n    matchLabels:\n      app: httpbin\n  action: DENY\n  rules:\n  - to:\n    - operation:\n        methods: ["GET"]\n',
     ),
     "deny-unless-admin-token": _ap(
         "deny-unless-admin-token",
@@ -88,27 +88,35 @@ POLICIES: dict[str, str] = {
     ),
     "allow-path-ip": _ap(
         "allow-path-ip",
-        "  selector:\n    matchLabels:\n      app: httpbin\n  action: ALLOW\n  rules:\n  - to:\n    - operation:\n        paths: [\"/ip\"]\n",
+        '  selector:\n    matchLabels:\n      app: httpbin\n  action: ALLOW\n  rules:\n  - to:\n    - operation:\n        paths: ["/ip"]\n',
     ),
     "allow-not-private": _ap(
         "allow-not-private",
-        "  rules:\n  - to:\n    - operation:\n        notPaths: [\"/private*\", \"*.secret\"]\n",
+        '  rules:\n  - to:\n    - operation:\n        notPaths: ["/private*", "*.secret"]\n',
+    ),
+    "deny-admin": _ap(
+        "deny-admin",
+        '  action: DENY\n  rules:\n  - to:\n    - operation:\n        paths: ["/admin*"]\n',
+    ),
+    "allow-public": _ap(
+        "allow-public",
+        '  rules:\n  - to:\n    - operation:\n        paths: ["/public/*"]\n',
     ),
     "allow-wildcard-hosts": _ap(
         "allow-wildcard-hosts",
-        "  rules:\n  - to:\n    - operation:\n        hosts: [\"*.example.com\", \"httpbin.foo\"]\n",
+        '  rules:\n  - to:\n    - operation:\n        hosts: ["*.example.com", "httpbin.foo"]\n',
     ),
     "allow-principal-prefix": _ap(
         "allow-principal-prefix",
-        "  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/foo/*\"]\n",
+        '  rules:\n  - from:\n    - source:\n        principals: ["cluster.local/ns/foo/*"]\n',
     ),
     "allow-any-authenticated": _ap(
         "allow-any-authenticated",
-        "  rules:\n  - from:\n    - source:\n        principals: [\"*\"]\n",
+        '  rules:\n  - from:\n    - source:\n        principals: ["*"]\n',
     ),
     "deny-plaintext": _ap(
         "deny-plaintext",
-        "  action: DENY\n  rules:\n  - from:\n    - source:\n        notPrincipals: [\"*\"]\n",
+        '  action: DENY\n  rules:\n  - from:\n    - source:\n        notPrincipals: ["*"]\n',
     ),
     "allow-version-header": _ap(
         "allow-version-header",
@@ -120,35 +128,35 @@ POLICIES: dict[str, str] = {
     ),
     "allow-ip-block": _ap(
         "allow-ip-block",
-        "  rules:\n  - from:\n    - source:\n        ipBlocks: [\"10.1.0.0/16\", \"192.168.0.7\"]\n        notIpBlocks: [\"10.1.9.0/24\"]\n",
+        '  rules:\n  - from:\n    - source:\n        ipBlocks: ["10.1.0.0/16", "192.168.0.7"]\n        notIpBlocks: ["10.1.9.0/24"]\n',
     ),
     # TCP task: allow ports 9000 and 9001 only; then a GET method is added (HTTP-only).
     "tcp-ports": _ap(
         "tcp-policy",
-        "  selector:\n    matchLabels:\n      app: tcp-echo\n  action: ALLOW\n  rules:\n  - to:\n    - operation:\n        ports: [\"9000\", \"9001\"]\n",
+        '  selector:\n    matchLabels:\n      app: tcp-echo\n  action: ALLOW\n  rules:\n  - to:\n    - operation:\n        ports: ["9000", "9001"]\n',
     ),
     "tcp-ports-get": _ap(
         "tcp-policy",
-        "  selector:\n    matchLabels:\n      app: tcp-echo\n  action: ALLOW\n  rules:\n  - to:\n    - operation:\n        methods: [\"GET\"]\n        ports: [\"9000\"]\n",
+        '  selector:\n    matchLabels:\n      app: tcp-echo\n  action: ALLOW\n  rules:\n  - to:\n    - operation:\n        methods: ["GET"]\n        ports: ["9000"]\n',
     ),
     "tcp-deny-get": _ap(
         "tcp-policy",
-        "  selector:\n    matchLabels:\n      app: tcp-echo\n  action: DENY\n  rules:\n  - to:\n    - operation:\n        methods: [\"GET\"]\n        ports: [\"9000\"]\n",
+        '  selector:\n    matchLabels:\n      app: tcp-echo\n  action: DENY\n  rules:\n  - to:\n    - operation:\n        methods: ["GET"]\n        ports: ["9000"]\n',
     ),
     "tcp-allow-ports-header": _ap(
         "tcp-allow-ports-header",
-        "  rules:\n  - to:\n    - operation:\n        ports: [\"9000\"]\n    when:\n    - key: request.headers[x]\n      values: [\"y\"]\n",
+        '  rules:\n  - to:\n    - operation:\n        ports: ["9000"]\n    when:\n    - key: request.headers[x]\n      values: ["y"]\n',
     ),
     "root-allow-nothing": _ap("allow-nothing", "", namespace="istio-system"),
     "root-deny-dev": _ap(
         "deny-dev",
-        "  selector:\n    matchLabels:\n      app: httpbin\n  action: DENY\n  rules:\n  - from:\n    - source:\n        namespaces: [\"dev\"]\n",
+        '  selector:\n    matchLabels:\n      app: httpbin\n  action: DENY\n  rules:\n  - from:\n    - source:\n        namespaces: ["dev"]\n',
         namespace="istio-system",
     ),
     "bar-allow-nothing": _ap("allow-nothing", "", namespace="bar"),
     "audit-admin": _ap(
         "audit-admin",
-        "  action: AUDIT\n  rules:\n  - to:\n    - operation:\n        paths: [\"/admin*\"]\n",
+        '  action: AUDIT\n  rules:\n  - to:\n    - operation:\n        paths: ["/admin*"]\n',
     ),
     "allow-conditions": _ap(
         "allow-conditions",
@@ -170,21 +178,26 @@ POLICIES: dict[str, str] = {
     ),
     "allow-request-principal": _ap(
         "allow-request-principal",
-        "  rules:\n  - from:\n    - source:\n        requestPrincipals: [\"*\"]\n",
+        '  rules:\n  - from:\n    - source:\n        requestPrincipals: ["*"]\n',
     ),
     "deny-no-jwt": _ap(
         "deny-no-jwt",
-        "  action: DENY\n  rules:\n  - from:\n    - source:\n        notRequestPrincipals: [\"*\"]\n",
+        '  action: DENY\n  rules:\n  - from:\n    - source:\n        notRequestPrincipals: ["*"]\n',
     ),
     "allow-empty-selector": _ap(
         "allow-empty-selector",
-        "  selector:\n    matchLabels: {}\n  rules:\n  - to:\n    - operation:\n        methods: [\"HEAD\"]\n",
+        '  selector:\n    matchLabels: {}\n  rules:\n  - to:\n    - operation:\n        methods: ["HEAD"]\n',
     ),
 }
 
 
 def _req(workload: Workload = HTTPBIN, **kw: Any) -> Request:
-    defaults: dict[str, Any] = {"source_principal": SLEEP, "method": "GET", "path": "/", "destination_port": 8000}
+    defaults: dict[str, Any] = {
+        "source_principal": SLEEP,
+        "method": "GET",
+        "path": "/",
+        "destination_port": 8000,
+    }
     return Request(workload=workload, **{**defaults, **kw})
 
 
@@ -192,83 +205,461 @@ def _req(workload: Workload = HTTPBIN, **kw: Any) -> Request:
 VECTORS: list[tuple[str, list[str], Request, str, str | None]] = [
     ("no policies allow", [], _req(), "ALLOW", None),
     ("allow-nothing denies", ["allow-nothing"], _req(), "DENY", None),
-    ("allow-nothing denies plaintext tcp too", ["allow-nothing"], _req(is_http=False, source_principal=""), "DENY", None),
+    (
+        "allow-nothing denies plaintext tcp too",
+        ["allow-nothing"],
+        _req(is_http=False, source_principal=""),
+        "DENY",
+        None,
+    ),
     ("allow-all allows", ["allow-all"], _req(method="DELETE"), "ALLOW", "foo/allow-all"),
-    ("allow-all overrides allow-nothing", ["allow-nothing", "allow-all"], _req(), "ALLOW", "foo/allow-all"),
+    (
+        "allow-all overrides allow-nothing",
+        ["allow-nothing", "allow-all"],
+        _req(),
+        "ALLOW",
+        "foo/allow-all",
+    ),
     ("deny-all denies", ["deny-all"], _req(), "DENY", "foo/deny-all"),
     ("deny wins over allow-all", ["allow-all", "deny-all"], _req(), "DENY", "foo/deny-all"),
     ("deny without rules matches nothing", ["deny-nothing"], _req(), "ALLOW", None),
     ("reference: sleep GET /info", ["httpbin"], _req(path="/info/1"), "ALLOW", "foo/httpbin"),
-    ("reference: paths ignore the query", ["httpbin"], _req(path="/info?debug=1"), "ALLOW", "foo/httpbin"),
-    ("reference: sleep POST /data", ["httpbin"], _req(method="POST", path="/data"), "ALLOW", "foo/httpbin"),
-    ("reference: POST /data is exact", ["httpbin"], _req(method="POST", path="/data/x"), "DENY", None),
-    ("reference: method and path pair together", ["httpbin"], _req(method="GET", path="/data"), "DENY", None),
-    ("reference: namespace test allowed", ["httpbin"], _req(source_principal="spiffe://cluster.local/ns/test/sa/any", path="/info"), "ALLOW", "foo/httpbin"),
-    ("reference: other principal denied", ["httpbin"], _req(source_principal=DEV, path="/info"), "DENY", None),
-    ("reference: plaintext denied", ["httpbin"], _req(source_principal="", path="/info"), "DENY", None),
-    ("selector: other workload unaffected", ["httpbin"], _req(OTHER, source_principal=DEV, method="PUT"), "ALLOW", None),
-    ("namespace: policy of foo ignores bar", ["httpbin"], _req(BAR, source_principal=DEV), "ALLOW", None),
-    ("deny POST from other namespace", ["deny-post-from-other-ns"], _req(source_principal=DEV, method="POST"), "DENY", "foo/deny-post-from-other-ns"),
-    ("deny POST: same namespace passes", ["deny-post-from-other-ns"], _req(method="POST"), "ALLOW", None),
-    ("deny POST: plaintext has no namespace, so not foo", ["deny-post-from-other-ns"], _req(source_principal="", method="POST"), "DENY", "foo/deny-post-from-other-ns"),
+    (
+        "reference: paths ignore the query",
+        ["httpbin"],
+        _req(path="/info?debug=1"),
+        "ALLOW",
+        "foo/httpbin",
+    ),
+    (
+        "reference: sleep POST /data",
+        ["httpbin"],
+        _req(method="POST", path="/data"),
+        "ALLOW",
+        "foo/httpbin",
+    ),
+    (
+        "reference: POST /data is exact",
+        ["httpbin"],
+        _req(method="POST", path="/data/x"),
+        "DENY",
+        None,
+    ),
+    (
+        "reference: method and path pair together",
+        ["httpbin"],
+        _req(method="GET", path="/data"),
+        "DENY",
+        None,
+    ),
+    (
+        "reference: namespace test allowed",
+        ["httpbin"],
+        _req(source_principal="spiffe://cluster.local/ns/test/sa/any", path="/info"),
+        "ALLOW",
+        "foo/httpbin",
+    ),
+    (
+        "reference: other principal denied",
+        ["httpbin"],
+        _req(source_principal=DEV, path="/info"),
+        "DENY",
+        None,
+    ),
+    (
+        "reference: plaintext denied",
+        ["httpbin"],
+        _req(source_principal="", path="/info"),
+        "DENY",
+        None,
+    ),
+    (
+        "selector: other workload unaffected",
+        ["httpbin"],
+        _req(OTHER, source_principal=DEV, method="PUT"),
+        "ALLOW",
+        None,
+    ),
+    (
+        "namespace: policy of foo ignores bar",
+        ["httpbin"],
+        _req(BAR, source_principal=DEV),
+        "ALLOW",
+        None,
+    ),
+    (
+        "deny POST from other namespace",
+        ["deny-post-from-other-ns"],
+        _req(source_principal=DEV, method="POST"),
+        "DENY",
+        "foo/deny-post-from-other-ns",
+    ),
+    (
+        "deny POST: same namespace passes",
+        ["deny-post-from-other-ns"],
+        _req(method="POST"),
+        "ALLOW",
+        None,
+    ),
+    (
+        "deny POST: plaintext has no namespace, so not foo",
+        ["deny-post-from-other-ns"],
+        _req(source_principal="", method="POST"),
+        "DENY",
+        "foo/deny-post-from-other-ns",
+    ),
     ("explicit deny GET", ["deny-method-get"], _req(), "DENY", "foo/deny-method-get"),
     ("explicit deny: POST passes", ["deny-method-get"], _req(method="POST"), "ALLOW", None),
-    ("deny unless admin token: no header", ["deny-unless-admin-token"], _req(), "DENY", "foo/deny-unless-admin-token"),
-    ("deny unless admin token: admin", ["deny-unless-admin-token"], _req(headers={"X-Token": "admin"}), "ALLOW", None),
-    ("deny unless admin token: guest", ["deny-unless-admin-token"], _req(headers={"x-token": "guest"}), "DENY", "foo/deny-unless-admin-token"),
-    ("explicit deny task: allow /ip with deny GET", ["deny-unless-admin-token", "allow-path-ip"], _req(path="/ip", headers={"x-token": "admin"}), "ALLOW", "foo/allow-path-ip"),
-    ("explicit deny task: /get not allowed", ["deny-unless-admin-token", "allow-path-ip"], _req(path="/get", headers={"x-token": "admin"}), "DENY", None),
-    ("notPaths: public", ["allow-not-private"], _req(path="/public"), "ALLOW", "foo/allow-not-private"),
+    (
+        "deny unless admin token: no header",
+        ["deny-unless-admin-token"],
+        _req(),
+        "DENY",
+        "foo/deny-unless-admin-token",
+    ),
+    (
+        "deny unless admin token: admin",
+        ["deny-unless-admin-token"],
+        _req(headers={"X-Token": "admin"}),
+        "ALLOW",
+        None,
+    ),
+    (
+        "deny unless admin token: guest",
+        ["deny-unless-admin-token"],
+        _req(headers={"x-token": "guest"}),
+        "DENY",
+        "foo/deny-unless-admin-token",
+    ),
+    (
+        "explicit deny task: allow /ip with deny GET",
+        ["deny-unless-admin-token", "allow-path-ip"],
+        _req(path="/ip", headers={"x-token": "admin"}),
+        "ALLOW",
+        "foo/allow-path-ip",
+    ),
+    (
+        "explicit deny task: /get not allowed",
+        ["deny-unless-admin-token", "allow-path-ip"],
+        _req(path="/get", headers={"x-token": "admin"}),
+        "DENY",
+        None,
+    ),
+    (
+        "notPaths: public",
+        ["allow-not-private"],
+        _req(path="/public"),
+        "ALLOW",
+        "foo/allow-not-private",
+    ),
     ("notPaths: prefix excluded", ["allow-not-private"], _req(path="/private/x"), "DENY", None),
+    (
+        "normalized: dot segments cannot dodge a DENY",
+        ["deny-admin"],
+        _req(path="/public/../admin/x"),
+        "DENY",
+        "foo/deny-admin",
+    ),
+    (
+        "normalized: escapes cannot dodge a DENY",
+        ["deny-admin"],
+        _req(path="/%61dmin"),
+        "DENY",
+        "foo/deny-admin",
+    ),
+    (
+        "normalized: dot segments cannot stretch an ALLOW",
+        ["allow-public"],
+        _req(path="/public/../private"),
+        "DENY",
+        None,
+    ),
+    (
+        "normalized: plain public path allowed",
+        ["allow-public"],
+        _req(path="/public/./a"),
+        "ALLOW",
+        "foo/allow-public",
+    ),
     ("notPaths: suffix excluded", ["allow-not-private"], _req(path="/a/b.secret"), "DENY", None),
-    ("hosts: suffix wildcard", ["allow-wildcard-hosts"], _req(host="api.example.com"), "ALLOW", "foo/allow-wildcard-hosts"),
-    ("hosts: case-insensitive", ["allow-wildcard-hosts"], _req(host="API.Example.COM"), "ALLOW", "foo/allow-wildcard-hosts"),
-    ("hosts: exact case-insensitive", ["allow-wildcard-hosts"], _req(host="HTTPBIN.foo"), "ALLOW", "foo/allow-wildcard-hosts"),
-    ("hosts: exact does not match with a port", ["allow-wildcard-hosts"], _req(host="httpbin.foo:8000"), "DENY", None),
+    (
+        "hosts: suffix wildcard",
+        ["allow-wildcard-hosts"],
+        _req(host="api.example.com"),
+        "ALLOW",
+        "foo/allow-wildcard-hosts",
+    ),
+    (
+        "hosts: case-insensitive",
+        ["allow-wildcard-hosts"],
+        _req(host="API.Example.COM"),
+        "ALLOW",
+        "foo/allow-wildcard-hosts",
+    ),
+    (
+        "hosts: exact case-insensitive",
+        ["allow-wildcard-hosts"],
+        _req(host="HTTPBIN.foo"),
+        "ALLOW",
+        "foo/allow-wildcard-hosts",
+    ),
+    (
+        "hosts: exact does not match with a port",
+        ["allow-wildcard-hosts"],
+        _req(host="httpbin.foo:8000"),
+        "DENY",
+        None,
+    ),
     ("hosts: other host", ["allow-wildcard-hosts"], _req(host="example.org"), "DENY", None),
-    ("principal prefix wildcard", ["allow-principal-prefix"], _req(), "ALLOW", "foo/allow-principal-prefix"),
-    ("principal prefix: other namespace", ["allow-principal-prefix"], _req(source_principal=DEV), "DENY", None),
-    ("principal prefix: trust domain is part of it", ["allow-principal-prefix"], _req(source_principal="spiffe://other.td/ns/foo/sa/sleep"), "DENY", None),
-    ("presence: any authenticated", ["allow-any-authenticated"], _req(source_principal=DEV), "ALLOW", "foo/allow-any-authenticated"),
-    ("presence: plaintext is not authenticated", ["allow-any-authenticated"], _req(source_principal=""), "DENY", None),
-    ("notPrincipals *: plaintext denied", ["deny-plaintext"], _req(source_principal=""), "DENY", "foo/deny-plaintext"),
+    (
+        "principal prefix wildcard",
+        ["allow-principal-prefix"],
+        _req(),
+        "ALLOW",
+        "foo/allow-principal-prefix",
+    ),
+    (
+        "principal prefix: other namespace",
+        ["allow-principal-prefix"],
+        _req(source_principal=DEV),
+        "DENY",
+        None,
+    ),
+    (
+        "principal prefix: trust domain is part of it",
+        ["allow-principal-prefix"],
+        _req(source_principal="spiffe://other.td/ns/foo/sa/sleep"),
+        "DENY",
+        None,
+    ),
+    (
+        "presence: any authenticated",
+        ["allow-any-authenticated"],
+        _req(source_principal=DEV),
+        "ALLOW",
+        "foo/allow-any-authenticated",
+    ),
+    (
+        "presence: plaintext is not authenticated",
+        ["allow-any-authenticated"],
+        _req(source_principal=""),
+        "DENY",
+        None,
+    ),
+    (
+        "notPrincipals *: plaintext denied",
+        ["deny-plaintext"],
+        _req(source_principal=""),
+        "DENY",
+        "foo/deny-plaintext",
+    ),
     ("notPrincipals *: mTLS passes", ["deny-plaintext"], _req(), "ALLOW", None),
-    ("header condition v1", ["allow-version-header"], _req(headers={"Version": "v1"}), "ALLOW", "foo/allow-version-header"),
-    ("header condition prefix v2*", ["allow-version-header"], _req(headers={"version": "v2-beta"}), "ALLOW", "foo/allow-version-header"),
-    ("header condition other value", ["allow-version-header"], _req(headers={"version": "v3"}), "DENY", None),
+    (
+        "header condition v1",
+        ["allow-version-header"],
+        _req(headers={"Version": "v1"}),
+        "ALLOW",
+        "foo/allow-version-header",
+    ),
+    (
+        "header condition prefix v2*",
+        ["allow-version-header"],
+        _req(headers={"version": "v2-beta"}),
+        "ALLOW",
+        "foo/allow-version-header",
+    ),
+    (
+        "header condition other value",
+        ["allow-version-header"],
+        _req(headers={"version": "v3"}),
+        "DENY",
+        None,
+    ),
     ("header condition absent", ["allow-version-header"], _req(), "DENY", None),
-    ("ipBlocks: inside", ["allow-ip-block"], _req(source_ip="10.1.2.3"), "ALLOW", "foo/allow-ip-block"),
-    ("ipBlocks: single address", ["allow-ip-block"], _req(source_ip="192.168.0.7"), "ALLOW", "foo/allow-ip-block"),
-    ("ipBlocks: notIpBlocks carves out", ["allow-ip-block"], _req(source_ip="10.1.9.1"), "DENY", None),
+    (
+        "ipBlocks: inside",
+        ["allow-ip-block"],
+        _req(source_ip="10.1.2.3"),
+        "ALLOW",
+        "foo/allow-ip-block",
+    ),
+    (
+        "ipBlocks: single address",
+        ["allow-ip-block"],
+        _req(source_ip="192.168.0.7"),
+        "ALLOW",
+        "foo/allow-ip-block",
+    ),
+    (
+        "ipBlocks: notIpBlocks carves out",
+        ["allow-ip-block"],
+        _req(source_ip="10.1.9.1"),
+        "DENY",
+        None,
+    ),
     ("ipBlocks: outside", ["allow-ip-block"], _req(source_ip="10.2.0.1"), "DENY", None),
-    ("tcp ports: 9000 allowed", ["tcp-ports"], _req(TCP_ECHO, is_http=False, destination_port=9000), "ALLOW", "foo/tcp-policy"),
-    ("tcp ports: 9002 denied", ["tcp-ports"], _req(TCP_ECHO, is_http=False, destination_port=9002), "DENY", None),
-    ("tcp narrowing: ALLOW rule with methods never matches TCP", ["tcp-ports-get"], _req(TCP_ECHO, is_http=False, destination_port=9000), "DENY", None),
-    ("tcp narrowing: same rule matches HTTP GET", ["tcp-ports-get"], _req(TCP_ECHO, destination_port=9000), "ALLOW", "foo/tcp-policy"),
-    ("tcp narrowing: header condition also narrows", ["tcp-allow-ports-header"], _req(is_http=False, destination_port=9000), "DENY", None),
-    ("tcp widening: DENY rule with methods denies TCP on 9000", ["tcp-deny-get"], _req(TCP_ECHO, is_http=False, destination_port=9000), "DENY", "foo/tcp-policy"),
-    ("tcp widening: ports still apply", ["tcp-deny-get"], _req(TCP_ECHO, is_http=False, destination_port=9001), "ALLOW", None),
-    ("tcp widening: HTTP POST not denied", ["tcp-deny-get"], _req(TCP_ECHO, method="POST", destination_port=9000), "ALLOW", None),
+    (
+        "tcp ports: 9000 allowed",
+        ["tcp-ports"],
+        _req(TCP_ECHO, is_http=False, destination_port=9000),
+        "ALLOW",
+        "foo/tcp-policy",
+    ),
+    (
+        "tcp ports: 9002 denied",
+        ["tcp-ports"],
+        _req(TCP_ECHO, is_http=False, destination_port=9002),
+        "DENY",
+        None,
+    ),
+    (
+        "tcp narrowing: ALLOW rule with methods never matches TCP",
+        ["tcp-ports-get"],
+        _req(TCP_ECHO, is_http=False, destination_port=9000),
+        "DENY",
+        None,
+    ),
+    (
+        "tcp narrowing: same rule matches HTTP GET",
+        ["tcp-ports-get"],
+        _req(TCP_ECHO, destination_port=9000),
+        "ALLOW",
+        "foo/tcp-policy",
+    ),
+    (
+        "tcp narrowing: header condition also narrows",
+        ["tcp-allow-ports-header"],
+        _req(is_http=False, destination_port=9000),
+        "DENY",
+        None,
+    ),
+    (
+        "tcp widening: DENY rule with methods denies TCP on 9000",
+        ["tcp-deny-get"],
+        _req(TCP_ECHO, is_http=False, destination_port=9000),
+        "DENY",
+        "foo/tcp-policy",
+    ),
+    (
+        "tcp widening: ports still apply",
+        ["tcp-deny-get"],
+        _req(TCP_ECHO, is_http=False, destination_port=9001),
+        "ALLOW",
+        None,
+    ),
+    (
+        "tcp widening: HTTP POST not denied",
+        ["tcp-deny-get"],
+        _req(TCP_ECHO, method="POST", destination_port=9000),
+        "ALLOW",
+        None,
+    ),
     ("root namespace applies mesh-wide", ["root-allow-nothing"], _req(BAR), "DENY", None),
-    ("root namespace plus local allow", ["root-allow-nothing", "allow-all"], _req(), "ALLOW", "foo/allow-all"),
-    ("root namespace selector in any namespace", ["root-deny-dev"], _req(BAR, source_principal=DEV), "DENY", "istio-system/deny-dev"),
-    ("root namespace selector: labels must match", ["root-deny-dev"], _req(OTHER, source_principal=DEV), "ALLOW", None),
-    ("namespace-wide policy applies to every workload", ["bar-allow-nothing"], _req(BAR), "DENY", None),
-    ("empty matchLabels selects all", ["allow-empty-selector"], _req(OTHER, method="HEAD"), "ALLOW", "foo/allow-empty-selector"),
+    (
+        "root namespace plus local allow",
+        ["root-allow-nothing", "allow-all"],
+        _req(),
+        "ALLOW",
+        "foo/allow-all",
+    ),
+    (
+        "root namespace selector in any namespace",
+        ["root-deny-dev"],
+        _req(BAR, source_principal=DEV),
+        "DENY",
+        "istio-system/deny-dev",
+    ),
+    (
+        "root namespace selector: labels must match",
+        ["root-deny-dev"],
+        _req(OTHER, source_principal=DEV),
+        "ALLOW",
+        None,
+    ),
+    (
+        "namespace-wide policy applies to every workload",
+        ["bar-allow-nothing"],
+        _req(BAR),
+        "DENY",
+        None,
+    ),
+    (
+        "empty matchLabels selects all",
+        ["allow-empty-selector"],
+        _req(OTHER, method="HEAD"),
+        "ALLOW",
+        "foo/allow-empty-selector",
+    ),
     ("audit does not change the decision", ["audit-admin"], _req(path="/admin/x"), "ALLOW", None),
-    ("conditions: all true", ["allow-conditions"], _req(destination_ip="10.3.0.1", sni="outbound_.8000_._.httpbin.foo.svc.cluster.local", source_ip="10.0.0.1"), "ALLOW", "foo/allow-conditions"),
-    ("conditions: banned principal", ["allow-conditions"], _req(source_principal="spiffe://cluster.local/ns/foo/sa/banned", destination_ip="10.3.0.1", sni="a.foo.svc.cluster.local"), "DENY", None),
-    ("conditions: wrong port", ["allow-conditions"], _req(destination_port=9000, destination_ip="10.3.0.1", sni="a.foo.svc.cluster.local"), "DENY", None),
-    ("conditions: remote ip excluded", ["allow-conditions"], _req(source_ip="10.9.9.9", destination_ip="10.3.0.1", sni="a.foo.svc.cluster.local"), "DENY", None),
+    (
+        "conditions: all true",
+        ["allow-conditions"],
+        _req(
+            destination_ip="10.3.0.1",
+            sni="outbound_.8000_._.httpbin.foo.svc.cluster.local",
+            source_ip="10.0.0.1",
+        ),
+        "ALLOW",
+        "foo/allow-conditions",
+    ),
+    (
+        "conditions: banned principal",
+        ["allow-conditions"],
+        _req(
+            source_principal="spiffe://cluster.local/ns/foo/sa/banned",
+            destination_ip="10.3.0.1",
+            sni="a.foo.svc.cluster.local",
+        ),
+        "DENY",
+        None,
+    ),
+    (
+        "conditions: wrong port",
+        ["allow-conditions"],
+        _req(destination_port=9000, destination_ip="10.3.0.1", sni="a.foo.svc.cluster.local"),
+        "DENY",
+        None,
+    ),
+    (
+        "conditions: remote ip excluded",
+        ["allow-conditions"],
+        _req(source_ip="10.9.9.9", destination_ip="10.3.0.1", sni="a.foo.svc.cluster.local"),
+        "DENY",
+        None,
+    ),
     ("conditions: no SNI", ["allow-conditions"], _req(destination_ip="10.3.0.1"), "DENY", None),
-    ("conditions hold on TCP too", ["allow-conditions"], _req(is_http=False, destination_ip="10.3.0.1", sni="a.foo.svc.cluster.local"), "ALLOW", "foo/allow-conditions"),
-    ("requestPrincipals never match (no end-user auth)", ["allow-request-principal"], _req(), "DENY", None),
-    ("notRequestPrincipals *: nobody has a JWT, so denied", ["deny-no-jwt"], _req(), "DENY", "foo/deny-no-jwt"),
+    (
+        "conditions hold on TCP too",
+        ["allow-conditions"],
+        _req(is_http=False, destination_ip="10.3.0.1", sni="a.foo.svc.cluster.local"),
+        "ALLOW",
+        "foo/allow-conditions",
+    ),
+    (
+        "requestPrincipals never match (no end-user auth)",
+        ["allow-request-principal"],
+        _req(),
+        "DENY",
+        None,
+    ),
+    (
+        "notRequestPrincipals *: nobody has a JWT, so denied",
+        ["deny-no-jwt"],
+        _req(),
+        "DENY",
+        "foo/deny-no-jwt",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("names", "request_", "expected", "policy"), [v[1:] for v in VECTORS], ids=[v[0] for v in VECTORS])
-def test_decision_vector(names: list[str], request_: Request, expected: str, policy: str | None) -> None:
+@pytest.mark.parametrize(
+    ("names", "request_", "expected", "policy"),
+    [v[1:] for v in VECTORS],
+    ids=[v[0] for v in VECTORS],
+)
+def test_decision_vector(
+    names: list[str], request_: Request, expected: str, policy: str | None
+) -> None:
     resources = [r for n in names for r in parse_text(POLICIES[n], f"{n}.yaml")]
     decision = decide(PolicySet.of(resources), request_)
     assert ("ALLOW" if decision.allowed else "DENY") == expected, decision.reason
@@ -276,7 +667,9 @@ def test_decision_vector(names: list[str], request_: Request, expected: str, pol
 
 
 def test_audit_match_is_reported_and_names_the_rule() -> None:
-    resources = parse_text(POLICIES["audit-admin"] + "---\n" + POLICIES["deny-method-get"], "p.yaml")
+    resources = parse_text(
+        POLICIES["audit-admin"] + "---\n" + POLICIES["deny-method-get"], "p.yaml"
+    )
     decision = decide(PolicySet.of(resources), _req(path="/admin/users"))
     assert not decision.allowed
     assert [a.policy for a in decision.audits] == ["foo/audit-admin"]
@@ -286,9 +679,16 @@ def test_audit_match_is_reported_and_names_the_rule() -> None:
 
 
 def test_decision_explains_policy_rule_and_why() -> None:
-    decision = decide(PolicySet.of(parse_text(POLICIES["httpbin"], "httpbin.yaml")), _req(method="POST", path="/data"))
+    decision = decide(
+        PolicySet.of(parse_text(POLICIES["httpbin"], "httpbin.yaml")),
+        _req(method="POST", path="/data"),
+    )
     assert decision.match is not None
-    assert (decision.match.policy, decision.match.rule, decision.match.source) == ("foo/httpbin", 0, "httpbin.yaml")
+    assert (decision.match.policy, decision.match.rule, decision.match.source) == (
+        "foo/httpbin",
+        0,
+        "httpbin.yaml",
+    )
     assert "methods=['POST']" in decision.match.description
     assert "foo/httpbin rule 0" in decision.reason
     denied = decide(PolicySet.of(parse_text(POLICIES["httpbin"], "h.yaml")), _req(method="PUT"))

@@ -20,7 +20,9 @@ def test_directory_loads_yaml_files_and_reports_bad_ones(tmp_path: Path) -> None
     loaded = load_paths([tmp_path])
     assert loaded.files == 3
     assert sorted(r.key for r in loaded.resources) == ["foo/deny-all", "foo/other"]
-    assert [str(p) for p in loaded.problems] == [f"{tmp_path / 'c.yaml'}:7: spec.bogus: unknown field (expected one of: action, provider, rules, selector, targetRef, targetRefs)"]
+    assert [str(p) for p in loaded.problems] == [
+        f"{tmp_path / 'c.yaml'}:7: spec.bogus: unknown field (expected one of: action, provider, rules, selector, targetRef, targetRefs)"
+    ]
 
 
 def test_same_policy_in_two_files_refuses_the_later(tmp_path: Path) -> None:

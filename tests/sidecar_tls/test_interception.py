@@ -48,6 +48,23 @@ def test_exclusions_add_return_rules_where_istio_puts_them() -> None:
     assert parse_nat_rules(render_rules(options)) == golden
 
 
+def test_one_excluded_port_is_a_plain_dport_rule_for_tcp_and_udp() -> None:
+    chain = render_rules(InterceptionOptions(exclude_outbound_ports=(22,))).splitlines()
+    first = chain.index("-A ISTIO_OUTPUT -p tcp --dport 22 -j RETURN")
+    assert chain[first + 1] == "-A ISTIO_OUTPUT -p udp --dport 22 -j RETURN"
+    assert chain[first + 2] == "-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN"
+
+
+def test_more_than_15_excluded_ports_are_split_across_multiport_rules() -> None:
+    ports = tuple(range(1000, 1020))
+    text = render_rules(InterceptionOptions(exclude_outbound_ports=ports))
+    first = ",".join(map(str, ports[:15]))
+    rest = ",".join(map(str, ports[15:]))
+    assert f"-A ISTIO_OUTPUT -p tcp -m multiport --dports {first} -j RETURN" in text
+    assert f"-A ISTIO_OUTPUT -p udp -m multiport --dports {rest} -j RETURN" in text
+    assert text.count("multiport") == 4
+
+
 def test_order_within_a_chain_matters_to_the_comparison() -> None:
     text = render_rules()
     lines = text.splitlines()
@@ -222,7 +239,9 @@ def test_apply_loads_the_rendered_table_and_replaces_it_on_reapply(net: PodNetwo
     got = read_nat_table(pod.netns)
     assert {c: r for c, r in got.items() if r or c in ISTIO_CHAINS} == want
     # A second apply with other options replaces the table instead of appending to it.
-    options = InterceptionOptions(exclude_outbound_ports=(25,))
+    options = InterceptionOptions(
+        exclude_outbound_ports=(25, 587), exclude_outbound_cidrs=("10.96.0.0/12",)
+    )
     apply_rules(pod.netns, options)
     got = read_nat_table(pod.netns)
     assert got["ISTIO_OUTPUT"] == parse_nat_rules(render_rules(options))["ISTIO_OUTPUT"]
@@ -290,14 +309,15 @@ def test_excluded_outbound_ports_and_cidrs_are_not_redirected(net: PodNetwork) -
         net,
         "app",
         options=InterceptionOptions(
-            exclude_outbound_ports=(9443,), exclude_outbound_cidrs=("10.213.32.200/32",)
+            exclude_outbound_ports=(9443, 9444), exclude_outbound_cidrs=("10.213.32.200/32",)
         ),
     )
     start_listener(net, app, [15001], uid=1337)
     start_listener(net, excluded_host, [9080], uid=APP_UID)
-    start_listener(net, other, [9080, 9443], uid=APP_UID)
+    start_listener(net, other, [9080, 9443, 9444], uid=APP_UID)
 
     assert connect_from(net, app, other.ip, 9443, uid=APP_UID).startswith("port=9443 ")
+    assert connect_from(net, app, other.ip, 9444, uid=APP_UID).startswith("port=9444 ")
     assert connect_from(net, app, excluded_host.ip, 9080, uid=APP_UID).startswith("port=9080 ")
     # Neither exclusion is broader than it says.
     assert connect_from(net, app, other.ip, 9080, uid=APP_UID) == (

@@ -212,3 +212,33 @@ def test_prometheus_text_parses_with_the_reference_parser():
     families = {f.name: f for f in text_string_to_metric_families(obs.render().decode())}
     assert families["istio_requests"].type == "counter"
     assert families["istio_request_duration_milliseconds"].type == "histogram"
+
+
+async def test_namespaces_come_from_the_verified_ids_when_the_hop_lacks_them(served):
+    obs, _, url = served
+    # An inbound sidecar knows its caller only by the SPIFFE ID from the TLS handshake.
+    obs.start(
+        Hop(
+            direction="inbound",
+            protocol="http",
+            source_principal=A_ID.replace("default", "shop"),
+            mutual_tls=True,
+        ),
+        {},
+    ).finish(200, 1)
+    obs.start(
+        Hop(
+            direction="inbound",
+            protocol="http",
+            source_principal="spiffe://cluster.local/meshward/node/n1",
+        ),
+        {},
+    ).finish(200, 1)
+    got = await scrape(url)
+    assert (
+        value(
+            got, "istio_requests_total", source_workload_namespace="shop", source_workload="unknown"
+        )
+        == 1
+    )
+    assert value(got, "istio_requests_total", source_workload_namespace="unknown") == 1

@@ -19,13 +19,13 @@ def _now() -> dt.datetime:
 
 
 @dataclass
-class TestCA:
+class MiniCA:
     trust_domain: str
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
 
     @classmethod
-    def create(cls, trust_domain: str = "cluster.local", name: str = "test root") -> TestCA:
+    def create(cls, trust_domain: str = "cluster.local", name: str = "test root") -> MiniCA:
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -61,6 +61,7 @@ class TestCA:
         *,
         ttl: dt.timedelta = dt.timedelta(hours=1),
         not_before: dt.datetime | None = None,
+        dns: tuple[str, ...] = (),
     ) -> WorkloadIdentity:
         key = ec.generate_private_key(ec.SECP256R1())
         start = not_before or (_now() - dt.timedelta(minutes=1))
@@ -84,7 +85,12 @@ class TestCA:
                 critical=False,
             )
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
+                x509.SubjectAlternativeName(
+                    [
+                        x509.UniformResourceIdentifier(spiffe_id),
+                        *(x509.DNSName(name) for name in dns),
+                    ]
+                ),
                 critical=False,
             )
             .add_extension(
@@ -99,6 +105,6 @@ class TestCA:
         return self.issue(f"spiffe://{self.trust_domain}/ns/{namespace}/sa/{sa}", **kw)  # type: ignore[arg-type]
 
 
-def with_bundle(identity: WorkloadIdentity, ca: TestCA) -> WorkloadIdentity:
+def with_bundle(identity: WorkloadIdentity, ca: MiniCA) -> WorkloadIdentity:
     """The same SVID, trusting another CA's roots instead (a peer from a foreign CA)."""
     return WorkloadIdentity(identity.chain, identity.key, {ca.trust_domain: (ca.cert,)})

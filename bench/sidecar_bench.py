@@ -1,0 +1,325 @@
+"""Sidecar data-path benchmark: app -> two sidecars (mTLS) -> app, against app -> app direct and
+against a pair of nginx instances doing the same mTLS proxying (the C reference), in one run, on
+the same backend (nginx returning a small body) and the same load generator (wrk, keep-alive).
+
+Sidecars run as separate processes (one core each at most, as in their pods) on loopback; their
+destinations are injected instead of recovered by SO_ORIGINAL_DST (the only difference from a pod).
+
+    python -m bench sidecar          # or: python -m bench.sidecar_bench
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+REPO = Path(__file__).resolve().parents[1]
+CONNECTIONS = 32
+DURATION_S = 5
+CLIENT_ID = "spiffe://cluster.local/ns/bench/sa/client"
+SERVER_ID = "spiffe://cluster.local/ns/bench/sa/server"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def _write_pki(tmp: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from tests.sidecar_tls.testca import MiniCA
+
+    ca = MiniCA.create()
+    (tmp / "root.pem").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+    for name, sid in (("client", CLIENT_ID), ("server", SERVER_ID)):
+        # A DNS SAN as well: nginx's proxy_ssl_verify always checks a name (SVIDs may carry one).
+        ident = ca.issue(sid, ttl=dt.timedelta(hours=2), dns=(name,))
+        (tmp / f"{name}.pem").write_bytes(ident.leaf.public_bytes(serialization.Encoding.PEM))
+        key = tmp / f"{name}-key.pem"
+        key.write_bytes(
+            ident.key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        key.chmod(0o600)
+
+
+def _nginx(tmp: Path, name: str, server_block: str) -> subprocess.Popen[bytes]:
+    conf = tmp / f"{name}.conf"
+    temp = tmp / f"{name}-temp"
+    temp.mkdir(exist_ok=True)
+    conf.write_text(
+        f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy;
+  fastcgi_temp_path {temp}/fcgi; uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
+  {server_block}
+}}
+"""
+    )
+    return subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)], stderr=subprocess.DEVNULL)
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    cpu_us_per_req: list[float]
+    rss_mb: list[float]
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _rss_mb(pid: int) -> float:
+    m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(m.group(1)) / 1024 if m else 0.0
+
+
+def _ms(value: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", value)
+    if not m:
+        return float("nan")
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def _wrk(name: str, port: int, pids: list[int]) -> Result:
+    url = f"http://127.0.0.1:{port}/"
+    # warm up (pools, handshakes), then measure
+    subprocess.run(
+        ["wrk", "-t1", f"-c{CONNECTIONS}", "-d1s", url], capture_output=True, check=False
+    )
+    before = [_cpu_ticks(p) for p in pids]
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{DURATION_S}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    after = [_cpu_ticks(p) for p in pids]
+    rss = [_rss_mb(p) for p in pids]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    if errors:
+        print(f"   {name}: {errors.group(0)}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    cpu = [(a - b) / CLK_TCK * 1e6 / max(requests, 1) for a, b in zip(after, before, strict=True)]
+    return Result(name, rps, p50, p99, requests, cpu, rss)
+
+
+def _sidecar_proc(role: str, tmp: Path, listen: int, target: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.sidecar_bench", role, str(tmp), str(listen), str(target)],
+        cwd=REPO,
+    )
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def main() -> None:
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is not installed (make system-deps)")
+    tmp = Path(tempfile.mkdtemp(prefix="mwsc-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    results: list[Result] = []
+    try:
+        _write_pki(tmp)
+        backend = _free_port()
+        procs.append(
+            _nginx(
+                tmp,
+                "backend",
+                f"server {{ listen 127.0.0.1:{backend}; keepalive_requests 100000; "
+                f'location / {{ return 200 "ok\\n"; }} }}',
+            )
+        )
+        _wait_port(backend, procs[-1])
+        results.append(_wrk("direct", backend, []))
+
+        inbound, outbound = _free_port(), _free_port()
+        sidecars = [
+            _sidecar_proc("inbound", tmp, inbound, backend),
+            _sidecar_proc("outbound", tmp, outbound, inbound),
+        ]
+        procs.extend(sidecars)
+        _wait_port(inbound, sidecars[0])
+        _wait_port(outbound, sidecars[1])
+        results.append(_wrk("meshward sidecars", outbound, [p.pid for p in sidecars]))
+        _stop(sidecars)
+
+        n_in, n_out = _free_port(), _free_port()
+        server_nginx = _nginx(
+            tmp,
+            "nginx-in",
+            f"""
+  upstream app {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{n_in} ssl; keepalive_requests 100000;
+    ssl_certificate {tmp}/server.pem; ssl_certificate_key {tmp}/server-key.pem;
+    ssl_client_certificate {tmp}/root.pem; ssl_verify_client on;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{ proxy_pass http://app; proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_set_header x-forwarded-client-cert $ssl_client_s_dn; }}
+  }}""",
+        )
+        client_nginx = _nginx(
+            tmp,
+            "nginx-out",
+            f"""
+  upstream peer {{ server 127.0.0.1:{n_in}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{n_out}; keepalive_requests 100000;
+    location / {{ proxy_pass https://peer; proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_certificate {tmp}/client.pem; proxy_ssl_certificate_key {tmp}/client-key.pem;
+      proxy_ssl_trusted_certificate {tmp}/root.pem; proxy_ssl_verify on;
+      proxy_ssl_name server; proxy_ssl_session_reuse on; }}
+  }}""",
+        )
+        procs.extend([server_nginx, client_nginx])
+        _wait_port(n_in, server_nginx)
+        _wait_port(n_out, client_nginx)
+        worker_pids = _nginx_workers(tmp, ("nginx-in", "nginx-out"))
+        results.append(_wrk("nginx mTLS pair", n_out, worker_pids))
+    finally:
+        _stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
+    _report(results)
+
+
+def _nginx_workers(tmp: Path, names: tuple[str, ...]) -> list[int]:
+    pids = []
+    for name in names:
+        master = int((tmp / f"{name}.pid").read_text())
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        pids.append(int(children[0]) if children else master)
+    return pids
+
+
+def _report(results: list[Result]) -> None:
+    print(f"wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s keep-alive, backend nginx 'ok\\n' (loopback)")
+    print(f"{'path':<20}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}   CPU us/req per proxy   RSS MB")
+    for r in results:
+        cpu = " + ".join(f"{c:.0f}" for c in r.cpu_us_per_req) or "-"
+        rss = " / ".join(f"{m:.1f}" for m in r.rss_mb) or "-"
+        print(f"{r.name:<20}{r.rps:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}   {cpu:<22} {rss}")
+    by = {r.name: r for r in results}
+    mesh, ref = by.get("meshward sidecars"), by.get("nginx mTLS pair")
+    if mesh and ref:
+        print(
+            f"mesh/nginx throughput {mesh.rps / ref.rps:.0%} (target >= 75%), "
+            f"p99 {mesh.p99_ms / ref.p99_ms:.2f}x (target <= 1.5x), "
+            f"max sidecar RSS {max(mesh.rss_mb):.1f} MB (target <= 35 MB)"
+        )
+
+
+# --- the sidecar processes -------------------------------------------------------------
+
+
+def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
+    import uvloop
+    from cryptography import x509
+
+    from sidecar_tls.authz import InboundAuthorizer
+    from sidecar_tls.destinations import MeshSnapshot, MeshWorkload, resolve_destination
+    from sidecar_tls.identity import StaticSvidSource, WorkloadIdentity
+    from sidecar_tls.inbound import InboundProxy
+    from sidecar_tls.net import listen_socket, serve_accepts
+    from sidecar_tls.outbound import OutboundProxy
+    from sidecar_tls.state import SidecarState
+
+    name = "server" if role == "inbound" else "client"
+    identity = WorkloadIdentity(
+        chain=(x509.load_pem_x509_certificate((tmp / f"{name}.pem").read_bytes()),),
+        key=serialization.load_pem_private_key((tmp / f"{name}-key.pem").read_bytes(), None),  # type: ignore[arg-type]
+        bundles={
+            "cluster.local": (x509.load_pem_x509_certificate((tmp / "root.pem").read_bytes()),)
+        },
+    )
+    snapshot = MeshSnapshot(
+        workloads=(MeshWorkload("server", "bench", "server", SERVER_ID, "127.0.0.1", "server"),)
+    )
+    state = SidecarState(StaticSvidSource(identity), snapshot)
+
+    async def run() -> None:
+        handle = (
+            InboundProxy(
+                state,
+                InboundAuthorizer("bench", {}),
+                pod_ip="127.0.0.1",
+                original_dst=lambda _s: ("127.0.0.1", target),
+            ).handle
+            if role == "inbound"
+            else OutboundProxy(
+                state, destination_for=lambda _s: resolve_destination(snapshot, "127.0.0.1", target)
+            ).handle
+        )
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        task = asyncio.create_task(serve_accepts(listen_socket("127.0.0.1", listen), handle))
+        await stop.wait()
+        task.cancel()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5:
+        _serve_role(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        main()

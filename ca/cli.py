@@ -1,0 +1,103 @@
+"""`meshward ca`: serve the control plane, mint join tokens, write dev certificates."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ca.config import DEFAULT_STATE_DIR, CaConfig, build_config, read_config_file
+from ca.durations import parse_duration
+from meshward_common import logs
+from meshward_common.errors import ConfigError, MeshwardError
+from meshward_common.spiffe_id import DEFAULT_TRUST_DOMAIN
+
+log = logging.getLogger("ca")
+
+
+@click.group("ca")
+def ca() -> None:
+    """The control plane: CA, registry and policy distribution (Istio's istiod security role)."""
+
+
+@ca.command("serve")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML config file")
+@click.option("--listen", help="HOST:PORT (default 127.0.0.1:15012)")
+@click.option("--state-dir", help=f"CA state directory (default {DEFAULT_STATE_DIR})")
+@click.option("--trust-domain", help=f"SPIFFE trust domain (default {DEFAULT_TRUST_DOMAIN})")
+@click.option("--registry", help="workload registry YAML file (reloaded on change)")
+@click.option("--policy-dir", help="directory of AuthorizationPolicy/PeerAuthentication YAML")
+@click.option(
+    "--plugin-ca-dir", help="Istio plug-in CA files (ca-cert/ca-key/root-cert/cert-chain)"
+)
+@click.option("--workload-ttl", help="default SVID TTL (default 24h)")
+@click.option("--max-ttl", help="maximum SVID TTL a caller may ask for (default 24h)")
+@click.option("--root-namespace", help="mesh-wide policy namespace (default istio-system)")
+@click.option("--rate-limit", type=float, help="CSRs per second per node (default 500)")
+@click.option("--rate-burst", type=float, help="burst per node (default 1000)")
+@click.option("--metrics-listen", help="HOST:PORT for Prometheus /metrics (default: off)")
+@click.option("--log-level", default="INFO", show_default=True)
+def serve(config_file: Path | None, log_level: str, **flags: Any) -> None:
+    """Serve IstioCertificateService and MeshDiscovery over TLS."""
+    logs.setup("ca", log_level)
+    try:
+        settings = read_config_file(config_file) if config_file is not None else {}
+        settings.update({k.replace("_", "-"): v for k, v in flags.items() if v is not None})
+        config = build_config(settings)
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:  # pragma: no cover - uvloop is pinned, but the CA works without it
+            pass
+        asyncio.run(_serve(config))
+    except MeshwardError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+async def _serve(config: CaConfig) -> None:
+    from ca.server import serve as run
+
+    await run(config, _announce)
+
+
+def _announce(line: str) -> None:
+    click.echo(line)  # click flushes, so a parent reading our stdout sees it at once
+
+
+@ca.command("join-token")
+@click.option("--node", required=True, help="the node name the token is bound to")
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
+@click.option("--ttl", default="1h", show_default=True, help="how long the token is valid")
+def join_token(node: str, state_dir: str, ttl: str) -> None:
+    """Create a single-use join token for NODE's first SVID and print it."""
+    from ca.authority import ensure_state_dir
+    from ca.join_tokens import JoinTokenStore
+
+    try:
+        lifetime = parse_duration(ttl, "--ttl")
+        path = Path(state_dir)
+        ensure_state_dir(path)
+        token = JoinTokenStore(path).create(node, lifetime, dt.datetime.now(dt.UTC))
+    except MeshwardError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(token)
+
+
+@ca.command("dev-certs")
+@click.option("--out", default="certs-dev", show_default=True, type=click.Path(path_type=Path))
+@click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)
+@click.option("--cluster", default="cluster1", show_default=True, help="intermediate's directory")
+def dev_certs(out: Path, trust_domain: str, cluster: str) -> None:
+    """Write a dev root and an intermediate (plug-in CA layout) like Istio's tools/certs."""
+    from ca.dev_certs import write_dev_certs
+
+    try:
+        for path in write_dev_certs(out, trust_domain, cluster, dt.datetime.now(dt.UTC)):
+            click.echo(f"wrote {path}")
+    except (MeshwardError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,251 @@
+"""The gRPC servicers: translate between the wire and the pure cores, and nothing else.
+
+`IstioCertificateService/CreateCertificate`: authenticate (node SVID over mTLS, else a join token),
+rate-limit per node, validate CSR and TTL, decide the entitled identity, sign, audit.
+`MeshDiscovery/StreamMeshState`: node SVIDs only; the full state now and on every change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca import audit
+from ca.entitlement import IMPERSONATED_IDENTITY, Caller, entitled_identity
+from ca.front_door import PeerInfo, PeerTable
+from ca.issuer import SigningAuthority, effective_ttl, issue_svid, parse_csr
+from ca.join_tokens import JoinTokenStore
+from ca.mesh_state import MeshStateSource
+from ca.metrics import CaMetrics, IdentityKind
+from ca.rate_limit import RateLimiter
+from meshward_common.errors import (
+    InvalidRequest,
+    MeshwardError,
+    PermissionDenied,
+    RateLimited,
+    SvidError,
+    Unauthenticated,
+)
+from meshward_common.grpc_status import status_for
+from meshward_common.protos import istio_ca_pb2, istio_ca_pb2_grpc
+from meshward_common.protos import meshward_discovery_pb2 as discovery_pb2
+from meshward_common.protos import meshward_discovery_pb2_grpc as discovery_pb2_grpc
+from meshward_common.spiffe_id import SpiffeId, parse_node_id, parse_workload_id
+from meshward_common.svid import verify_x509_svid
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+_BEARER = "bearer "
+_CACHE_LIMIT = 50_000
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    caller: Caller
+    token: str | None  # the join token to redeem once the request is valid
+
+
+class PeerAuthenticator:
+    """Turns what the front door saw (+ call metadata) into an authenticated node caller."""
+
+    def __init__(
+        self,
+        authority: SigningAuthority,
+        trust_domain: str,
+        peers: PeerTable,
+        tokens: JoinTokenStore,
+    ) -> None:
+        self.authority = authority
+        self.trust_domain = trust_domain
+        self.peers = peers
+        self.tokens = tokens
+        # A node renews many workload SVIDs over one connection: verify each client cert once.
+        self._verified: dict[bytes, tuple[SpiffeId, dt.datetime]] = {}
+
+    def peer_of(self, context: grpc.aio.ServicerContext) -> PeerInfo:
+        info = self.peers.lookup(context.peer())
+        if info is None:
+            raise Unauthenticated("connection did not come through the control plane's TLS port")
+        return info
+
+    def verify_client_cert(self, cert_der: bytes, now: dt.datetime) -> SpiffeId:
+        cached = self._verified.get(cert_der)
+        if cached is not None and now <= cached[1]:
+            return cached[0]
+        try:
+            leaf = x509.load_der_x509_certificate(cert_der)
+            # Python's ssl gives only the leaf; a cert this CA issued chains through our own chain.
+            sid = verify_x509_svid([leaf, *self.authority.served_chain], self.authority.roots, now)
+        except (SvidError, ValueError) as exc:
+            raise Unauthenticated(
+                f"client certificate is not a valid SVID of this CA: {exc}"
+            ) from exc
+        if len(self._verified) >= _CACHE_LIMIT:
+            self._verified.clear()
+        self._verified[cert_der] = (sid, leaf.not_valid_after_utc)
+        return sid
+
+    def node_of(self, sid: SpiffeId) -> str:
+        node = parse_node_id(sid) if sid.member_of(self.trust_domain) else None
+        if node is None:
+            raise PermissionDenied(f"{sid} is not a node agent of trust domain {self.trust_domain}")
+        return node
+
+    def authenticate(
+        self, context: grpc.aio.ServicerContext, now: dt.datetime, *, allow_token: bool
+    ) -> Authenticated:
+        info = self.peer_of(context)
+        if info.cert_der is not None:
+            sid = self.verify_client_cert(info.cert_der, now)
+            return Authenticated(Caller(self.node_of(sid), "mtls"), None)
+        token = _bearer_token(context)
+        if token is None:
+            raise Unauthenticated(
+                "no credential: present a node SVID (mTLS) or 'authorization: Bearer <join token>'"
+            )
+        if not allow_token:
+            raise Unauthenticated("join tokens only bootstrap a node SVID; use mTLS here")
+        node = self.tokens.check(token, now)
+        return Authenticated(Caller(node, "join-token"), token)
+
+
+def _bearer_token(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            if not text.lower().startswith(_BEARER) or not text[len(_BEARER) :].strip():
+                raise Unauthenticated("authorization metadata must be 'Bearer <join token>'")
+            return text[len(_BEARER) :].strip()
+    return None
+
+
+def _kind(requested: str) -> IdentityKind:
+    # Metric label only: a workload ID has an /ns/ path, a node ID (or nothing asked) does not.
+    return "workload" if "/ns/" in requested else "node"
+
+
+def _impersonated_identity(request: istio_ca_pb2.IstioCertificateRequest) -> str:
+    value = request.metadata.fields.get(IMPERSONATED_IDENTITY)
+    if value is None:
+        return ""
+    if value.WhichOneof("kind") != "string_value":
+        raise InvalidRequest(f"metadata {IMPERSONATED_IDENTITY} must be a string SPIFFE ID")
+    return str(value.string_value)
+
+
+class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
+    def __init__(
+        self,
+        authority: SigningAuthority,
+        auth: PeerAuthenticator,
+        mesh: MeshStateSource,
+        limiter: RateLimiter,
+        audit_log: audit.AuditLog,
+        workload_ttl: dt.timedelta,
+        max_ttl: dt.timedelta,
+        clock: Clock = utc_now,
+        metrics: CaMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics if metrics is not None else CaMetrics()
+        self.authority = authority
+        self.auth = auth
+        self.mesh = mesh
+        self.limiter = limiter
+        self.audit = audit_log
+        self.workload_ttl = workload_ttl
+        self.max_ttl = max_ttl
+        self.clock = clock
+
+    async def CreateCertificate(
+        self,
+        request: istio_ca_pb2.IstioCertificateRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> istio_ca_pb2.IstioCertificateResponse:
+        now = self.clock()
+        started = time.perf_counter()
+        caller_text = "unauthenticated"
+        requested = ""
+        try:
+            info = self.auth.peer_of(context)
+            caller_text = f"unauthenticated {info.remote}"
+            requested = _impersonated_identity(request)
+            who = self.auth.authenticate(context, now, allow_token=True)
+            caller_text = str(who.caller)
+            requested = requested or who.caller.node_identity(self.mesh.trust_domain)
+            if not self.limiter.allow(who.caller.node, time.monotonic()):
+                raise RateLimited(f"node {who.caller.node} is over its CSR rate limit; retry later")
+            csr = parse_csr(request.csr)
+            ttl = effective_ttl(request.validity_duration, self.workload_ttl, self.max_ttl)
+            identity = entitled_identity(
+                who.caller, requested, self.mesh.registry, self.mesh.trust_domain
+            )
+            if who.token is not None:
+                self.auth.tokens.redeem(who.token, now)
+            chain = issue_svid(self.authority, csr.public_key(), identity, ttl, now)
+        except MeshwardError as exc:
+            code = status_for(exc)
+            self.audit.write(audit.refused(now, caller_text, requested, f"{code.name}: {exc}"))
+            self.metrics.record_refused(_kind(requested), exc, time.perf_counter() - started)
+            await context.abort(code, str(exc))
+            raise AssertionError("abort returned") from exc  # pragma: no cover
+        except Exception as exc:  # a bug must still leave an audit line and a clean status
+            log.exception("CreateCertificate failed for %s", caller_text)
+            self.audit.write(audit.refused(now, caller_text, requested, f"INTERNAL: {exc}"))
+            self.metrics.record_refused(_kind(requested), exc, time.perf_counter() - started)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the CA")
+            raise AssertionError("abort returned") from exc  # pragma: no cover
+        leaf = chain[0]
+        self.audit.write(
+            audit.issued(
+                now, caller_text, str(identity), leaf.serial_number, leaf.not_valid_after_utc
+            )
+        )
+        self.metrics.record_issued(
+            "workload" if parse_workload_id(identity) else "node", time.perf_counter() - started
+        )
+        leaf_pem = leaf.public_bytes(serialization.Encoding.PEM).decode()
+        return istio_ca_pb2.IstioCertificateResponse(
+            cert_chain=[leaf_pem, *self.authority.served_chain_pem]
+        )
+
+
+class DiscoveryService(discovery_pb2_grpc.MeshDiscoveryServicer):
+    def __init__(
+        self, auth: PeerAuthenticator, mesh: MeshStateSource, clock: Clock = utc_now
+    ) -> None:
+        self.auth = auth
+        self.mesh = mesh
+        self.clock = clock
+
+    async def StreamMeshState(
+        self,
+        request: discovery_pb2.MeshStateRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[discovery_pb2.MeshState]:
+        try:
+            who = self.auth.authenticate(context, self.clock(), allow_token=False)
+        except MeshwardError as exc:
+            await context.abort(status_for(exc), str(exc))
+            return
+        log.info("mesh state stream opened by %s", who.caller)
+        sent = request.version_info
+        while True:
+            state = self.mesh.state
+            if state.version_info != sent:
+                yield state
+                sent = state.version_info
+            async with self.mesh.changed:
+                if self.mesh.state.version_info == sent:
+                    await self.mesh.changed.wait()

@@ -1,0 +1,396 @@
+"""HTTP/1.1 relayed with callbacks (asyncio.Protocol), not coroutines: the hot path.
+
+`HttpRelay` is the downstream side of one connection. Per request it parses the head, lets its
+`RelayHooks` rewrite (or answer) it, sends it with the body bytes as they arrive on an upstream
+`UpstreamLink`, and relays the response back, tracking only where each body ends. No task switch
+per request; bytes go from one transport to the other inside `data_received`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol, cast
+
+from meshward_common.errors import InvalidRequest
+from sidecar_tls.body_tracker import BodyTracker
+from sidecar_tls.http1 import (
+    MAX_HEAD_BYTES,
+    Framing,
+    RequestHead,
+    ResponseHead,
+    parse_request_head,
+    parse_response_head,
+    simple_response,
+)
+from sidecar_tls.observe import HopSpan
+
+log = logging.getLogger(__name__)
+
+_PIPELINE_LIMIT = 256 * 1024
+
+
+class UpstreamLink(asyncio.Protocol):
+    """One upstream connection; delivers what it receives to the relay that currently owns it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.owner: HttpRelay | None = None
+        self.closed = False
+        self.generation = 0
+        self.peer_id = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.owner is not None:
+            self.owner.response_data(data)
+        else:  # nothing was asked: a server talking out of turn is not reused
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.owner is not None:
+            self.owner.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.owner is not None and self.owner.down is not None:
+            self.owner.down.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.owner is not None and self.owner.down is not None:
+            self.owner.down.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+
+class Prepared:
+    """What the hooks make of a request: bytes to send upstream with a span, or an answer."""
+
+    __slots__ = ("answer", "close_after", "request", "span")
+
+    def __init__(
+        self,
+        span: HopSpan,
+        request: bytes = b"",
+        answer: bytes = b"",
+        close_after: bool = False,
+    ) -> None:
+        self.span = span
+        self.request = request
+        self.answer = answer
+        self.close_after = close_after
+
+
+class RelayHooks(Protocol):
+    def prepare(self, raw: bytes, head: RequestHead) -> Prepared: ...
+    def take_upstream(self) -> UpstreamLink | None: ...
+    async def open_upstream(self) -> UpstreamLink: ...
+    def release_upstream(self, link: UpstreamLink, reusable: bool) -> None: ...
+    def upstream_failed(self, exc: BaseException) -> bytes: ...
+
+
+class HttpRelay(asyncio.Protocol):
+    def __init__(self, hooks: RelayHooks) -> None:
+        self.hooks = hooks
+        self.down: asyncio.Transport | None = None
+        self.state = "pending"  # pending, head, connecting, body, response, tunnel, closed
+        self.buf = bytearray()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.up: UpstreamLink | None = None
+        self._span: HopSpan | None = None
+        self._request = b""
+        self._method = ""
+        self._client_keep_alive = True
+        self._req: BodyTracker | None = None
+        self._resp: BodyTracker | None = None
+        self._resp_head: ResponseHead | None = None
+        self._resp_buf = bytearray()
+        self._reused = False
+        self._retried = False
+
+    # downstream transport callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.down = cast(asyncio.Transport, transport)
+        if self.state == "pending":
+            self.down.pause_reading()
+
+    def start(self) -> None:
+        """Begin relaying (after the caller checked the connection); buffered bytes are processed."""
+        self.state = "head"
+        if self.down is not None and not self.down.is_closing():
+            self.down.resume_reading()
+        self._process()
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == "body":
+            self._forward_request_body(data)
+        elif self.state == "tunnel":
+            if self.up is not None and self.up.transport is not None:
+                self.up.transport.write(data)
+        else:
+            self.buf += data
+            if self.state == "head":
+                self._process()
+            elif len(self.buf) > _PIPELINE_LIMIT and self.down is not None:
+                self.down.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was = self.state
+        self.state = "closed"
+        if self.up is not None:
+            up, self.up = self.up, None
+            up.owner = None
+            up.close()  # mid-exchange: never reused
+        if self._span is not None and was not in ("head", "pending"):
+            self._span.finish(0, 0, "downstream closed")
+            self._span = None
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.resume_reading()
+
+    # requests
+
+    def _process(self) -> None:
+        while self.state == "head" and self.buf:
+            idx = self.buf.find(b"\r\n\r\n")
+            if idx < 0:
+                if len(self.buf) > MAX_HEAD_BYTES:
+                    self._answer_and_close(400, "Bad Request", "request head too large")
+                return
+            raw = bytes(self.buf[: idx + 4])
+            del self.buf[: idx + 4]
+            try:
+                head = parse_request_head(raw)
+            except InvalidRequest as exc:
+                self._answer_and_close(400, "Bad Request", str(exc))
+                return
+            prepared = self.hooks.prepare(raw, head)
+            framing, length = head.framing
+            if prepared.answer:
+                assert self.down is not None
+                self.down.write(prepared.answer)
+                if prepared.close_after or framing is not Framing.NONE or not head.keep_alive:
+                    self._close_down()
+                    return
+                continue
+            self._span = prepared.span
+            self._request = prepared.request
+            self._method = head.method
+            self._client_keep_alive = head.keep_alive
+            self._req = BodyTracker(framing, length)
+            self._retried = False
+            up = self.hooks.take_upstream()
+            if up is None:
+                self._connect()
+                return
+            self._reused = True
+            self._send(up)
+
+    def _connect(self) -> None:
+        self.state = "connecting"
+        if self.down is not None:
+            self.down.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._open_and_send())
+        task.add_done_callback(_log_task_error)
+
+    async def _open_and_send(self) -> None:
+        try:
+            up = await self.hooks.open_upstream()
+        except Exception as exc:
+            answer = self.hooks.upstream_failed(exc)
+            if self._span is not None:
+                self._span.finish(503, 0, str(exc) or type(exc).__name__)
+                self._span = None
+            if self.state != "closed" and self.down is not None:
+                self.down.write(answer)
+                self._close_down()
+            return
+        if self.state == "closed":
+            self.hooks.release_upstream(up, True)
+            return
+        self._reused = False
+        if self.down is not None:
+            self.down.resume_reading()
+        self._send(up)
+
+    def _send(self, up: UpstreamLink) -> None:
+        assert self._req is not None
+        assert up.transport is not None
+        self.up = up
+        up.owner = self
+        self._resp_head = None
+        self._resp_buf.clear()
+        end = self._req.feed(self.buf)
+        body = bytes(self.buf[:end])
+        del self.buf[:end]
+        up.transport.write(self._request + body)
+        self.state = "response" if self._req.done else "body"
+
+    def _forward_request_body(self, data: bytes) -> None:
+        assert self._req is not None
+        assert self.up is not None
+        assert self.up.transport is not None
+        end = self._req.feed(data)
+        self.up.transport.write(data[:end] if end < len(data) else data)
+        if self._req.done:
+            self.state = "response"
+            self.buf += data[end:]
+
+    # responses (called by the upstream link)
+
+    def response_data(self, data: bytes) -> None:
+        prefix = b""
+        if self._resp_head is None:
+            self._resp_buf += data
+            while True:
+                idx = self._resp_buf.find(b"\r\n\r\n")
+                if idx < 0:
+                    if len(self._resp_buf) > MAX_HEAD_BYTES:
+                        self._fail_response("response head too large")
+                    return
+                raw = bytes(self._resp_buf[: idx + 4])
+                del self._resp_buf[: idx + 4]
+                try:
+                    head = parse_response_head(raw)
+                except InvalidRequest as exc:
+                    self._fail_response(str(exc))
+                    return
+                if 100 <= head.status < 200 and head.status != 101:
+                    prefix += raw  # interim responses pass through; the final one follows
+                    continue
+                break
+            prefix += raw
+            data = bytes(self._resp_buf)
+            self._resp_buf.clear()
+            self._resp_head = head
+            if head.status == 101:
+                self.state = "tunnel"
+                assert self.down is not None
+                self.down.write(prefix + data)
+                if self._span is not None:
+                    self._span.finish(101, 0)
+                    self._span = None
+                self.down.resume_reading()
+                if self.buf and self.up is not None and self.up.transport is not None:
+                    self.up.transport.write(bytes(self.buf))
+                    self.buf.clear()
+                return
+            self._resp = BodyTracker(*head.framing(self._method))
+        assert self._resp is not None
+        assert self.down is not None
+        end = self._resp.feed(data)
+        self.down.write(prefix + data[:end] if end < len(data) else prefix + data)
+        if self._resp.done:
+            self._finish_exchange(reusable=end == len(data))
+
+    def _finish_exchange(self, reusable: bool) -> None:
+        head, tracker = self._resp_head, self._resp
+        assert head is not None
+        assert tracker is not None
+        if self._span is not None:
+            self._span.finish(head.status, tracker.total)
+            self._span = None
+        up, self.up = self.up, None
+        close_client = not self._client_keep_alive or not head.keep_alive
+        if up is not None:
+            up.owner = None
+            self.hooks.release_upstream(
+                up, reusable and head.keep_alive and tracker.framing is not Framing.CLOSE
+            )
+        if close_client or tracker.framing is Framing.CLOSE:
+            self._close_down()
+            return
+        self.state = "head"
+        if self.down is not None:
+            self.down.resume_reading()
+        if self.buf:
+            self._process()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        up, self.up = self.up, None
+        if up is not None:
+            up.owner = None
+        if self.state == "tunnel":
+            self._close_down()
+        elif self._resp_head is None:
+            if (
+                self._reused
+                and not self._retried
+                and self._req is not None
+                and self._req.framing is Framing.NONE
+                and self.state == "response"
+            ):
+                # A pooled connection the server had already closed: nothing of this request
+                # reached an app, so send it once more on a fresh connection.
+                self._retried = True
+                self._connect()
+                return
+            reason = f"upstream reset before responding: {exc or 'connection closed'}"
+            answer = self.hooks.upstream_failed(ConnectionResetError(reason))
+            if self._span is not None:
+                self._span.finish(503, 0, reason)
+                self._span = None
+            if self.down is not None and self.state != "closed":
+                self.down.write(answer)
+            self._close_down()
+        elif self._resp is not None and self._resp.framing is Framing.CLOSE:
+            self._finish_exchange(reusable=False)
+        else:
+            if self._span is not None:
+                self._span.finish(self._resp_head.status, 0, "upstream reset mid-response")
+                self._span = None
+            self._close_down()
+
+    def _fail_response(self, reason: str) -> None:
+        log.info("bad response from upstream: %s", reason)
+        if self.up is not None:
+            self.up.owner = None
+            self.up.close()
+            self.up = None
+        if self._span is not None:
+            self._span.finish(502, 0, reason)
+            self._span = None
+        if self.down is not None and self._resp_head is None and self.state != "closed":
+            self.down.write(simple_response(502, "Bad Gateway", f"{reason}\n", close=True))
+        self._close_down()
+
+    def _answer_and_close(self, status: int, reason: str, body: str) -> None:
+        if self.down is not None:
+            self.down.write(simple_response(status, reason, f"{body}\n", close=True))
+        self._close_down()
+
+    def _close_down(self) -> None:
+        self.state = "closed"
+        if self.down is not None:
+            self.down.close()  # flushes what was written first
+
+
+def _log_task_error(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("relay task failed: %s", task.exception())
+
+
+async def run_relay(relay: HttpRelay) -> None:
+    """Wait until the relay's downstream connection is gone (keeps the connection's task alive)."""
+    try:
+        await relay.done
+    finally:
+        if relay.down is not None and not relay.down.is_closing():
+            relay.down.close()

@@ -1,0 +1,78 @@
+"""`meshward ca join-token` and `meshward ca dev-certs` as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def meshward(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshward", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_join_token_prints_a_token_and_stores_only_its_digest(tmp_path: Path) -> None:
+    out = meshward(
+        "ca", "join-token", "--node", "node-1", "--state-dir", str(tmp_path), "--ttl", "10m"
+    )
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.strip()
+    assert len(token) >= 40
+    data = (tmp_path / "join-tokens.json").read_text()
+    assert token not in data
+    (entry,) = json.loads(data)["tokens"]
+    assert entry["node"] == "node-1"
+    assert stat.S_IMODE(os.stat(tmp_path / "join-tokens.json").st_mode) == 0o600
+
+
+def test_join_token_refuses_a_bad_node_name_or_ttl(tmp_path: Path) -> None:
+    out = meshward("ca", "join-token", "--node", "Node_1", "--state-dir", str(tmp_path))
+    assert out.returncode != 0
+    assert "node name 'Node_1' is not a valid name" in out.stderr
+    out = meshward("ca", "join-token", "--node", "n", "--state-dir", str(tmp_path), "--ttl", "soon")
+    assert out.returncode != 0
+    assert "--ttl: 'soon' is not a duration" in out.stderr
+
+
+def test_dev_certs_writes_the_istio_layout(tmp_path: Path) -> None:
+    out = meshward("ca", "dev-certs", "--out", str(tmp_path / "certs-dev"))
+    assert out.returncode == 0, out.stderr
+    files = sorted(
+        str(p.relative_to(tmp_path / "certs-dev")) for p in (tmp_path / "certs-dev").rglob("*.pem")
+    )
+    assert files == [
+        "cluster1/ca-cert.pem",
+        "cluster1/ca-key.pem",
+        "cluster1/cert-chain.pem",
+        "cluster1/root-cert.pem",
+        "root-cert.pem",
+        "root-key.pem",
+    ]
+
+
+def test_repo_certs_dev_ignores_generated_keys() -> None:
+    for name in ("certs-dev/root-key.pem", "certs-dev/cluster1/ca-key.pem"):
+        out = subprocess.run(
+            ["git", "check-ignore", "-q", name], cwd=REPO, capture_output=True, check=False
+        )
+        assert out.returncode == 0, f"{name} is not git-ignored"
+
+
+def test_serve_config_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    conf = tmp_path / "ca.yaml"
+    conf.write_text("listen: 127.0.0.1:0\nstate-dir: /tmp/x\nmax-tll: 1h\n")
+    out = meshward("ca", "serve", "--config", str(conf))
+    assert out.returncode != 0
+    assert f"{conf}:3: unknown key 'max-tll'" in out.stderr

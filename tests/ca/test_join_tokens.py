@@ -1,0 +1,69 @@
+"""Join tokens: bound to one node, single use, expiring; only a digest is stored."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from ca.join_tokens import JoinTokenStore
+from meshward_common.errors import SpiffeIdError, Unauthenticated
+
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+HOUR = dt.timedelta(hours=1)
+
+
+def test_token_is_redeemed_once_for_its_node(tmp_path: Path) -> None:
+    store = JoinTokenStore(tmp_path)
+    token = store.create("node-1", HOUR, NOW)
+    assert store.check(token, NOW) == "node-1"
+    assert store.check(token, NOW) == "node-1", "check does not use the token up"
+    assert store.redeem(token, NOW) == "node-1"
+    with pytest.raises(Unauthenticated, match="already used"):
+        store.redeem(token, NOW)
+    with pytest.raises(Unauthenticated, match="already used"):
+        store.check(token, NOW)
+
+
+def test_expired_and_unknown_tokens_are_refused(tmp_path: Path) -> None:
+    store = JoinTokenStore(tmp_path)
+    token = store.create("node-1", HOUR, NOW)
+    with pytest.raises(Unauthenticated, match="expired"):
+        store.redeem(token, NOW + HOUR)
+    with pytest.raises(Unauthenticated, match="not known"):
+        store.redeem("guess", NOW)
+
+
+def test_file_holds_only_digests_and_is_0600(tmp_path: Path) -> None:
+    store = JoinTokenStore(tmp_path)
+    token = store.create("node-1", HOUR, NOW)
+    text = store.path.read_text()
+    assert token not in text
+    entry = json.loads(text)["tokens"][0]
+    assert set(entry) == {"sha256", "node", "expires", "used"}
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+
+
+def test_a_second_store_on_the_same_dir_sees_tokens_and_their_use(tmp_path: Path) -> None:
+    token = JoinTokenStore(tmp_path).create("node-2", HOUR, NOW)
+    assert JoinTokenStore(tmp_path).redeem(token, NOW) == "node-2"
+    with pytest.raises(Unauthenticated):
+        JoinTokenStore(tmp_path).redeem(token, NOW)
+
+
+def test_spent_and_expired_entries_are_pruned_on_create(tmp_path: Path) -> None:
+    store = JoinTokenStore(tmp_path)
+    store.redeem(store.create("node-1", HOUR, NOW), NOW)
+    store.create("node-2", HOUR, NOW)
+    store.create("node-3", HOUR, NOW + 2 * HOUR)
+    nodes = [e["node"] for e in json.loads(store.path.read_text())["tokens"]]
+    assert nodes == ["node-3"]
+
+
+def test_invalid_node_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SpiffeIdError):
+        JoinTokenStore(tmp_path).create("Node_1", HOUR, NOW)

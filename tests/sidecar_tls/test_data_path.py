@@ -1,0 +1,166 @@
+"""The data path on loopback: two sidecars, real TLS, real sockets, identities from a test CA."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+
+from cryptography.hazmat.primitives import serialization
+
+from tests.sidecar_tls.loopback import (
+    CLIENT_ID,
+    SERVER_ID,
+    http_get,
+    line_echo_app,
+    sidecar_pair,
+)
+from tests.sidecar_tls.testca import MiniCA, with_bundle
+
+
+async def test_request_goes_through_both_sidecars_with_xfcc_of_the_caller() -> None:
+    ca = MiniCA.create()
+    client, server = ca.issue(CLIENT_ID), ca.issue(SERVER_ID)
+    async with sidecar_pair(client, server) as pair:
+        status, body = await http_get(pair.outbound_port, "/hello")
+    assert status == 200
+    seen = json.loads(body)
+    assert seen["request"] == "GET /hello HTTP/1.1"
+    expected_hash = hashlib.sha256(client.leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
+    assert seen["headers"]["x-forwarded-client-cert"] == [
+        f"By={SERVER_ID};Hash={expected_hash};URI={CLIENT_ID}"
+    ]
+
+
+async def test_forged_xfcc_from_the_caller_is_replaced() -> None:
+    ca = MiniCA.create()
+    client, server = ca.issue(CLIENT_ID), ca.issue(SERVER_ID)
+    forged = "By=spiffe://evil/x;Hash=00;URI=spiffe://cluster.local/ns/default/sa/admin"
+    async with sidecar_pair(client, server) as pair:
+        status, body = await http_get(pair.outbound_port, "/", {"X-Forwarded-Client-Cert": forged})
+    assert status == 200
+    values = json.loads(body)["headers"]["x-forwarded-client-cert"]
+    assert len(values) == 1
+    assert values[0].endswith(f";URI={CLIENT_ID}")
+    assert "admin" not in values[0]
+
+
+async def test_keep_alive_requests_share_one_pooled_mtls_connection() -> None:
+    ca = MiniCA.create()
+    async with sidecar_pair(ca.issue(CLIENT_ID), ca.issue(SERVER_ID)) as pair:
+        reader, writer = await asyncio.open_connection("127.0.0.1", pair.outbound_port)
+        for i in range(5):
+            writer.write(
+                f"POST /n/{i} HTTP/1.1\r\nhost: server\r\ncontent-length: 3\r\n\r\nabc".encode()
+            )
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            body = json.loads(await reader.readexactly(length))
+            assert body["request"] == f"POST /n/{i} HTTP/1.1"
+            assert body["body"] == "abc"
+        writer.close()
+        assert pair.outbound.pool.handshakes == 1
+
+
+async def test_plaintext_client_to_strict_inbound_is_refused() -> None:
+    ca = MiniCA.create()
+    async with sidecar_pair(ca.issue(CLIENT_ID), ca.issue(SERVER_ID)) as pair:
+        status, body = await http_get(pair.inbound_port, "/")
+        assert status == 0  # connection closed without any HTTP response
+        assert body == b""
+        assert pair.inbound.refused == 1
+        # the sidecar is still serving
+        assert (await http_get(pair.outbound_port, "/"))[0] == 200
+
+
+async def test_permissive_inbound_accepts_plaintext_without_xfcc() -> None:
+    ca = MiniCA.create()
+    forged = "By=x;Hash=00;URI=spiffe://cluster.local/ns/default/sa/admin"
+    async with sidecar_pair(ca.issue(CLIENT_ID), ca.issue(SERVER_ID), mode="PERMISSIVE") as pair:
+        status, body = await http_get(pair.inbound_port, "/", {"x-forwarded-client-cert": forged})
+        assert status == 200
+        assert "x-forwarded-client-cert" not in json.loads(body)["headers"]
+        status, body = await http_get(pair.outbound_port, "/")  # and mTLS too
+        assert status == 200
+        assert json.loads(body)["headers"]["x-forwarded-client-cert"][0].endswith(CLIENT_ID)
+
+
+async def test_client_certificate_from_another_ca_is_refused() -> None:
+    ca, other = MiniCA.create(), MiniCA.create(name="other root")
+    # Same trust domain name, different CA: the chain does not verify.
+    client = with_bundle(other.issue(CLIENT_ID), ca)
+    async with sidecar_pair(client, ca.issue(SERVER_ID)) as pair:
+        status, _ = await http_get(pair.outbound_port, "/")
+        assert status == 503  # the server refused our handshake
+        assert pair.inbound.refused == 1
+
+
+async def test_expired_client_certificate_is_refused() -> None:
+    ca = MiniCA.create()
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    expired = ca.issue(CLIENT_ID, not_before=past, ttl=dt.timedelta(minutes=30))
+    async with sidecar_pair(expired, ca.issue(SERVER_ID)) as pair:
+        status, _ = await http_get(pair.outbound_port, "/")
+        assert status == 503
+        assert pair.inbound.refused == 1
+
+
+async def test_server_with_the_wrong_identity_is_refused_by_the_outbound_side() -> None:
+    ca = MiniCA.create()
+    impostor = ca.issue("spiffe://cluster.local/ns/default/sa/impostor")
+    async with sidecar_pair(ca.issue(CLIENT_ID), impostor) as pair:
+        status, body = await http_get(pair.outbound_port, "/")
+        assert status == 503
+        assert b"impostor" in body
+        assert pair.outbound.refused == 1
+
+
+async def test_policy_deny_answers_403_rbac_access_denied() -> None:
+    ca = MiniCA.create()
+    async with sidecar_pair(
+        ca.issue(CLIENT_ID), ca.issue(SERVER_ID), deny_paths=("/admin",)
+    ) as pair:
+        status, body = await http_get(pair.outbound_port, "/admin")
+        assert (status, body) == (403, b"RBAC: access denied")
+        assert (await http_get(pair.outbound_port, "/ok"))[0] == 200
+
+
+async def test_line_protocol_tcp_goes_through_mtls() -> None:
+    ca = MiniCA.create()
+    async with sidecar_pair(ca.issue(CLIENT_ID), ca.issue(SERVER_ID), app=line_echo_app) as pair:
+        reader, writer = await asyncio.open_connection("127.0.0.1", pair.outbound_port)
+        for line in (b"hello\n", b"second line\n"):
+            writer.write(line)
+            await writer.drain()
+            assert await reader.readline() == b"echo: " + line
+        writer.close()
+        assert pair.outbound.pool.handshakes == 1
+
+
+async def test_rotation_under_load_fails_no_request() -> None:
+    ca = MiniCA.create()
+    async with sidecar_pair(ca.issue(CLIENT_ID), ca.issue(SERVER_ID)) as pair:
+        stop = asyncio.Event()
+        results: list[int] = []
+
+        async def client() -> None:
+            while not stop.is_set():
+                results.append((await http_get(pair.outbound_port, "/"))[0])
+
+        clients = [asyncio.create_task(client()) for _ in range(4)]
+        serials = set()
+        for _ in range(4):
+            await asyncio.sleep(0.15)
+            new_client, new_server = ca.issue(CLIENT_ID), ca.issue(SERVER_ID)
+            pair.client_svids.set(new_client)
+            pair.server_svids.set(new_server)
+            serials.add(new_client.leaf.serial_number)
+        await asyncio.sleep(0.15)
+        stop.set()
+        await asyncio.gather(*clients)
+    assert len(serials) == 4
+    assert len(results) > 20
+    assert set(results) == {200}
+    assert pair.client_state.rotations == 5  # the first SVID and four rotations

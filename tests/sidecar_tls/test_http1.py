@@ -1,0 +1,123 @@
+"""HTTP/1.1 heads as data: what is parsed, what is refused, how heads are rewritten."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshward_common.errors import InvalidRequest
+from sidecar_tls.http1 import (
+    Framing,
+    looks_like_http,
+    parse_chunk_size,
+    parse_request_head,
+    parse_response_head,
+    rewrite_request,
+)
+
+GET = b"GET /a?b=1 HTTP/1.1\r\nHost: reviews:9080\r\nX-Forwarded-Client-Cert: forged\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "framing", "keep_alive"),
+    [
+        (GET, (Framing.NONE, 0), True),
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n", (Framing.LENGTH, 5), True),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", (Framing.CHUNKED, 0), True),
+        (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", (Framing.NONE, 0), False),
+        (b"GET / HTTP/1.0\r\n\r\n", (Framing.NONE, 0), False),
+        (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", (Framing.NONE, 0), True),
+    ],
+)
+def test_request_framing_and_keep_alive(raw: bytes, framing: tuple, keep_alive: bool) -> None:
+    head = parse_request_head(raw)
+    assert head.framing == framing
+    assert head.keep_alive is keep_alive
+
+
+def test_request_fields_and_lowercased_map() -> None:
+    head = parse_request_head(GET)
+    assert (head.method, head.target, head.version, head.host) == (
+        "GET",
+        "/a?b=1",
+        "1.1",
+        "reviews:9080",
+    )
+    assert head.lower_map()["x-forwarded-client-cert"] == "forged"
+    assert head.get("HOST") == "reviews:9080"
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "both"),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", "conflicting"),
+        (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "not a number"),
+        (b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", "malformed HTTP header line"),
+        (b"GET / HTTP/1.1\r\nX: a\nY: b\r\n\r\n", "bare CR"),
+        (b"GET / HTTP/1.1\r\nX: a\x00\r\n\r\n", "NUL"),
+        (b"GET / HTTP/2.0\r\n\r\n", "request line"),
+        (b"GET / HTTP/1.1\r\nNo colon\r\n\r\n", "malformed HTTP header line"),
+        (b"GET / HTTP/1.1\r\n", "blank line"),
+    ],
+)
+def test_ambiguous_or_malformed_requests_are_refused(raw: bytes, why: str) -> None:
+    with pytest.raises(InvalidRequest, match=why):
+        parse_request_head(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "method", "framing"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", "GET", (Framing.LENGTH, 2)),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", "HEAD", (Framing.NONE, 0)),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", "GET", (Framing.NONE, 0)),
+        (b"HTTP/1.1 304 Not Modified\r\n\r\n", "GET", (Framing.NONE, 0)),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "GET", (Framing.CHUNKED, 0)),
+        (b"HTTP/1.1 200 OK\r\n\r\n", "GET", (Framing.CLOSE, 0)),
+        (b"HTTP/1.1 100 Continue\r\n\r\n", "POST", (Framing.NONE, 0)),
+    ],
+)
+def test_response_framing_depends_on_status_and_method(
+    raw: bytes, method: str, framing: tuple
+) -> None:
+    assert parse_response_head(raw).framing(method) == framing
+
+
+def test_rewrite_keeps_original_bytes_and_appends_when_nothing_is_replaced() -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    head = parse_request_head(raw)
+    assert rewrite_request(raw, head) is raw
+    out = rewrite_request(raw, head, ("connection",), [("traceparent", "00-1-2-01")])
+    assert out == b"GET / HTTP/1.1\r\nHost: a\r\ntraceparent: 00-1-2-01\r\n\r\n"
+
+
+def test_rewrite_replaces_same_named_headers_case_insensitively() -> None:
+    head = parse_request_head(GET)
+    out = rewrite_request(
+        GET, head, ("x-forwarded-client-cert",), [("x-forwarded-client-cert", "ours")]
+    )
+    reparsed = parse_request_head(out)
+    values = [v for n, v in reparsed.headers if n.lower() == "x-forwarded-client-cert"]
+    assert values == ["ours"]
+    assert reparsed.target == "/a?b=1"
+
+
+@pytest.mark.parametrize(
+    ("first", "is_http"),
+    [
+        (b"GET / HT", True),
+        (b"OPTIONS ", True),
+        (b"\x16\x03\x01\x02", False),
+        (b"hello\n", False),
+        (b"", False),
+    ],
+)
+def test_sniffing_http_from_the_first_bytes(first: bytes, is_http: bool) -> None:
+    assert looks_like_http(first) is is_http
+
+
+def test_chunk_size_lines() -> None:
+    assert parse_chunk_size(b"1a;ext=1\r\n") == 26
+    assert parse_chunk_size(b"0\r\n") == 0
+    with pytest.raises(InvalidRequest):
+        parse_chunk_size(b"zz\r\n")
