@@ -20,7 +20,11 @@ from sidecar_tls.xfcc import format_xfcc, parse_xfcc, sanitize_set
 from tests.sidecar_tls.testca import MiniCA
 
 ID = "spiffe://cluster.local/ns/default/sa/reviews"
-NOW = dt.datetime.now(dt.UTC)
+
+
+def _now() -> dt.datetime:
+    # Read per test: the test CA issues relative to the wall clock.
+    return dt.datetime.now(dt.UTC)
 
 
 def _der(cert) -> bytes:  # type: ignore[no-untyped-def]
@@ -29,7 +33,7 @@ def _der(cert) -> bytes:  # type: ignore[no-untyped-def]
 
 def test_a_valid_peer_with_the_expected_identity_is_accepted() -> None:
     leaf = MiniCA.create().issue(ID).leaf
-    peer = verify_peer_leaf(_der(leaf), {"cluster.local"}, NOW, {ID})
+    peer = verify_peer_leaf(_der(leaf), {"cluster.local"}, _now(), {ID})
     assert str(peer.spiffe_id) == ID
     assert len(peer.cert_sha256) == 64
 
@@ -47,7 +51,7 @@ def test_a_valid_peer_with_the_expected_identity_is_accepted() -> None:
 def test_peer_leaf_refusals(case: str, error: type[Exception], message: str) -> None:
     ca = MiniCA.create()
     der: bytes | None = _der(ca.issue(ID).leaf)
-    trust, expected, now = {"cluster.local"}, {ID}, NOW
+    trust, expected, now = {"cluster.local"}, {ID}, _now()
     if case == "no certificate":
         der = None
     elif case == "wrong identity":
@@ -55,7 +59,7 @@ def test_peer_leaf_refusals(case: str, error: type[Exception], message: str) -> 
     elif case == "foreign trust domain":
         trust = {"example.org"}
     elif case == "expired":
-        now = NOW + dt.timedelta(days=2)
+        now = _now() + dt.timedelta(days=2)
     elif case == "a CA certificate as leaf":
         der = _der(ca.cert)
     with pytest.raises(error, match=message):
