@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass
 from typing import Literal
 
+from meshward.jaeger import JaegerListen
+from meshward.jaeger import jaeger_config as render_jaeger_config
 from meshward.mesh.layout import StateLayout
 from meshward.mesh.network import command_in_pod
 from meshward.mesh.spec import APP_PORT, MeshSpec
@@ -138,55 +140,12 @@ def ingress_argv(spec: MeshSpec, layout: StateLayout, jaeger: JaegerPorts | None
     return argv
 
 
-JAEGER_CONFIG = """\
-# Written by `meshward up`: Jaeger v2 all-in-one, in memory; OTLP on the bridge for the pods.
-service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-    logs:
-      level: warn
-extensions:
-  jaeger_query:
-    storage:
-      traces: memstore
-    http:
-      endpoint: "127.0.0.1:{query_http}"
-    grpc:
-      endpoint: "127.0.0.1:{query_grpc}"
-  jaeger_storage:
-    backends:
-      memstore:
-        memory:
-          max_traces: 100000
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: "{bridge_ip}:{otlp_grpc}"
-processors:
-  batch:
-    timeout: 200ms
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-"""
-
-
 def jaeger_config(spec: MeshSpec, ports_: JaegerPorts) -> str:
-    return JAEGER_CONFIG.format(
-        bridge_ip=spec.bridge_ip,
-        otlp_grpc=ports_.otlp_grpc,
-        query_http=ports_.query_http,
-        query_grpc=ports_.query_grpc,
+    # Pods reach the host only through the bridge address, so OTLP listens there (the query API
+    # stays on loopback).
+    listen = JaegerListen(
+        otlp_grpc=f"{spec.bridge_ip}:{ports_.otlp_grpc}",
+        query_http=f"127.0.0.1:{ports_.query_http}",
+        query_grpc=f"127.0.0.1:{ports_.query_grpc}",
     )
-
-
-def jaeger_argv(binary: str, config_path: str) -> list[str]:
-    return [binary, "--config", config_path]
+    return render_jaeger_config(listen, max_traces=100000, batch_timeout_ms=200)

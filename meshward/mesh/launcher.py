@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshward.jaeger import find_jaeger, jaeger_argv
 from meshward.mesh import components as cmd
 from meshward.mesh.components import Component, JaegerPorts
 from meshward.mesh.layout import StateLayout, load_options, save_options
@@ -35,22 +36,11 @@ from meshward_common.errors import ConfigError, NotReady, PermissionDenied
 
 NEEDS_ROOT = "needs root or CAP_NET_ADMIN (try sudo)"
 STEP_TIMEOUT_S = 20.0
-JAEGER_REPO_BINARY = Path(__file__).resolve().parents[2] / "tools" / "bin" / "jaeger"
 
 
 def require_net_admin(command: str) -> None:
     if not has_net_admin():
         raise PermissionDenied(f"meshward {command}: {NEEDS_ROOT}")
-
-
-def find_jaeger() -> str | None:
-    """Same order as `make jaeger` and the test harness: $MESHWARD_JAEGER, PATH, tools/bin."""
-    given = os.environ.get("MESHWARD_JAEGER")
-    if given:
-        return given
-    return shutil.which("jaeger") or (
-        str(JAEGER_REPO_BINARY) if JAEGER_REPO_BINARY.exists() else None
-    )
 
 
 @dataclass
@@ -156,7 +146,7 @@ class Launcher:
             return
         config = self.layout.root / "jaeger.yaml"
         config.write_text(cmd.jaeger_config(self.spec, jaeger))
-        self.sup.start(c.name, cmd.jaeger_argv(binary, str(config)))
+        self.sup.start(c.name, jaeger_argv(binary, str(config)))
         self._wait(c, lambda: tcp_open(self.spec.bridge_ip, jaeger.otlp_grpc))
 
     def _wait(self, c: Component, check: Callable[[], bool]) -> None:

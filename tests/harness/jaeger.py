@@ -1,91 +1,22 @@
 """A real Jaeger v2 (all-in-one, in-memory storage) for tests, on free loopback ports.
 
-`run_jaeger(tmp_path)` writes a minimal Jaeger config (OTLP gRPC receiver -> memory storage -> query
-API), starts the binary and waits until both the OTLP port and the query API answer. The binary is
-found as `meshward traces` and `make jaeger` find it: `$MESHWARD_JAEGER`, then `jaeger` on PATH, then
-`tools/bin/jaeger`; if none exists it is built first with `scripts/build_jaeger.sh` (slow once).
+`run_jaeger(tmp_path)` writes meshward's Jaeger config (`meshward.jaeger`), starts the binary and
+waits until both the OTLP port and the query API answer. The binary is found (or built first, slow
+once) by `meshward.jaeger.ensure_jaeger`, as `meshward up` and `make jaeger` find it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-TOOLS_JAEGER = REPO / "tools" / "bin" / "jaeger"
-JAEGER_VERSION = "v1.76.0"
-
-CONFIG_TEMPLATE = """\
-service:
-  extensions: [jaeger_storage, jaeger_query]
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [batch]
-      exporters: [jaeger_storage_exporter]
-  telemetry:
-    metrics:
-      level: none
-    logs:
-      level: warn
-
-extensions:
-  jaeger_query:
-    storage:
-      traces: memstore
-    http:
-      endpoint: "127.0.0.1:{query_http}"
-    grpc:
-      endpoint: "127.0.0.1:{query_grpc}"
-  jaeger_storage:
-    backends:
-      memstore:
-        memory:
-          max_traces: 10000
-
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: "{otlp_host}:{otlp_grpc}"
-
-processors:
-  batch:
-    timeout: 100ms
-
-exporters:
-  jaeger_storage_exporter:
-    trace_storage: memstore
-"""
-
-
-def find_jaeger(environ: Mapping[str, str] | None = None) -> str | None:
-    env = os.environ if environ is None else environ
-    given = env.get("MESHWARD_JAEGER")
-    if given:
-        return given
-    on_path = shutil.which("jaeger", path=env.get("PATH"))
-    if on_path:
-        return on_path
-    return str(TOOLS_JAEGER) if TOOLS_JAEGER.exists() else None
-
-
-def ensure_jaeger() -> str:
-    """The Jaeger binary, building it from the tools Go module if there is none yet."""
-    found = find_jaeger()
-    if found:
-        return found
-    subprocess.run(["bash", str(REPO / "scripts" / "build_jaeger.sh"), JAEGER_VERSION], check=True)
-    return str(TOOLS_JAEGER)
+from meshward.jaeger import JaegerListen, ensure_jaeger, jaeger_argv, jaeger_config
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -163,15 +94,16 @@ def run_jaeger(tmp_path: Path, *, otlp_host: str = "127.0.0.1", timeout_s: float
     binary = ensure_jaeger()
     otlp, query_http, query_grpc = free_port(otlp_host), free_port(), free_port()
     config = tmp_path / "jaeger.yaml"
-    config.write_text(
-        CONFIG_TEMPLATE.format(
-            otlp_host=otlp_host, otlp_grpc=otlp, query_http=query_http, query_grpc=query_grpc
-        )
+    listen = JaegerListen(
+        otlp_grpc=f"{otlp_host}:{otlp}",
+        query_http=f"127.0.0.1:{query_http}",
+        query_grpc=f"127.0.0.1:{query_grpc}",
     )
+    config.write_text(jaeger_config(listen, max_traces=10000, batch_timeout_ms=100))
     log_path = tmp_path / "jaeger.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [binary, "--config", str(config)], stdout=log_file, stderr=subprocess.STDOUT
+            jaeger_argv(binary, str(config)), stdout=log_file, stderr=subprocess.STDOUT
         )
     j = Jaeger(proc, otlp, query_http, log_path, otlp_host)
     deadline = time.monotonic() + timeout_s

@@ -181,7 +181,7 @@ def local_mesh(*, jaeger: bool) -> Iterator[LocalMesh]:
     require_root()
     binary = None
     if jaeger:
-        from tests.harness.jaeger import ensure_jaeger
+        from meshward.jaeger import ensure_jaeger
 
         binary = ensure_jaeger()
     # Not under pytest's tmp_path: that is 0700, and the sidecars (uid 1337) must reach the
