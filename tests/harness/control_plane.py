@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.harness.process import REPO, LoggedProcess
+
 READY_LINE = "meshward ca: serving on"
 SERVER_NAME = "meshward-control-plane"
 
@@ -34,7 +33,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ControlPlane:
+class ControlPlane(LoggedProcess):
     def __init__(
         self,
         tmp_path: Path,
@@ -56,17 +55,15 @@ class ControlPlane:
         self.registry_path.write_text(registry_yaml)
         self.bundle_path = self.state_dir / "trust-bundle.pem"
         self.audit_path = self.state_dir / "audit.log"
-        self.log_path = self.root / "ca.log"
         self.trust_domain = trust_domain
         self.workload_ttl = workload_ttl
         self.max_ttl = max_ttl or _longer_of(workload_ttl, "24h")
         self.policy_dir = policy_dir
         self.plugin_ca_dir = plugin_ca_dir
         self.extra_args = extra_args
-        self.startup_timeout = startup_timeout
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__("control plane", self.root / "ca.log", READY_LINE, startup_timeout)
 
     def argv(self) -> list[str]:
         args = [
@@ -86,43 +83,7 @@ class ControlPlane:
         return args
 
     def start(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            return
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        self._wait_ready(offset)
-
-    def _wait_ready(self, offset: int) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            text = self.log_path.read_bytes()[offset:].decode(errors="replace")
-            if READY_LINE in text:
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"control plane exited ({self.proc.returncode}):\n{self.log()}")
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"control plane not ready after {self.startup_timeout}s:\n{self.log()}")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        self.launch(self.argv())
 
     def join_token(self, node: str, ttl: str = "1h") -> str:
         out = subprocess.run(
@@ -154,12 +115,6 @@ class ControlPlane:
         tmp = self.registry_path.with_suffix(".tmp")
         tmp.write_text(registry_yaml)
         os.replace(tmp, self.registry_path)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
 
 def _longer_of(a: str, b: str) -> str:

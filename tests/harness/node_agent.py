@@ -14,16 +14,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.harness.process import LoggedProcess
+
 READY_LINE = "meshward agent: serving Workload API on"
 
 
@@ -41,7 +39,7 @@ def short_socket_path(node: str) -> Path:
     return directory / f"{node}.sock"
 
 
-class NodeAgent:
+class NodeAgent(LoggedProcess):
     def __init__(
         self,
         tmp_path: Path,
@@ -57,10 +55,8 @@ class NodeAgent:
         self.state_dir = tmp_path / f"agent-{node}"
         self.socket_path = short_socket_path(node)
         self.endpoint = f"unix://{self.socket_path}"
-        self.log_path = tmp_path / f"agent-{node}.log"
         self.extra_args = extra_args
-        self.startup_timeout = startup_timeout
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__("node agent", tmp_path / f"agent-{node}.log", READY_LINE, startup_timeout)
         self._bootstrapped = False
 
     def argv(self) -> list[str]:
@@ -84,57 +80,8 @@ class NodeAgent:
         return args
 
     def start(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            return
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        self._wait_ready()
+        self.launch(self.argv(), also_ready=self.socket_path.exists)
         self._bootstrapped = True
-
-    def _wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        start_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        while time.monotonic() < deadline:
-            text = self.log_path.read_bytes()[start_offset:].decode(errors="replace")
-            if READY_LINE in text and self.socket_path.exists():
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node agent exited ({self.proc.returncode}):\n{self.log()}")
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"node agent not ready after {self.startup_timeout}s:\n{self.log()}")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def kill(self) -> None:
-        """Stop without a clean shutdown (SIGKILL): the socket file stays behind."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
 
 @contextlib.contextmanager
