@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from meshward_common import errors, telemetry
+from meshward_common.prometheus import start_metrics_server as serve_registry
 
 IdentityKind = Literal["workload", "node"]
 
@@ -81,6 +82,4 @@ class CaMetrics:
 
 def start_metrics_server(host: str, port: int, metrics: CaMetrics) -> tuple[str, int]:
     """Serve the registry over HTTP in a daemon thread; returns the bound (host, port)."""
-    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
-    bound_host, bound_port = server.server_address[:2]
-    return str(bound_host), int(bound_port)
+    return serve_registry(host, port, metrics.registry)

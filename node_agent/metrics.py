@@ -11,10 +11,11 @@ import contextlib
 import datetime as dt
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from meshward_common import telemetry
 from meshward_common.errors import ConfigError
+from meshward_common.prometheus import start_metrics_server as serve_registry
 
 SvidKind = Literal["workload", "node"]
 RotationResult = Literal["ok", "error"]
@@ -70,6 +71,4 @@ class AgentMetrics:
 
 def start_metrics_server(host: str, port: int, metrics: AgentMetrics) -> tuple[str, int]:
     """Serve the registry over HTTP in a daemon thread; returns the bound (host, port)."""
-    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
-    bound_host, bound_port = server.server_address[:2]
-    return str(bound_host), int(bound_port)
+    return serve_registry(host, port, metrics.registry)
