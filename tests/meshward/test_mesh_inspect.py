@@ -8,10 +8,8 @@ import json
 import re
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshward.inspect.checks import (
     FAIL_MARK,
@@ -23,6 +21,7 @@ from meshward.inspect.checks import (
 )
 from meshward.inspect.secrets import secret_view, split_certs
 from meshward_common.errors import SvidError
+from tests.harness.pki import ca_cert, svid_leaf
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 ID = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
@@ -30,65 +29,24 @@ ID = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
 
 def _ca(name: str, days: int, issuer=None, issuer_key=None):
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(days=1))
-        .not_valid_after(NOW + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://cluster.local")]),
-            critical=False,
-        )
+    parent = (issuer, issuer_key) if issuer is not None else None
+    cert = ca_cert(
+        key,
+        name,
+        "cluster.local",
+        NOW - dt.timedelta(days=1),
+        NOW + dt.timedelta(days=days),
+        issuer=parent,
     )
-    if issuer_key is not None:
-        cert = cert.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
-    return cert.sign(issuer_key or key, hashes.SHA256()), key
+    return cert, key
 
 
 def _leaf(
     issuer, issuer_key, spiffe_id=ID, lifetime=dt.timedelta(hours=1), age=dt.timedelta(minutes=5)
 ):
     key = ec.generate_private_key(ec.SECP256R1())
-    return (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(issuer.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - age)
-        .not_valid_after(NOW - age + lifetime)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, True, False, False, False, False, False, False),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
-        .sign(issuer_key, hashes.SHA256())
+    return svid_leaf(
+        issuer, issuer_key, key.public_key(), [spiffe_id], NOW - age, NOW - age + lifetime
     )
 
 

@@ -7,11 +7,11 @@ import datetime as dt
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from sidecar_tls.identity import WorkloadIdentity
+from tests.harness.pki import ca_cert, svid_leaf
 
 
 def _now() -> dt.datetime:
@@ -28,30 +28,8 @@ class MiniCA:
     def create(cls, trust_domain: str = "cluster.local", name: str = "test root") -> MiniCA:
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
-            .sign(key, hashes.SHA256())
+        cert = ca_cert(
+            key, name, trust_domain, now - dt.timedelta(hours=1), now + dt.timedelta(days=1)
         )
         return cls(trust_domain, key, cert)
 
@@ -65,39 +43,15 @@ class MiniCA:
     ) -> WorkloadIdentity:
         key = ec.generate_private_key(ec.SECP256R1())
         start = not_before or (_now() - dt.timedelta(minutes=1))
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshward")]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + ttl)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, True, False, False, False, False, False, False),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.UniformResourceIdentifier(spiffe_id),
-                        *(x509.DNSName(name) for name in dns),
-                    ]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                critical=False,
-            )
-            .sign(self.key, hashes.SHA256())
+        cert = svid_leaf(
+            self.cert,
+            self.key,
+            key.public_key(),
+            [spiffe_id],
+            start,
+            start + ttl,
+            dns=dns,
+            subject=x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshward")]),
         )
         return WorkloadIdentity(chain=(cert,), key=key, bundles={self.trust_domain: (self.cert,)})
 
