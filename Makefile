@@ -9,8 +9,12 @@ JAEGER_VERSION := v1.76.0
 
 install: $(VENV_STAMP)
 
+# The distribution's CPython 3.11 when there is one: it is built with PGO/LTO (about twice as fast
+# as a plain source build such as pyenv's here) and lives where the sidecar's uid 1337 can run it.
+VENV_PYTHON := $(firstword $(wildcard /usr/bin/python3.11) python3.11)
+
 $(VENV_STAMP): requirements.lock pyproject.toml
-	python3.11 -m venv .venv || python3 -m venv .venv
+	$(VENV_PYTHON) -m venv .venv || python3.11 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q -r requirements.lock
 	.venv/bin/pip install -q --no-deps -e .
