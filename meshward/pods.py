@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from meshward_common.commands import COMMAND_TIMEOUT_S, run_command
 from meshward_common.errors import ConfigError, MeshwardError
 
 NETNS_ETC = Path("/etc/netns")
@@ -35,7 +36,6 @@ _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _IFNAME_MAX = 15
-_COMMAND_TIMEOUT_S = 20.0
 _STOP_GRACE_S = 3.0
 _LOCALHOST_LINES = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
@@ -57,21 +57,7 @@ class Pod:
 
 
 def _run(argv: Sequence[str], *, check: bool = True, stdin: str | None = None) -> str:
-    try:
-        done = subprocess.run(
-            list(argv),
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=_COMMAND_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise PodError(f"pods: {' '.join(argv)}: {exc}") from exc
-    if check and done.returncode != 0:
-        detail = done.stderr.strip().replace("\n", " | ")
-        raise PodError(f"pods: {' '.join(argv)} failed (exit {done.returncode}): {detail}")
-    return done.stdout
+    return run_command(argv, PodError, "pods", check=check, stdin=stdin)
 
 
 def list_netns() -> list[str]:
@@ -440,7 +426,7 @@ class PodNetwork:
         uid: int | None = None,
         gid: int | None = None,
         env: Mapping[str, str] | None = None,
-        timeout: float = _COMMAND_TIMEOUT_S,
+        timeout: float = COMMAND_TIMEOUT_S,
     ) -> subprocess.CompletedProcess[str]:
         """Run `argv` in `pod` to completion, capturing text output (no check on the exit code)."""
         if pod.name not in self.pods:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshward_common import ports
+from meshward_common.commands import run_command
 from meshward_common.errors import ConfigError, MeshwardError
 
 INBOUND_CHAIN = "ISTIO_INBOUND"
@@ -24,7 +24,6 @@ OUTPUT_CHAIN = "ISTIO_OUTPUT"
 ISTIO_CHAINS = (INBOUND_CHAIN, REDIRECT_CHAIN, IN_REDIRECT_CHAIN, OUTPUT_CHAIN)
 BUILTIN_NAT_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
 
-_COMMAND_TIMEOUT_S = 20.0
 _MULTIPORT_MAX = 15
 _LOCK_WAIT_S = 10
 
@@ -195,25 +194,9 @@ def parse_nat_rules(text: str) -> dict[str, list[RuleSpec]]:
 
 
 def _run_in_netns(netns: str, argv: list[str], stdin: str | None = None) -> str:
-    cmd = ["ip", "netns", "exec", netns, *argv]
-    try:
-        done = subprocess.run(
-            cmd,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=_COMMAND_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise InterceptionError(f"interception: {' '.join(argv)} in netns {netns}: {exc}") from exc
-    if done.returncode != 0:
-        detail = done.stderr.strip().replace("\n", " | ")
-        raise InterceptionError(
-            f"interception: {' '.join(argv)} in netns {netns} failed "
-            f"(exit {done.returncode}): {detail}"
-        )
-    return done.stdout
+    return run_command(
+        ["ip", "netns", "exec", netns, *argv], InterceptionError, "interception", stdin=stdin
+    )
 
 
 def read_nat_table(netns: str) -> dict[str, list[RuleSpec]]:
