@@ -21,14 +21,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from meshward.pods import Pod, PodNetwork
 from sidecar_tls.interception import InterceptionOptions, apply_rules
+
+REPO = Path(__file__).resolve().parents[2]
 
 __all__ = [
     "Pod",
@@ -37,6 +41,7 @@ __all__ = [
     "pod_network",
     "pod_network_fixture",
     "require_root",
+    "spawn_sidecar",
     "wait_for_tcp",
 ]
 
@@ -121,3 +126,42 @@ def wait_for_tcp(
                 last = str(exc)
         time.sleep(0.1)
     pytest.fail(f"nothing accepted on {host}:{port} within {timeout}s ({last})")
+
+
+def spawn_sidecar(
+    net: PodNetwork,
+    pod: Pod,
+    *,
+    agent_socket: str,
+    workload: str,
+    namespace: str,
+    log_path: Path,
+    extra_args: Sequence[str] = (),
+    timeout: float = 30.0,
+) -> subprocess.Popen[bytes]:
+    """`meshward sidecar run` in the pod as uid 1337, waited for until /healthz/ready says 200."""
+    argv = [
+        sys.executable, "-m", "meshward", "sidecar", "run",
+        "--agent-socket", agent_socket,
+        "--pod-ip", pod.ip,
+        "--workload", workload,
+        "--namespace", namespace,
+        *extra_args,
+    ]  # fmt: skip
+    with log_path.open("ab") as log:
+        proc = net.spawn(pod, argv, uid=1337, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"sidecar {workload} exited:\n{log_path.read_text(errors='replace')}")
+        try:
+            url = f"http://{pod.ip}:15021/healthz/ready"
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(
+        f"sidecar {workload} not ready in {timeout}s:\n{log_path.read_text(errors='replace')}"
+    )

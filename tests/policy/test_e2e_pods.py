@@ -12,16 +12,23 @@ import http.client
 import os
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.harness.control_plane import ControlPlane, run_control_plane
 from tests.harness.node_agent import NodeAgent, run_node_agent
-from tests.harness.pods import Pod, PodNetwork, add_intercepted_pod, pod_network, wait_for_tcp
+from tests.harness.pods import (
+    Pod,
+    PodNetwork,
+    add_intercepted_pod,
+    pod_network,
+    spawn_sidecar,
+    wait_for_tcp,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -195,41 +202,13 @@ def _wait_for(
         time.sleep(0.05)
 
 
-def _spawn_sidecar(
-    net: PodNetwork, pod: Pod, workload: str, namespace: str, agent: NodeAgent, logs: Path
-) -> None:
-    log = (logs / f"sidecar-{workload}.log").open("ab")
-    argv = [
-        sys.executable,
-        "-m",
-        "meshward",
-        "sidecar",
-        "run",
-        "--agent-socket",
-        str(agent.socket_path),
-        "--pod-ip",
-        pod.ip,
-        "--workload",
-        workload,
-        "--namespace",
-        namespace,
-    ]
-    proc = net.spawn(
-        pod, argv, uid=1337, stdout=log, stderr=log, cwd=str(Path(__file__).resolve().parents[2])
-    )
-    wait_for_tcp(pod.ip, 15021, proc=proc, timeout=30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://{pod.ip}:15021/healthz/ready", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(
-        f"sidecar {workload} not ready within 30s:\n{(logs / f'sidecar-{workload}.log').read_text()}"
-    )
+def _sidecar(agent: NodeAgent, workload: str, namespace: str, logs: Path) -> dict[str, Any]:
+    return {
+        "agent_socket": str(agent.socket_path),
+        "workload": workload,
+        "namespace": namespace,
+        "log_path": logs / f"sidecar-{workload}.log",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -247,8 +226,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         net.set_hosts({"httpbin": [SERVER_IP], "client": [CLIENT_IP]})
         app = net.spawn(server, [sys.executable, "-c", APP], uid=APP_UID, stdout=None, stderr=None)
         wait_for_tcp(SERVER_IP, APP_PORT, proc=app, net=net, pod=server)
-        _spawn_sidecar(net, server, "httpbin", "foo", agent, tmp)
-        _spawn_sidecar(net, client, "client", "default", agent, tmp)
+        spawn_sidecar(net, server, **_sidecar(agent, "httpbin", "foo", tmp))
+        spawn_sidecar(net, client, **_sidecar(agent, "client", "default", tmp))
         m = Mesh(net, client, server, cp, agent, policy_dir, tmp)
         _LOGS.mesh = m
         yield m

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from meshward.pods import Pod, PodNetwork
 from tests.harness.control_plane import ControlPlane, run_control_plane
 from tests.harness.node_agent import NodeAgent, run_node_agent
-from tests.harness.pods import add_intercepted_pod, pod_network
+from tests.harness.pods import add_intercepted_pod, pod_network, spawn_sidecar
 from tests.sidecar_tls.testca import MiniCA
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -121,21 +121,6 @@ class Mesh:
         return self.logs[name].read_text(errors="replace")
 
 
-def _wait_ready(ip: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"sidecar at {ip} exited:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"http://{ip}:15021/healthz/ready", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"sidecar at {ip} not ready in 30s:\n{log.read_text()}")
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("mesh")
@@ -159,34 +144,16 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             ("impostor", [*app, "http-server", "8080"]),
         ):
             net.spawn(pods[pod], argv, uid=1000, cwd=REPO)
-        procs = {}
         for name, pod in pods.items():
             logs[name] = tmp / f"sidecar-{name}.log"
-            with logs[name].open("wb") as out:
-                procs[name] = net.spawn(
-                    pod,
-                    [
-                        PY,
-                        "-m",
-                        "meshward",
-                        "sidecar",
-                        "run",
-                        "--agent-socket",
-                        str(agent.socket_path),
-                        "--pod-ip",
-                        pod.ip,
-                        "--workload",
-                        name,
-                        "--namespace",
-                        "default",
-                    ],
-                    uid=1337,
-                    cwd=REPO,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-        for name, pod in pods.items():
-            _wait_ready(pod.ip, procs[name], logs[name])
+            spawn_sidecar(
+                net,
+                pod,
+                agent_socket=str(agent.socket_path),
+                workload=name,
+                namespace="default",
+                log_path=logs[name],
+            )
         shared = Path(tempfile.mkdtemp(prefix="mwsc-"))
         shared.chmod(0o755)
         try:
