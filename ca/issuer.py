@@ -43,6 +43,9 @@ class SigningAuthority:
     served_chain_pem: tuple[str, ...] = field(init=False)
     # Computed once: every leaf this authority signs carries the same key identifier.
     authority_key_id: x509.AuthorityKeyIdentifier = field(init=False)
+    # Per-authority constants of every signature, computed once: reading them off the
+    # certificate (and re-encoding the fixed extensions) per CSR costs more than the signing.
+    leaf_template: _LeafTemplate = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         chain = [self.cert, *self.parents]
@@ -52,6 +55,7 @@ class SigningAuthority:
         object.__setattr__(self, "served_chain_pem", pems)
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.cert.public_key())  # type: ignore[arg-type]
         object.__setattr__(self, "authority_key_id", aki)
+        object.__setattr__(self, "leaf_template", _LeafTemplate.of(self, aki))
 
     @property
     def served_chain(self) -> tuple[x509.Certificate, ...]:
@@ -61,6 +65,17 @@ class SigningAuthority:
 
 def parse_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
     """Parse a PEM PKCS#10 request and check its signature and key; InvalidRequest says why not."""
+    return _load_checked_csr(pem)[0]
+
+
+def csr_public_key(pem: str | bytes) -> CertificatePublicKeyTypes:
+    """`parse_csr`, returning the checked public key (what signing needs), extracted once."""
+    return _load_checked_csr(pem)[1]
+
+
+def _load_checked_csr(
+    pem: str | bytes,
+) -> tuple[x509.CertificateSigningRequest, CertificatePublicKeyTypes]:
     data = pem.encode() if isinstance(pem, str) else pem
     if not data.strip():
         raise InvalidRequest("CSR is empty")
@@ -78,8 +93,9 @@ def parse_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
         raise InvalidRequest(f"CSR signature cannot be checked: {exc}") from exc
     if not valid:
         raise InvalidRequest("CSR signature does not verify against its public key")
-    check_public_key(csr.public_key())
-    return csr
+    key = csr.public_key()
+    check_public_key(key)
+    return csr, key
 
 
 def check_public_key(key: CertificatePublicKeyTypes) -> None:
@@ -124,7 +140,15 @@ def _key_usage(*, key_encipherment: bool) -> x509.KeyUsage:
     )
 
 
-# The fixed parts of every leaf, built once (the builder copies them, never mutates).
+def _raw(value: x509.ExtensionType, *, critical: bool) -> x509.Extension[x509.ExtensionType]:
+    """An extension pre-encoded to DER: the signer copies the bytes instead of re-encoding the
+    Python object per certificate. The issued DER is identical (tests/ca compare the parsed form).
+    """
+    raw = x509.UnrecognizedExtension(value.oid, value.public_bytes())
+    return x509.Extension(value.oid, critical, raw)
+
+
+# The fixed parts of every leaf, built once.
 _EMPTY_NAME = x509.Name([])
 _LEAF_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
 _EC_KEY_USAGE = _key_usage(key_encipherment=False)
@@ -140,6 +164,47 @@ def _hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | hashes.S
     return hashes.SHA256()
 
 
+@dataclass(frozen=True)
+class _LeafTemplate:
+    """What every leaf of one authority shares, in the form the certificate builder takes."""
+
+    issuer: x509.Name
+    not_before: dt.datetime  # the signer's validity, aware UTC
+    not_after: dt.datetime
+    hash: hashes.SHA256 | hashes.SHA384
+    served_chain: tuple[x509.Certificate, ...]
+    # Leading extensions (basic constraints, key usage, EKU) for EC / RSA subject keys; the
+    # subject alternative name follows, then the authority key identifier.
+    head_ec: tuple[x509.Extension[x509.ExtensionType], ...]
+    head_rsa: tuple[x509.Extension[x509.ExtensionType], ...]
+    aki: x509.Extension[x509.ExtensionType]
+
+    @classmethod
+    def of(cls, authority: SigningAuthority, aki: x509.AuthorityKeyIdentifier) -> _LeafTemplate:
+        def head(usage: x509.KeyUsage) -> tuple[x509.Extension[x509.ExtensionType], ...]:
+            return (
+                _raw(_LEAF_BASIC_CONSTRAINTS, critical=True),
+                _raw(usage, critical=True),
+                _raw(_LEAF_EKU, critical=False),
+            )
+
+        return cls(
+            issuer=authority.cert.subject,
+            not_before=authority.cert.not_valid_before_utc,
+            not_after=authority.cert.not_valid_after_utc,
+            hash=_hash_for(authority.key),
+            served_chain=authority.served_chain,
+            head_ec=head(_EC_KEY_USAGE),
+            head_rsa=head(_RSA_KEY_USAGE),
+            aki=_raw(aki, critical=False),
+        )
+
+
+def _naive_utc(when: dt.datetime) -> dt.datetime:
+    # What CertificateBuilder.not_valid_before/after store; done here once for both bounds.
+    return when.astimezone(dt.UTC).replace(tzinfo=None)
+
+
 def issue_svid(
     authority: SigningAuthority,
     public_key: CertificatePublicKeyTypes,
@@ -152,29 +217,30 @@ def issue_svid(
     check_public_key(public_key)
     if not identity.path:
         raise InvalidRequest(f"{identity} has no path; an SVID needs a workload path")
-    signer_not_after = authority.cert.not_valid_after_utc
-    if now >= signer_not_after:
+    tpl = authority.leaf_template
+    if now >= tpl.not_after:
         raise InvalidRequest("the CA's signing certificate has expired")
-    not_before = max(now - BACKDATE, authority.cert.not_valid_before_utc)
+    not_before = max(now - BACKDATE, tpl.not_before)
     # An SVID never outlives the certificate that signed it.
-    not_after = min(now + ttl, signer_not_after)
+    not_after = min(now + ttl, tpl.not_after)
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(identity))]
     sans.extend(x509.DNSName(name) for name in dns_names)
-    is_rsa = isinstance(public_key, rsa.RSAPublicKey)
-    builder = (
-        x509.CertificateBuilder()
+    head = tpl.head_rsa if isinstance(public_key, rsa.RSAPublicKey) else tpl.head_ec
+    # The builder's constructor instead of its chained setters: each setter copies the builder
+    # and re-validates; every value here is already checked (and the times normalised) above.
+    builder = x509.CertificateBuilder(
         # Empty subject, as Istio issues: the identity lives in the (then critical) URI SAN.
-        .subject_name(_EMPTY_NAME)
-        .issuer_name(authority.cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
-        .add_extension(_RSA_KEY_USAGE if is_rsa else _EC_KEY_USAGE, critical=True)
-        .add_extension(_LEAF_EKU, critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=True)
-        .add_extension(authority.authority_key_id, critical=False)
+        subject_name=_EMPTY_NAME,
+        issuer_name=tpl.issuer,
+        public_key=public_key,
+        serial_number=x509.random_serial_number(),
+        not_valid_before=_naive_utc(not_before),
+        not_valid_after=_naive_utc(not_after),
+        extensions=[
+            *head,
+            _raw(x509.SubjectAlternativeName(sans), critical=True),
+            tpl.aki,
+        ],
     )
-    leaf = builder.sign(authority.key, _hash_for(authority.key))
-    return [leaf, *authority.served_chain]
+    leaf = builder.sign(authority.key, tpl.hash)
+    return [leaf, *tpl.served_chain]

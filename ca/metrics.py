@@ -68,12 +68,13 @@ class CaMetrics:
             registry=r,
         )
         # Pre-create the series so a scrape shows zeros before the first CSR (rate() needs them).
-        for kind in ("workload", "node"):
-            self.issued.labels(kind)
+        # The children are looked up once: `.labels()` per CSR is a lock and a dict walk.
+        self._issued = {kind: self.issued.labels(kind) for kind in ("workload", "node")}
+        self._issued_latency = self.csr_latency.labels("issued")
 
     def record_issued(self, kind: IdentityKind, seconds: float) -> None:
-        self.issued.labels(kind).inc()
-        self.csr_latency.labels("issued").observe(seconds)
+        self._issued[kind].inc()
+        self._issued_latency.observe(seconds)
 
     def record_refused(self, kind: IdentityKind, exc: BaseException, seconds: float) -> None:
         self.refused.labels(kind, refusal_reason(exc)).inc()

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from ca import audit
 from ca.entitlement import IMPERSONATED_IDENTITY, Caller, entitled_identity
 from ca.front_door import PeerInfo, PeerTable
-from ca.issuer import SigningAuthority, effective_ttl, issue_svid, parse_csr
+from ca.issuer import SigningAuthority, csr_public_key, effective_ttl, issue_svid
 from ca.join_tokens import JoinTokenStore
 from ca.mesh_state import MeshStateSource
 from ca.metrics import CaMetrics, IdentityKind
@@ -104,9 +104,16 @@ class PeerAuthenticator:
         return node
 
     def authenticate(
-        self, context: grpc.aio.ServicerContext, now: dt.datetime, *, allow_token: bool
+        self,
+        context: grpc.aio.ServicerContext,
+        now: dt.datetime,
+        *,
+        allow_token: bool,
+        info: PeerInfo | None = None,
     ) -> Authenticated:
-        info = self.peer_of(context)
+        """`info` is `peer_of(context)` when the caller already looked it up."""
+        if info is None:
+            info = self.peer_of(context)
         if info.cert_der is not None:
             sid = self.verify_client_cert(info.cert_der, now)
             return Authenticated(Caller(self.node_of(sid), "mtls"), None)
@@ -180,20 +187,22 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         try:
             info = self.auth.peer_of(context)
             caller_text = f"unauthenticated {info.remote}"
-            requested = _impersonated_identity(request)
-            who = self.auth.authenticate(context, now, allow_token=True)
+            impersonated = _impersonated_identity(request)
+            requested = impersonated
+            who = self.auth.authenticate(context, now, allow_token=True, info=info)
             caller_text = str(who.caller)
-            requested = requested or who.caller.node_identity(self.mesh.trust_domain)
+            requested = impersonated or who.caller.node_identity(self.mesh.trust_domain)
             if not self.limiter.allow(who.caller.node, time.monotonic()):
                 raise RateLimited(f"node {who.caller.node} is over its CSR rate limit; retry later")
-            csr = parse_csr(request.csr)
+            public_key = csr_public_key(request.csr)
             ttl = effective_ttl(request.validity_duration, self.workload_ttl, self.max_ttl)
+            # Nothing impersonated: the node's own ID, without a round trip through its text.
             identity = entitled_identity(
-                who.caller, requested, self.mesh.registry, self.mesh.trust_domain
+                who.caller, impersonated, self.mesh.registry, self.mesh.trust_domain
             )
             if who.token is not None:
                 self.auth.tokens.redeem(who.token, now)
-            chain = issue_svid(self.authority, csr.public_key(), identity, ttl, now)
+            chain = issue_svid(self.authority, public_key, identity, ttl, now)
         except MeshwardError as exc:
             code = status_for(exc)
             self.audit.write(audit.refused(now, caller_text, requested, f"{code.name}: {exc}"))

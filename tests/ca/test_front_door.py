@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -96,3 +99,84 @@ async def test_server_certificate_is_reissued_at_half_life(
         assert served.not_valid_after_utc == cp.server_cert.not_after
     finally:
         await cp.stop()
+
+
+def _bundle(plane: ControlPlane) -> bytes:
+    return (plane.config.state_dir / "trust-bundle.pem").read_bytes()
+
+
+async def _no_credential_call(plane: ControlPlane) -> grpc.aio.AioRpcError:
+    creds = grpc.ssl_channel_credentials(_bundle(plane))
+    # A local subchannel pool: one connection per channel, closed with the channel.
+    options = [
+        ("grpc.ssl_target_name_override", "meshward-control-plane"),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+    async with grpc.aio.secure_channel(f"127.0.0.1:{plane.port}", creds, options=options) as ch:
+        stub = istio_ca_pb2_grpc.IstioCertificateServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.CreateCertificate(istio_ca_pb2.IstioCertificateRequest(csr="x"))
+    return info.value
+
+
+async def _wait_until(predicate: Callable[[], bool]) -> bool:
+    for _ in range(200):
+        if predicate():
+            return True
+        await asyncio.sleep(0.025)
+    return predicate()
+
+
+async def test_a_client_that_never_handshakes_does_not_stall_others(plane: ControlPlane) -> None:
+    # A silent connection waits alone (10 s handshake limit); the others are served meanwhile.
+    with socket.create_connection(("127.0.0.1", plane.port)):
+        err = await _no_credential_call(plane)
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "no credential" in (err.details() or "")
+
+
+async def test_concurrent_calls_are_relayed(plane: ControlPlane) -> None:
+    errors = await asyncio.gather(*(_no_credential_call(plane) for _ in range(8)))
+    assert [e.code() for e in errors] == [grpc.StatusCode.UNAUTHENTICATED] * 8
+    assert all("no credential" in (e.details() or "") for e in errors)
+    lines = (plane.config.state_dir / "audit.log").read_text().splitlines()
+    assert len(lines) == 8
+
+
+async def test_each_connection_is_mapped_until_it_closes(plane: ControlPlane) -> None:
+    assert plane._door is not None
+    door = plane._door
+    ctx = _client_context(plane)
+    conns = [await asyncio.open_connection("127.0.0.1", plane.port, ssl=ctx) for _ in range(4)]
+    assert await _wait_until(lambda: len(door.peers) == 4), "a relayed connection is not mapped"
+    for _, writer in conns:
+        writer.close()
+        await writer.wait_closed()
+    assert await _wait_until(lambda: len(door.peers) == 0), "a closed connection stays mapped"
+
+
+def _client_context(plane: ControlPlane) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=_bundle(plane).decode())
+    ctx.check_hostname = False
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+async def test_stop_closes_open_connections_and_the_port(tmp_path: Path) -> None:
+    cfg = build_config({"listen": "127.0.0.1:0", "state-dir": str(tmp_path / "state")})
+    cp = ControlPlane(cfg)
+    await cp.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", cp.port, ssl=_client_context(cp))
+    try:
+        await cp.stop()
+        # The relay closed our connection: EOF (or a reset), not a hang.
+        try:
+            rest = await asyncio.wait_for(reader.read(), timeout=10)
+        except (ConnectionError, ssl.SSLError):
+            rest = b""
+        # gRPC's server preface (SETTINGS) may precede the close; after it, nothing but EOF.
+        assert reader.at_eof() or rest == b""
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", cp.port), timeout=2).close()
+    finally:
+        writer.close()

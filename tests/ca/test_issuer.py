@@ -17,6 +17,7 @@ from ca.issuer import (
     BACKDATE,
     MAX_CSR_BYTES,
     SigningAuthority,
+    csr_public_key,
     effective_ttl,
     issue_svid,
     parse_csr,
@@ -217,3 +218,50 @@ def test_ttl_rules(requested: int, default: str, maximum: str, expected: object)
             effective_ttl(*args)
     else:
         assert effective_ttl(*args) == expected
+
+
+@pytest.mark.parametrize(("key_type", "encipherment"), [("P-256", False), ("RSA-2048", True)])
+def test_pre_encoded_extensions_read_back_as_the_typed_values(
+    intermediate_authority: SigningAuthority, key_type: str, encipherment: bool
+) -> None:
+    # The fixed extensions are encoded once per authority and copied into every leaf: what a
+    # verifier parses must be exactly the typed extension, with the same criticality.
+    key = KEYS[key_type]().public_key()  # type: ignore[attr-defined]
+    leaf = issue_svid(intermediate_authority, key, WORKLOAD, dt.timedelta(hours=1), NOW)[0]
+    exts = {e.oid: e for e in leaf.extensions}
+    assert [e.oid for e in leaf.extensions] == [
+        x509.BasicConstraints.oid,
+        x509.KeyUsage.oid,
+        x509.ExtendedKeyUsage.oid,
+        x509.SubjectAlternativeName.oid,
+        x509.AuthorityKeyIdentifier.oid,
+    ]
+    assert exts[x509.BasicConstraints.oid].value == x509.BasicConstraints(
+        ca=False, path_length=None
+    )
+    assert exts[x509.BasicConstraints.oid].critical
+    usage = exts[x509.KeyUsage.oid]
+    assert usage.critical
+    assert isinstance(usage.value, x509.KeyUsage)
+    assert usage.value.digital_signature
+    assert usage.value.key_encipherment is encipherment
+    assert not usage.value.key_cert_sign
+    assert not exts[x509.ExtendedKeyUsage.oid].critical
+    assert exts[x509.SubjectAlternativeName.oid].critical
+    ski = intermediate_authority.cert.extensions.get_extension_for_class(
+        x509.SubjectKeyIdentifier
+    ).value
+    aki = exts[x509.AuthorityKeyIdentifier.oid]
+    assert not aki.critical
+    assert isinstance(aki.value, x509.AuthorityKeyIdentifier)
+    assert aki.value.key_identifier == ski.digest
+    assert leaf.issuer == intermediate_authority.cert.subject
+
+
+def test_csr_public_key_is_the_checked_key_of_the_csr() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    assert csr_public_key(csr_for(key)) == key.public_key()
+    with pytest.raises(InvalidRequest, match="P-256 or P-384"):
+        csr_public_key(csr_for(ec.generate_private_key(ec.SECP521R1())))
+    with pytest.raises(InvalidRequest, match="not PEM"):
+        csr_public_key("garbage")
