@@ -1,4 +1,7 @@
-"""Run every `bench/*_bench.py` module's `main()` in turn; `python -m bench ca sidecar` runs some."""
+"""Run every `bench/*_bench.py` module's `main()` in turn; `python -m bench ca sidecar` runs some.
+
+`python -m bench footprint` prints the sidecar process's RSS per import group (bench/footprint.py).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     names = sorted(p.stem for p in Path(__file__).parent.glob("*_bench.py"))
+    names.append("footprint")  # not a load benchmark, but run with the others
     if argv:
         names = [n for n in names if n in argv or n.removesuffix("_bench") in argv]
     failed = 0

@@ -44,7 +44,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -271,15 +271,18 @@ def _report(results: list[Result]) -> None:
 
 
 def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
+    # What `meshward sidecar run` imports, so the RSS measured is the real process's.
     import uvloop
     from cryptography import x509
 
+    import sidecar_tls.cli  # noqa: F401
     from sidecar_tls.authz import InboundAuthorizer
     from sidecar_tls.destinations import MeshSnapshot, MeshWorkload, resolve_destination
     from sidecar_tls.identity import StaticSvidSource, WorkloadIdentity
     from sidecar_tls.inbound import InboundProxy
     from sidecar_tls.net import listen_socket, serve_accepts
     from sidecar_tls.outbound import OutboundProxy
+    from sidecar_tls.sidecar import build_observer
     from sidecar_tls.state import SidecarState
 
     name = "server" if role == "inbound" else "client"
@@ -294,18 +297,33 @@ def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
         workloads=(MeshWorkload("server", "bench", "server", SERVER_ID, "127.0.0.1", "server"),)
     )
     state = SidecarState(StaticSvidSource(identity), snapshot)
+    # The observers `meshward sidecar run` builds: metrics and tracing at the default sampling
+    # (no collector: sampled spans are made, then dropped), and the (empty) authorization policy.
+    observer, _, tracing = build_observer(
+        name, "bench", name, "127.0.0.1", None, float(os.environ.get("BENCH_TRACE_SAMPLING", "1"))
+    )
+    authorizer = InboundAuthorizer("bench", {"app": name})
+    authorizer.update([], "istio-system")
 
     async def run() -> None:
         handle = (
             InboundProxy(
                 state,
-                InboundAuthorizer("bench", {}),
+                authorizer,
                 pod_ip="127.0.0.1",
+                workload=name,
+                namespace="bench",
+                service=f"{name}.bench.svc.cluster.local",
+                observer=observer,
                 original_dst=lambda _s: ("127.0.0.1", target),
             ).handle
             if role == "inbound"
             else OutboundProxy(
-                state, destination_for=lambda _s: resolve_destination(snapshot, "127.0.0.1", target)
+                state,
+                workload=name,
+                namespace="bench",
+                observer=observer,
+                destination_for=lambda _s: resolve_destination(snapshot, "127.0.0.1", target),
             ).handle
         )
         stop = asyncio.Event()
@@ -313,6 +331,8 @@ def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
         task = asyncio.create_task(serve_accepts(listen_socket("127.0.0.1", listen), handle))
         await stop.wait()
         task.cancel()
+        if tracing is not None:
+            tracing.shutdown()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run())

@@ -43,7 +43,7 @@ def ensure_jaeger() -> str:
 class JaegerListen:
     """The addresses one Jaeger instance listens on ("host:port" each)."""
 
-    otlp_grpc: str
+    otlp_http: str  # OTLP/HTTP receiver (the sidecars post spans to /v1/traces)
     query_http: str
     query_grpc: str
 
@@ -78,8 +78,8 @@ extensions:
 receivers:
   otlp:
     protocols:
-      grpc:
-        endpoint: "{otlp_grpc}"
+      http:
+        endpoint: "{otlp_http}"
 processors:
   batch:
     timeout: {batch_timeout_ms}ms
@@ -92,7 +92,7 @@ exporters:
 def jaeger_config(listen: JaegerListen, *, max_traces: int, batch_timeout_ms: int) -> str:
     """Jaeger's YAML config: OTLP receiver -> batch -> in-memory store -> query API."""
     return _CONFIG.format(
-        otlp_grpc=listen.otlp_grpc,
+        otlp_http=listen.otlp_http,
         query_http=listen.query_http,
         query_grpc=listen.query_grpc,
         max_traces=max_traces,

@@ -66,7 +66,9 @@ def _now() -> dt.datetime:
 @click.option("--control-plane-port", default=15012, show_default=True, type=int)
 @click.option("--workload-ttl", default="1h", show_default=True)
 @click.option("--jaeger/--no-jaeger", default=True, show_default=True, help="Run Jaeger if found.")
-@click.option("--jaeger-otlp-port", default=4317, show_default=True, type=int)
+@click.option(
+    "--jaeger-otlp-port", default=4318, show_default=True, type=int, help="Jaeger's OTLP/HTTP port."
+)
 @click.option("--jaeger-query-port", default=16686, show_default=True, type=int)
 @click.option("--jaeger-query-grpc-port", default=16685, show_default=True, type=int)
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True, help="Seconds to wait.")

@@ -14,5 +14,5 @@ PROXY_UID = 1337
 PROXY_GID = 1337
 # Envoy's source address for inbound passthrough connections to the app.
 INBOUND_PASSTHROUGH_SOURCE = "127.0.0.6"
-JAEGER_OTLP_GRPC = 4317
+JAEGER_OTLP_HTTP = 4318
 JAEGER_QUERY = 16686

@@ -57,7 +57,17 @@ def _run(component: Any) -> None:
     help="Destinations outside the mesh: pass through in plaintext, or refuse.",
 )
 @click.option(
-    "--otlp-endpoint", default=None, help="OTLP gRPC collector, e.g. http://127.0.0.1:4317"
+    "--otlp-endpoint",
+    default=None,
+    help="OTLP/HTTP collector (spans go to <URL>/v1/traces), e.g. http://127.0.0.1:4318; "
+    "default: $OTEL_EXPORTER_OTLP_ENDPOINT.",
+)
+@click.option(
+    "--trace-sampling",
+    type=click.FloatRange(0.0, 100.0),
+    default=1.0,
+    show_default=True,
+    help="Percent of new traces sampled (Istio's defaultConfig.tracing.sampling); parent-based.",
 )
 @click.option(
     "--service", default="", help="Service name for telemetry (default: workload without -vN)."
@@ -70,6 +80,7 @@ def run(
     namespace: str,
     outbound_policy: str,
     otlp_endpoint: str | None,
+    trace_sampling: float,
     service: str,
     log_level: str,
 ) -> None:
@@ -82,6 +93,7 @@ def run(
         namespace=namespace,
         outbound_policy="REGISTRY_ONLY" if outbound_policy == "REGISTRY_ONLY" else "ALLOW_ANY",
         otlp_endpoint=otlp_endpoint,
+        trace_sampling=trace_sampling,
         service=service,
     )
     _run(Sidecar(config))
@@ -95,7 +107,14 @@ def run(
 @click.option(
     "--route", required=True, help="HOST:PORT of the service to route to (e.g. productpage:9080)."
 )
-@click.option("--otlp-endpoint", default=None)
+@click.option("--otlp-endpoint", default=None, help="OTLP/HTTP collector, as for `run`.")
+@click.option(
+    "--trace-sampling",
+    type=click.FloatRange(0.0, 100.0),
+    default=1.0,
+    show_default=True,
+    help="Percent of new traces sampled (Istio's defaultConfig.tracing.sampling); parent-based.",
+)
 @click.option("--name", default="ingress", show_default=True, help="Name for telemetry.")
 @click.option("--namespace", default="default", show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
@@ -104,6 +123,7 @@ def ingress(
     agent_socket: str,
     route: str,
     otlp_endpoint: str | None,
+    trace_sampling: float,
     name: str,
     namespace: str,
     log_level: str,
@@ -116,6 +136,7 @@ def ingress(
             listen=parse_host_port(listen, "--listen"),
             route=parse_host_port(route, "--route"),
             otlp_endpoint=otlp_endpoint,
+            trace_sampling=trace_sampling,
             name=name,
             namespace=namespace,
         )

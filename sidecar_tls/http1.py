@@ -1,15 +1,18 @@
 """HTTP/1.1 message heads, as pure functions: parse, frame, rewrite. No sockets.
 
-The sidecar parses only what it needs per request (request line, headers, body framing, keep-alive)
-and relays bodies as bytes. Anything that could let two parsers disagree about where a message ends
-(Content-Length with Transfer-Encoding, conflicting lengths, obsolete line folding) is refused.
+The sidecar parses only what it needs per request: it checks that the head is well-formed (one
+C-speed pass), reads the request line and the few headers it acts on (framing, keep-alive, upgrade,
+host, trace context, x-request-id, XFCC), and relays everything else as bytes; the full header list
+is parsed only when asked for (an authorization policy on headers, a sampled span). Rewrites splice
+bytes instead of re-serialising the head. Anything that could let two parsers disagree about where
+a message ends (Content-Length with Transfer-Encoding, conflicting lengths, a request body coding
+other than chunked, obsolete line folding, bare CR/LF/NUL) is refused.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 
 from meshward_common.errors import InvalidRequest
@@ -19,17 +22,50 @@ MAX_HEAD_BYTES = 64 * 1024
 _TCHAR_RUN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE_RE = re.compile(rf"({_TCHAR_RUN}) (\S+) HTTP/(1\.[01])")
 _STATUS_LINE_RE = re.compile(r"HTTP/(1\.[01]) ([0-9]{3})(?: ([^\r\n]*))?")
-_FRAMING_HEADER_RE = re.compile(
-    r"\r\n(content-length|transfer-encoding|connection):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)",
-    re.IGNORECASE,
-)
 # A header line; the lookahead leaves the CRLF for the next match to start from.
 _HEADER_RE = re.compile(rf"\r\n({_TCHAR_RUN}):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
+# Every well-formed header line (CRLF only starts lines: bare CR/LF are refused before this runs,
+# and the greedy value class cannot run into the next line).
+_LINE_RE = re.compile(rf"\r\n({_TCHAR_RUN}):[ \t]*([^\r\n]*)")
 _METHOD_PREFIX_RE = re.compile(rb"[A-Z]{3,7} ")
-
 
 # Headers that describe one connection, not the message (RFC 9110 7.6.1); not forwarded.
 HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection")
+
+# The headers the data path and its observers act on: found by one scan of the head.
+WANTED: frozenset[str] = frozenset(
+    {
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "host",
+        "x-request-id",
+        "x-forwarded-client-cert",
+        "traceparent",
+        "tracestate",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+        "x-b3-flags",
+        "x-client-trace-id",
+        "x-envoy-force-trace",
+    }
+)
+
+
+def _names_re(names: Iterable[str]) -> str:
+    return "|".join(re.escape(n) for n in sorted(names, key=lambda n: (-len(n), n)))
+
+
+_FRAMING_KEYS = tuple(
+    (name, f"\r\n{name}:") for name in ("connection", "content-length", "transfer-encoding")
+)
+_JOINED = frozenset({"transfer-encoding", "connection"})  # list-valued: repeats are joined
 
 
 class Framing(Enum):
@@ -42,72 +78,150 @@ class Framing(Enum):
 Headers = list[tuple[str, str]]
 
 
-@dataclass(frozen=True)
-class _Parsed:
-    """What one pass over the header lines learns (names lowercased once)."""
+class HeaderView(Mapping[str, str]):
+    """A head's headers by lowercase name (first value of each): the wanted ones at once, the
+    others parsed on first use."""
 
-    headers: Headers
-    lower: dict[str, str]  # lowercased name -> first value
-    framing: Framing
-    length: int
-    connection_tokens: frozenset[str]
+    __slots__ = ("_head", "wanted")
+
+    def __init__(self, head: RequestHead) -> None:
+        self._head = head
+        self.wanted = head.found  # the WANTED headers present: a plain dict, for hot lookups
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        head = self._head
+        value = head.found.get(name) if name in WANTED else head.all_lower().get(name)
+        return default if value is None else value
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._head.all_lower())
+
+    def __len__(self) -> int:
+        return len(self._head.all_lower())
 
 
-@dataclass(frozen=True)
 class RequestHead:
-    method: str
-    target: str
-    version: str  # "1.1" or "1.0"
-    headers: Headers
-    parsed: _Parsed | None = None
+    """A request head: its bytes, request line, framing, keep-alive, and the WANTED headers."""
 
-    def _p(self) -> _Parsed:
-        return self.parsed or _analyse(self.headers)
+    __slots__ = (
+        "_all",
+        "_line_end",
+        "_lower",
+        "_text",
+        "body_length",
+        "found",
+        "keep_alive",
+        "method",
+        "raw",
+        "target",
+        "version",
+    )
+
+    def __init__(
+        self,
+        raw: bytes,
+        text: str,
+        line_end: int,
+        method: str,
+        target: str,
+        version: str,
+        found: dict[str, str],
+        body_length: int,
+        keep_alive: bool,
+    ) -> None:
+        self.raw = raw
+        self._text = text
+        self._line_end = line_end
+        self.method = method
+        self.target = target
+        self.version = version  # "1.1" or "1.0"
+        self.found = found  # lowercase name -> value, for WANTED names present
+        self.body_length = body_length  # -1: chunked; 0: no body
+        self.keep_alive = keep_alive
+        self._all: Headers | None = None
+        self._lower: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> Headers:
+        """Every header as (name, value), in order (parsed on first use)."""
+        if self._all is None:
+            self._all = _HEADER_RE.findall(self._text, self._line_end)
+        return self._all
+
+    def all_lower(self) -> dict[str, str]:
+        if self._lower is None:
+            self._lower = {n.lower(): v for n, v in reversed(self.headers)}  # first value wins
+        return self._lower
 
     def get(self, name: str) -> str | None:
-        return self._p().lower.get(name.lower())
+        name = name.lower()
+        return self.found.get(name) if name in WANTED else self.all_lower().get(name)
+
+    def has(self, name: str) -> bool:
+        """Whether the header is present (`name` lowercase, as the data path's constants are)."""
+        if name in self.found:
+            return True
+        return name not in WANTED and self.get(name) is not None
 
     @property
     def host(self) -> str:
-        return self._p().lower.get("host", "")
+        return self.found.get("host", "")
 
     @property
     def framing(self) -> tuple[Framing, int]:
-        p = self._p()
-        return (Framing.NONE, 0) if p.framing is Framing.CLOSE else (p.framing, p.length)
+        n = self.body_length
+        if n < 0:
+            return Framing.CHUNKED, 0
+        return (Framing.LENGTH, n) if n else (Framing.NONE, 0)
+
+    def lower_map(self) -> HeaderView:
+        """Header names lowercased, first value of each (the observer contract), read lazily."""
+        return HeaderView(self)
+
+
+class ResponseHead:
+    """A response head, as far as relaying it needs: status line, framing headers, keep-alive."""
+
+    __slots__ = ("_framing", "_length", "found", "keep_alive", "reason", "status", "version")
+
+    def __init__(
+        self,
+        version: str,
+        status: int,
+        reason: str,
+        found: dict[str, str],
+        framing: Framing,
+        length: int,
+        keep_alive: bool,
+    ) -> None:
+        self.version = version
+        self.status = status
+        self.reason = reason
+        self.found = found
+        self._framing = framing
+        self._length = length
+        self.keep_alive = keep_alive
 
     @property
-    def keep_alive(self) -> bool:
-        return _keep_alive(self.version, self._p().connection_tokens)
-
-    def lower_map(self) -> dict[str, str]:
-        """Header names lowercased, first value of each (the observer contract)."""
-        return self._p().lower
-
-
-@dataclass(frozen=True)
-class ResponseHead:
-    version: str
-    status: int
-    reason: str
-    headers: Headers
-    parsed: _Parsed | None = None
-
-    def _p(self) -> _Parsed:
-        return self.parsed or _analyse(self.headers)
+    def headers(self) -> Headers:
+        return list(self.found.items())
 
     def get(self, name: str) -> str | None:
-        return self._p().lower.get(name.lower())
+        return self.found.get(name.lower())
 
     def framing(self, request_method: str) -> tuple[Framing, int]:
         if request_method == "HEAD" or self.status in (204, 304) or 100 <= self.status < 200:
             return Framing.NONE, 0
-        p = self._p()
-        return p.framing, p.length
-
-    @property
-    def keep_alive(self) -> bool:
-        return _keep_alive(self.version, self._p().connection_tokens)
+        return self._framing, self._length
 
 
 def looks_like_http(first_bytes: bytes) -> bool:
@@ -121,8 +235,34 @@ def parse_request_head(data: bytes) -> RequestHead:
     m = _REQUEST_LINE_RE.fullmatch(text, 0, line_end)
     if m is None:
         raise InvalidRequest(f"malformed HTTP request line {text[: min(line_end, 80)]!r}")
-    parsed = _analyse(_parse_headers(text, line_end))
-    return RequestHead(m.group(1), m.group(2), m.group(3), parsed.headers, parsed)
+    lines = _LINE_RE.findall(text, line_end)
+    if len(lines) != text.count("\r\n") - 2:  # a line that is not `name: value`
+        _explain_bad_header_block(text, line_end)
+    found: dict[str, str] = {}
+    for name, value in lines:
+        n = name.lower()
+        if n in WANTED:
+            if n in found:
+                _add(found, n, value.rstrip(" \t"))  # a repeat
+            else:
+                found[n] = value.rstrip(" \t")
+    framing, length = _framing(found)
+    if framing is Framing.CLOSE and "transfer-encoding" in found:
+        # A request body runs to its length or its last chunk, never to the connection's end
+        # (RFC 9112 6.3): another coding last means nobody can tell where the request ends.
+        raise InvalidRequest("request Transfer-Encoding does not end with chunked")
+    version = m.group(3)
+    return RequestHead(
+        data,
+        text,
+        line_end,
+        m.group(1),
+        m.group(2),
+        version,
+        found,
+        -1 if framing is Framing.CHUNKED else length,
+        _keep_alive(version, found.get("connection")),
+    )
 
 
 def parse_response_head(data: bytes) -> ResponseHead:
@@ -133,11 +273,18 @@ def parse_response_head(data: bytes) -> ResponseHead:
     m = _STATUS_LINE_RE.fullmatch(text, 0, line_end)
     if m is None:
         raise InvalidRequest(f"malformed HTTP status line {text[: min(line_end, 80)]!r}")
-    framing_headers: Headers = [
-        (name, value) for name, value in _FRAMING_HEADER_RE.findall(text, line_end)
-    ]
-    parsed = _analyse(framing_headers)
-    return ResponseHead(m.group(1), int(m.group(2)), m.group(3) or "", framing_headers, parsed)
+    version, status, reason = m.groups()
+    found = _find(text, line_end)
+    framing, length = _framing(found)
+    return ResponseHead(
+        version,
+        int(status),
+        reason or "",
+        found,
+        framing,
+        length,
+        _keep_alive(version, found.get("connection")),
+    )
 
 
 def rewrite_headers(
@@ -159,28 +306,37 @@ def rewrite_request(
     remove: Iterable[str] = (),
     set_: Sequence[tuple[str, str]] = (),
 ) -> bytes:
-    """The request head with `remove` dropped and `set_` replacing same-named headers.
+    """The request head with `remove` dropped and `set_` replacing same-named headers, spliced
+    from the original bytes (the request line and every other header are kept as they came)."""
+    found = head.found  # names the data path passes are lowercase; WANTED ones are all in here
+    present = [n for n in remove if n in found or (n not in WANTED and head.has(n))]
+    present.extend([n for n, _ in set_ if n in found or (n not in WANTED and head.has(n))])
+    if not set_ and not present:
+        return raw
+    kept = _remover(frozenset(n.lower() for n in present)).sub(b"", raw) if present else raw
+    if not set_:
+        return kept
+    extra = "".join([f"{n}: {v}\r\n" for n, v in set_]).encode("latin-1")
+    return kept[:-2] + extra + b"\r\n"
 
-    Fast path: when none of those names is present, the original bytes are kept and the new
-    headers appended before the blank line (no re-serialization)."""
-    present = head.lower_map()
-    if not any(n in present for n in remove) and not any(n.lower() in present for n, _ in set_):
-        if not set_:
-            return raw
-        extra = "".join(f"{n}: {v}\r\n" for n, v in set_).encode("latin-1")
-        return raw[:-2] + extra + b"\r\n"
-    return serialize_request(head, rewrite_headers(head.headers, remove, set_))
+
+_REMOVERS: dict[frozenset[str], re.Pattern[bytes]] = {}
+
+
+def _remover(names: frozenset[str]) -> re.Pattern[bytes]:
+    """A pattern deleting the header lines named `names` (compiled once per set of names)."""
+    pattern = _REMOVERS.get(names)
+    if pattern is None:
+        alternatives = _names_re(names).encode("latin-1")
+        pattern = re.compile(rb"\r\n(?:" + alternatives + rb"):[^\r\n]*(?=\r\n)", re.I)
+        if len(_REMOVERS) < 256:
+            _REMOVERS[names] = pattern
+    return pattern
 
 
 def serialize_request(head: RequestHead, headers: Sequence[tuple[str, str]] | None = None) -> bytes:
     lines = [f"{head.method} {head.target} HTTP/{head.version}"]
     lines.extend(f"{n}: {v}" for n, v in (head.headers if headers is None else headers))
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def serialize_response(head: ResponseHead) -> bytes:
-    lines = [f"HTTP/{head.version} {head.status} {head.reason}"]
-    lines.extend(f"{n}: {v}" for n, v in head.headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
@@ -208,58 +364,77 @@ def _split_head(data: bytes) -> tuple[str, int]:
         raise InvalidRequest(f"HTTP head larger than {MAX_HEAD_BYTES} bytes")
     if not data.endswith(b"\r\n\r\n"):
         raise InvalidRequest("HTTP head does not end with a blank line")
-    # Bare CR or LF and NUL are where parsers disagree: refuse them (three C-speed scans).
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf or b"\x00" in data:
+    # Bare CR or LF and NUL are where parsers disagree: refuse them. Two C-speed passes: every
+    # CR, LF and NUL removed must have been half of a CRLF pair.
+    if len(data) - len(data.translate(None, b"\r\n\x00")) != 2 * data.count(b"\r\n"):
         raise InvalidRequest("HTTP head has a bare CR, LF or NUL")
     text = data.decode("latin-1")
     return text, text.index("\r\n")
 
 
-def _parse_headers(text: str, line_end: int) -> Headers:
-    # One regex pass in C instead of a Python loop per line; every line must match, so a
-    # line that does not (no colon, bad name, folding) is caught by the count.
-    headers: Headers = _HEADER_RE.findall(text, line_end)
-    if len(headers) != text.count("\r\n") - 2:
-        for line in text[line_end + 2 : -4].split("\r\n"):
-            if _HEADER_RE.fullmatch("\r\n" + line + "\r\n") is None:
-                raise InvalidRequest(f"malformed HTTP header line {line[:80]!r}")
-        raise InvalidRequest("malformed HTTP header block")
-    return headers
+def _explain_bad_header_block(text: str, line_end: int) -> None:
+    """Raise with the first header line that is not `name: value` (folding, no colon, bad name)."""
+    for line in text[line_end + 2 : -4].split("\r\n"):
+        if _HEADER_RE.fullmatch("\r\n" + line + "\r\n") is None:
+            raise InvalidRequest(f"malformed HTTP header line {line[:80]!r}")
+    raise InvalidRequest("malformed HTTP header block")
 
 
-def _analyse(headers: Headers) -> _Parsed:
-    lower = {n.lower(): v for n, v in reversed(headers)}  # reversed: the first value wins
-    te = lower.get("transfer-encoding")
-    cl = lower.get("content-length")
-    conn = lower.get("connection")
-    if te is not None or cl is not None or conn is not None:
-        # Rare names seen more than once: gather every value (only when one is present).
-        lengths = {v for n, v in headers if cl is not None and n.lower() == "content-length"}
-        if te is not None:
-            te = ",".join(v for n, v in headers if n.lower() == "transfer-encoding")
-        if conn is not None:
-            conn = ",".join(v for n, v in headers if n.lower() == "connection")
-    else:
-        lengths = set()
-    if lengths and te is not None:
-        raise InvalidRequest("message has both Content-Length and Transfer-Encoding")
-    if len(lengths) > 1:
+def _find(text: str, line_end: int) -> dict[str, str]:
+    """The framing headers of a response head, found with str.find in the lowercased head (C
+    speed; a regex walks every character): only these decide where the response ends."""
+    lowered = text.lower()  # latin-1: same length, so positions carry over to `text`
+    found: dict[str, str] = {}
+    for name, key in _FRAMING_KEYS:
+        i = lowered.find(key, line_end)
+        while i >= 0:
+            start = i + len(key)
+            end = text.index("\r\n", start)
+            if name in found:
+                _add(found, name, text[start:end].strip(" \t"))  # a repeat
+            else:
+                found[name] = text[start:end].strip(" \t")
+            i = lowered.find(key, end)
+    return found
+
+
+def _add(found: dict[str, str], name: str, value: str) -> None:
+    """Record a header's value: the first one counts, list-valued framing headers are joined,
+    and repeated Content-Length values must agree."""
+    first = found.get(name)
+    if first is None:
+        found[name] = value
+    elif name in _JOINED:
+        found[name] = f"{first},{value}"
+    elif name == "content-length" and value != first:
         raise InvalidRequest("message has conflicting Content-Length values")
-    framing, length = Framing.CLOSE, 0
+
+
+def _framing(found: dict[str, str]) -> tuple[Framing, int]:
+    te = found.get("transfer-encoding")
+    cl = found.get("content-length")
     if te is not None:
-        codings = [c.strip().lower() for c in te.split(",")]
-        framing = Framing.CHUNKED if codings[-1] == "chunked" else Framing.CLOSE
-    elif cl is not None:
-        if not cl.isdigit() or len(cl) > 18:
+        if cl is not None:
+            raise InvalidRequest("message has both Content-Length and Transfer-Encoding")
+        last = te.rsplit(",", 1)[-1].strip().lower()
+        return (Framing.CHUNKED if last == "chunked" else Framing.CLOSE), 0
+    if cl is not None:
+        if not cl.isdigit() or len(cl) > 18 or not cl.isascii():
             raise InvalidRequest(f"Content-Length {cl!r} is not a number")
         length = int(cl)
-        framing = Framing.LENGTH if length else Framing.NONE
-    tokens = frozenset(t.strip().lower() for t in conn.split(",")) if conn else frozenset()
-    return _Parsed(headers, lower, framing, length, tokens)
+        return (Framing.LENGTH, length) if length else (Framing.NONE, 0)
+    return Framing.CLOSE, 0
 
 
-def _keep_alive(version: str, tokens: frozenset[str]) -> bool:
+def _keep_alive(version: str, connection: str | None) -> bool:
+    if connection is None:
+        return version == "1.1"
+    single = connection.strip().lower()  # the usual one-token values, without a split
+    if single == "close":
+        return False
+    if single == "keep-alive":
+        return True
+    tokens = {t.strip().lower() for t in connection.split(",")}
     if "close" in tokens:
         return False
     return version == "1.1" or "keep-alive" in tokens

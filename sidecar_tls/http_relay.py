@@ -9,7 +9,9 @@ per request; bytes go from one transport to the other inside `data_received`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from typing import Protocol, cast
 
 from meshward_common.errors import InvalidRequest
@@ -28,6 +30,9 @@ from sidecar_tls.observe import HopSpan
 log = logging.getLogger(__name__)
 
 _PIPELINE_LIMIT = 256 * 1024
+_JOIN_LIMIT = 16 * 1024
+# A request without a body: a finished tracker, never fed, shared by all of them.
+_NO_BODY = BodyTracker(Framing.NONE)
 
 
 class UpstreamLink(asyncio.Protocol):
@@ -43,6 +48,11 @@ class UpstreamLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike
         self.transport = cast(asyncio.Transport, transport)
+        # One small write per request each way: Nagle would hold it for the previous ACK.
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         if self.owner is not None:
@@ -56,12 +66,12 @@ class UpstreamLink(asyncio.Protocol):
             self.owner.upstream_lost(exc)
 
     def pause_writing(self) -> None:
-        if self.owner is not None and self.owner.down is not None:
-            self.owner.down.pause_reading()
+        if self.owner is not None:
+            self.owner.pause_down()
 
     def resume_writing(self) -> None:
-        if self.owner is not None and self.owner.down is not None:
-            self.owner.down.resume_reading()
+        if self.owner is not None:
+            self.owner.resume_down()
 
     def close(self) -> None:
         self.closed = True
@@ -104,6 +114,7 @@ class HttpRelay(asyncio.Protocol):
         self.down: asyncio.Transport | None = None
         self.state = "pending"  # pending, head, connecting, body, response, tunnel, closed
         self.buf = bytearray()
+        self._down_paused = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.up: UpstreamLink | None = None
         self._span: HopSpan | None = None
@@ -122,27 +133,29 @@ class HttpRelay(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.down = cast(asyncio.Transport, transport)
         if self.state == "pending":
-            self.down.pause_reading()
+            self.pause_down()
 
     def start(self) -> None:
         """Begin relaying (after the caller checked the connection); buffered bytes are processed."""
         self.state = "head"
-        if self.down is not None and not self.down.is_closing():
-            self.down.resume_reading()
+        self.resume_down()
         self._process()
 
     def data_received(self, data: bytes) -> None:
-        if self.state == "body":
+        state = self.state
+        if state == "head" and not self.buf:
+            self._process(data)  # the common case: parsed where it lies, not copied first
+        elif state == "body":
             self._forward_request_body(data)
-        elif self.state == "tunnel":
+        elif state == "tunnel":
             if self.up is not None and self.up.transport is not None:
                 self.up.transport.write(data)
         else:
             self.buf += data
             if self.state == "head":
                 self._process()
-            elif len(self.buf) > _PIPELINE_LIMIT and self.down is not None:
-                self.down.pause_reading()
+            elif len(self.buf) > _PIPELINE_LIMIT:
+                self.pause_down()
 
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
@@ -157,6 +170,17 @@ class HttpRelay(asyncio.Protocol):
         if not self.done.done():
             self.done.set_result(None)
 
+    def pause_down(self) -> None:
+        if self.down is not None and not self._down_paused:
+            self._down_paused = True
+            self.down.pause_reading()
+
+    def resume_down(self) -> None:
+        # Only when paused: uvloop's TLS transport copies the context on every resume_reading.
+        if self._down_paused and self.down is not None and not self.down.is_closing():
+            self._down_paused = False
+            self.down.resume_reading()
+
     def pause_writing(self) -> None:
         if self.up is not None and self.up.transport is not None:
             self.up.transport.pause_reading()
@@ -167,26 +191,41 @@ class HttpRelay(asyncio.Protocol):
 
     # requests
 
-    def _process(self) -> None:
-        while self.state == "head" and self.buf:
-            idx = self.buf.find(b"\r\n\r\n")
-            if idx < 0:
-                if len(self.buf) > MAX_HEAD_BYTES:
-                    self._answer_and_close(400, "Bad Request", "request head too large")
-                return
-            raw = bytes(self.buf[: idx + 4])
-            del self.buf[: idx + 4]
+    def _process(self, data: bytes | None = None) -> None:
+        """Handle the requests in `data` (fresh bytes, nothing buffered) or else in `self.buf`."""
+        while self.state == "head":
+            if data is not None:
+                idx = data.find(b"\r\n\r\n")
+                if idx < 0:
+                    self.buf += data
+                    data = None
+                    continue
+                end = idx + 4
+                raw = data if end == len(data) else data[:end]
+                if end < len(data):
+                    self.buf += memoryview(data)[end:]  # pipelined: the rest waits its turn
+                data = None
+            else:
+                if not self.buf:
+                    return
+                idx = self.buf.find(b"\r\n\r\n")
+                if idx < 0:
+                    if len(self.buf) > MAX_HEAD_BYTES:
+                        self._answer_and_close(400, "Bad Request", "request head too large")
+                    return
+                raw = bytes(self.buf[: idx + 4])
+                del self.buf[: idx + 4]
             try:
                 head = parse_request_head(raw)
             except InvalidRequest as exc:
                 self._answer_and_close(400, "Bad Request", str(exc))
                 return
             prepared = self.hooks.prepare(raw, head)
-            framing, length = head.framing
+            length = head.body_length
             if prepared.answer:
                 assert self.down is not None
                 self.down.write(prepared.answer)
-                if prepared.close_after or framing is not Framing.NONE or not head.keep_alive:
+                if prepared.close_after or length or not head.keep_alive:
                     self._close_down()
                     return
                 continue
@@ -194,7 +233,12 @@ class HttpRelay(asyncio.Protocol):
             self._request = prepared.request
             self._method = head.method
             self._client_keep_alive = head.keep_alive
-            self._req = BodyTracker(framing, length)
+            if length == 0:
+                self._req = _NO_BODY
+            elif length < 0:
+                self._req = BodyTracker(Framing.CHUNKED)
+            else:
+                self._req = BodyTracker(Framing.LENGTH, length)
             self._retried = False
             up = self.hooks.take_upstream()
             if up is None:
@@ -205,8 +249,7 @@ class HttpRelay(asyncio.Protocol):
 
     def _connect(self) -> None:
         self.state = "connecting"
-        if self.down is not None:
-            self.down.pause_reading()
+        self.pause_down()
         task = asyncio.get_running_loop().create_task(self._open_and_send())
         task.add_done_callback(_log_task_error)
 
@@ -226,8 +269,7 @@ class HttpRelay(asyncio.Protocol):
             self.hooks.release_upstream(up, True)
             return
         self._reused = False
-        if self.down is not None:
-            self.down.resume_reading()
+        self.resume_down()
         self._send(up)
 
     def _send(self, up: UpstreamLink) -> None:
@@ -237,17 +279,34 @@ class HttpRelay(asyncio.Protocol):
         up.owner = self
         self._resp_head = None
         self._resp_buf.clear()
-        end = self._req.feed(self.buf)
-        body = bytes(self.buf[:end])
-        del self.buf[:end]
-        up.transport.write(self._request + body)
+        if self.buf and not self._req.done:
+            try:
+                end = self._req.feed(self.buf)
+            except InvalidRequest as exc:
+                up.owner = None
+                self.up = None
+                self.hooks.release_upstream(up, True)  # nothing of this request was sent on it
+                self._bad_request_body(str(exc))
+                return
+            body = bytes(self.buf[:end])
+            del self.buf[:end]
+            if len(body) > _JOIN_LIMIT:  # a large body already here: no copy to prepend the head
+                up.transport.writelines((self._request, body))
+            else:  # one write, one TLS record, for the usual small request
+                up.transport.write(self._request + body)
+        else:
+            up.transport.write(self._request)
         self.state = "response" if self._req.done else "body"
 
     def _forward_request_body(self, data: bytes) -> None:
         assert self._req is not None
         assert self.up is not None
         assert self.up.transport is not None
-        end = self._req.feed(data)
+        try:
+            end = self._req.feed(data)
+        except InvalidRequest as exc:
+            self._bad_request_body(str(exc))
+            return
         self.up.transport.write(data[:end] if end < len(data) else data)
         if self._req.done:
             self.state = "response"
@@ -256,48 +315,67 @@ class HttpRelay(asyncio.Protocol):
     # responses (called by the upstream link)
 
     def response_data(self, data: bytes) -> None:
-        prefix = b""
-        if self._resp_head is None:
+        assert self.down is not None
+        if self.state == "tunnel":  # after 101 Switching Protocols: bytes, both ways
+            self.down.write(data)
+            return
+        if self._resp_head is not None:  # more of the body
+            assert self._resp is not None
+            try:
+                end = self._resp.feed(data)
+            except InvalidRequest as exc:
+                self._fail_response(str(exc))
+                return
+            self.down.write(data if end == len(data) else data[:end])
+            if self._resp.done:
+                self._finish_exchange(reusable=end == len(data))
+            return
+        if self._resp_buf:
             self._resp_buf += data
-            while True:
-                idx = self._resp_buf.find(b"\r\n\r\n")
-                if idx < 0:
-                    if len(self._resp_buf) > MAX_HEAD_BYTES:
-                        self._fail_response("response head too large")
-                    return
-                raw = bytes(self._resp_buf[: idx + 4])
-                del self._resp_buf[: idx + 4]
-                try:
-                    head = parse_response_head(raw)
-                except InvalidRequest as exc:
-                    self._fail_response(str(exc))
-                    return
-                if 100 <= head.status < 200 and head.status != 101:
-                    prefix += raw  # interim responses pass through; the final one follows
-                    continue
-                break
-            prefix += raw
             data = bytes(self._resp_buf)
             self._resp_buf.clear()
-            self._resp_head = head
-            if head.status == 101:
-                self.state = "tunnel"
-                assert self.down is not None
-                self.down.write(prefix + data)
-                if self._span is not None:
-                    self._span.finish(101, 0)
-                    self._span = None
-                self.down.resume_reading()
-                if self.buf and self.up is not None and self.up.transport is not None:
-                    self.up.transport.write(bytes(self.buf))
-                    self.buf.clear()
+        start = 0  # where the head being looked for starts (after interim 1xx heads)
+        while True:
+            idx = data.find(b"\r\n\r\n", start)
+            if idx < 0:
+                if start:  # interim responses go to the client at once
+                    self.down.write(data[:start])
+                    data = data[start:]
+                if len(data) > MAX_HEAD_BYTES:
+                    self._fail_response("response head too large")
+                    return
+                self._resp_buf += data
                 return
-            self._resp = BodyTracker(*head.framing(self._method))
-        assert self._resp is not None
-        assert self.down is not None
-        end = self._resp.feed(data)
-        self.down.write(prefix + data[:end] if end < len(data) else prefix + data)
-        if self._resp.done:
+            head_end = idx + 4
+            try:
+                head = parse_response_head(data[start:head_end])
+            except InvalidRequest as exc:
+                self._fail_response(str(exc))
+                return
+            if 100 <= head.status < 200 and head.status != 101:
+                start = head_end
+                continue
+            break
+        self._resp_head = head
+        if head.status == 101:
+            self.state = "tunnel"
+            self.down.write(data)
+            if self._span is not None:
+                self._span.finish(101, 0)
+                self._span = None
+            self.resume_down()
+            if self.buf and self.up is not None and self.up.transport is not None:
+                self.up.transport.write(bytes(self.buf))
+                self.buf.clear()
+            return
+        tracker = self._resp = BodyTracker(*head.framing(self._method))
+        try:
+            end = tracker.feed(data, head_end)
+        except InvalidRequest as exc:
+            self._fail_response(str(exc))
+            return
+        self.down.write(data if end == len(data) else data[:end])
+        if tracker.done:
             self._finish_exchange(reusable=end == len(data))
 
     def _finish_exchange(self, reusable: bool) -> None:
@@ -318,8 +396,7 @@ class HttpRelay(asyncio.Protocol):
             self._close_down()
             return
         self.state = "head"
-        if self.down is not None:
-            self.down.resume_reading()
+        self.resume_down()
         if self.buf:
             self._process()
 
@@ -370,6 +447,22 @@ class HttpRelay(asyncio.Protocol):
         if self.down is not None and self._resp_head is None and self.state != "closed":
             self.down.write(simple_response(502, "Bad Gateway", f"{reason}\n", close=True))
         self._close_down()
+
+    def _bad_request_body(self, reason: str) -> None:
+        """A request body whose end cannot be told (bad chunking): neither connection can carry
+        another message, so both close; the client gets a 400 unless a response began."""
+        log.info("bad request body from downstream: %s", reason)
+        if self.up is not None:
+            self.up.owner = None
+            self.up.close()
+            self.up = None
+        if self._span is not None:
+            self._span.finish(400, 0, reason)
+            self._span = None
+        if self._resp_head is None:
+            self._answer_and_close(400, "Bad Request", reason)
+        else:
+            self._close_down()
 
     def _answer_and_close(self, status: int, reason: str, body: str) -> None:
         if self.down is not None:

@@ -1,25 +1,34 @@
 """Where the sidecar's own identity comes from: an `SvidSource` gives the current `WorkloadIdentity`
 (SVID chain, key, trust bundles) and tells subscribers when it rotates.
 
-`StaticSvidSource` serves tests and fixed files; `WorkloadApiSvidSource` wraps the `spiffe` package's
-`X509Source` (the node agent's SPIFFE Workload API), whose update callback runs on its own thread.
+`StaticSvidSource` serves tests and fixed files; `WorkloadApiSvidSource` follows the node agent's
+SPIFFE Workload API stream on the event loop (sidecar_tls.grpc_stream: no grpc, no spiffe package).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
-from meshward_common.errors import NotReady, SvidError
+from meshward_common.errors import NotReady, SpiffeIdError, SvidError
 from meshward_common.spiffe_id import SpiffeId
 from meshward_common.svid import leaf_problems, spiffe_id_of
+from sidecar_tls.grpc_stream import WORKLOAD_API_METADATA, follow_stream
+from sidecar_tls.x509svid_wire import (
+    X509SVID_REQUEST,
+    X509SvidResponse,
+    decode_x509svid_response,
+    split_der_certificates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,69 +107,102 @@ class StaticSvidSource(SvidSource):
         self._current = identity
 
 
-class WorkloadApiSvidSource(SvidSource):
-    """The node agent's Workload API through `spiffe.X509Source`; retries until the agent answers."""
+FETCH_X509_SVID = "/SpiffeWorkloadAPI/FetchX509SVID"
 
-    def __init__(self, socket_path: str, retry_seconds: float = 1.0) -> None:
+
+class WorkloadApiSvidSource(SvidSource):
+    """The node agent's Workload API `FetchX509SVID` stream (our own small gRPC client): every
+    message replaces the identity; a stream failure reconnects with backoff and keeps the last SVID;
+    an unusable message is logged in one line and ignored (the last good SVID stays)."""
+
+    def __init__(
+        self, socket_path: str, initial_backoff: float = 0.2, max_backoff: float = 5.0
+    ) -> None:
         super().__init__()
-        self._socket = socket_path if socket_path.startswith("unix:") else "unix://" + socket_path
-        self._retry = retry_seconds
-        self._source: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._socket = socket_path
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
         self._task: asyncio.Task[None] | None = None
-        self._closed = threading.Event()
+        self.rejected = 0  # messages refused (malformed or breaking the SVID rules)
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self._connect_loop())
+        self._task = asyncio.create_task(
+            follow_stream(
+                self._socket,
+                FETCH_X509_SVID,
+                lambda: X509SVID_REQUEST,
+                self._on_message,
+                WORKLOAD_API_METADATA,
+                what="workload API FetchX509SVID",
+                initial_backoff=self._initial_backoff,
+                max_backoff=self._max_backoff,
+            )
+        )
 
-    async def _connect_loop(self) -> None:
-        assert self._loop is not None
-        while not self._closed.is_set():
-            try:
-                source = await self._loop.run_in_executor(None, self._open_source)
-            except Exception as exc:  # the agent may not be up yet: retry, keep the last SVID
-                log.warning("workload API %s not available: %s; retrying", self._socket, exc)
-                await asyncio.sleep(self._retry)
-                continue
-            self._source = source
-            # X509Source closes for good on a stream error: watch it and reopen.
-            while not self._closed.is_set() and not source.is_closed():  # noqa: ASYNC110
-                await asyncio.sleep(self._retry)  # X509Source has no close callback: poll
-            if not self._closed.is_set():
-                log.warning("workload API stream closed; reconnecting")
-
-    def _open_source(self) -> Any:
-        from spiffe import X509Source  # the spiffe package's stubs; never our own
-
-        source = X509Source(socket_path=self._socket, timeout_in_seconds=5)
-        source.subscribe_for_updates(lambda: self._on_update(source))
-        self._on_update(source)
-        return source
-
-    def _on_update(self, source: Any) -> None:
+    def _on_message(self, message: bytes) -> None:
         try:
-            identity = identity_from_x509_context(source.get_x509_context())
-        except (SvidError, ValueError) as exc:
-            log.error("workload API sent an unusable SVID: %s", exc)
+            identity = identity_from_response(decode_x509svid_response(message))
+        except SvidError as exc:
+            self.rejected += 1
+            log.error("workload API sent an unusable SVID, keeping the last one: %s", exc)
             return
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.set, identity)
+        self.set(identity)
 
     def close(self) -> None:
-        self._closed.set()
         if self._task is not None:
             self._task.cancel()
-        if self._source is not None:
-            self._source.close()
 
 
-def identity_from_x509_context(context: Any) -> WorkloadIdentity:
-    svid = context.default_svid
-    bundles: dict[str, tuple[x509.Certificate, ...]] = {}
-    for bundle in context.x509_bundle_set.bundles:
-        bundles[bundle.trust_domain.name] = tuple(bundle.x509_authorities)
-    return WorkloadIdentity(chain=tuple(svid.cert_chain), key=svid.private_key, bundles=bundles)
+def identity_from_response(response: X509SvidResponse) -> WorkloadIdentity:
+    """The default (first) SVID of a Workload API response, with its own and federated bundles."""
+    if not response.svids:
+        raise SvidError(["X509SVIDResponse has no SVID"])
+    svid = response.svids[0]
+    try:
+        chain = tuple(
+            x509.load_der_x509_certificate(d) for d in split_der_certificates(svid.x509_svid)
+        )
+        roots = tuple(
+            x509.load_der_x509_certificate(d) for d in split_der_certificates(svid.bundle)
+        )
+        key = serialization.load_der_private_key(svid.x509_svid_key, password=None)
+        federated = {
+            td.removeprefix("spiffe://"): tuple(
+                x509.load_der_x509_certificate(d) for d in split_der_certificates(der)
+            )
+            for td, der in response.federated_bundles.items()
+        }
+    except (
+        ValueError,
+        TypeError,
+        UnsupportedAlgorithm,
+    ) as exc:  # cryptography's and the splitter's
+        raise SvidError([f"X509SVIDResponse for {svid.spiffe_id!r}: {exc}"]) from exc
+    if not isinstance(key, _SVID_KEY_TYPES):
+        raise SvidError([f"X509SVIDResponse for {svid.spiffe_id!r}: unsupported key type"])
+    if not chain:
+        raise SvidError([f"X509SVIDResponse for {svid.spiffe_id!r}: empty certificate chain"])
+    if _spki(key.public_key()) != _spki(chain[0].public_key()):
+        raise SvidError([f"X509SVIDResponse for {svid.spiffe_id!r}: key does not match the leaf"])
+    try:
+        leaf_id = spiffe_id_of(chain[0])
+    except SpiffeIdError as exc:
+        raise SvidError([f"X509SVIDResponse for {svid.spiffe_id!r}: {exc}"]) from exc
+    if svid.spiffe_id and svid.spiffe_id != str(leaf_id):
+        raise SvidError([f"X509SVIDResponse names {svid.spiffe_id!r} but the leaf is {leaf_id}"])
+    own_td = leaf_id.trust_domain
+    return WorkloadIdentity(chain=chain, key=key, bundles={**federated, own_td: roots})
+
+
+_SVID_KEY_TYPES = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
+
+
+def _spki(public_key: Any) -> bytes:
+    return bytes(
+        public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
 
 
 def identity_from_parts(

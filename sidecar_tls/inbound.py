@@ -38,7 +38,7 @@ from sidecar_tls.net import (
     streams_over,
     wrap_accepted_protocol,
 )
-from sidecar_tls.observe import Hop, HopObserver, NoopObserver
+from sidecar_tls.observe import BoundHop, Hop, HopObserver, NoopObserver
 from sidecar_tls.state import SidecarState
 from sidecar_tls.tls import ALPN_HTTP, PeerIdentity, verify_peer_leaf
 from sidecar_tls.xfcc import HEADER as XFCC_HEADER
@@ -227,14 +227,17 @@ class _InboundHooks:
             if peer
             else None
         )
+        self.principal = _principal(caller)
+        # Who calls whom is fixed for the connection: the observers take it once.
+        self.observed: BoundHop = proxy.observer.bind(proxy._hop("http", caller, port))
 
     def prepare(self, raw: bytes, head: RequestHead) -> Prepared:
         proxy, caller = self.proxy, self.caller
         lower = head.lower_map()
-        span = proxy.observer.start(proxy._hop("http", caller, self.port, head), lower)
+        span = self.observed.request(head.method, head.target, head.host, lower)
         decision = proxy.authorizer.check(
             AuthzRequest(
-                _principal(caller),
+                self.principal,
                 caller.ip,
                 proxy.pod_ip,
                 self.port,
@@ -257,10 +260,10 @@ class _InboundHooks:
             span.finish(403, len(DENIED_BODY), DENIED_BODY)
             return Prepared(span, answer=simple_response(403, "Forbidden", DENIED_BODY))
         # SANITIZE_SET: the caller's XFCC goes, ours (mTLS callers only) is set.
-        extra = list(span.inject())
+        extra = span.inject()
         if self.xfcc:
-            extra.append((XFCC_HEADER, self.xfcc))
-        return Prepared(span, rewrite_request(raw, head, (XFCC_HEADER,), extra))
+            extra = [*extra, (XFCC_HEADER, self.xfcc)]
+        return Prepared(span, rewrite_request(raw, head, _XFCC_ONLY, extra))
 
     def take_upstream(self) -> UpstreamLink | None:
         app, self.app = self.app, None
@@ -296,6 +299,9 @@ class _InboundHooks:
         if self.app is not None:
             self.app.close()
             self.app = None
+
+
+_XFCC_ONLY = (XFCC_HEADER,)
 
 
 def _principal(caller: Caller) -> str:

@@ -1,22 +1,23 @@
 """The mesh state stream from the node agent: `meshward.v1.MeshDiscovery/StreamMeshState` on the
 Workload API socket. Every message is the full state; on failure, reconnect with backoff and keep
-serving with the last state received."""
+serving with the last state received.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
-import grpc
+from google.protobuf.message import DecodeError
 
+from meshward_common.errors import MeshwardError
 from meshward_common.protos import meshward_discovery_pb2 as pb
-from meshward_common.protos import meshward_discovery_pb2_grpc as pb_grpc
 from sidecar_tls.destinations import MeshSnapshot, snapshot_from_proto
+from sidecar_tls.grpc_stream import WORKLOAD_API_METADATA, follow_stream
 
 log = logging.getLogger(__name__)
 
-WORKLOAD_API_METADATA = (("workload.spiffe.io", "true"),)
+STREAM_MESH_STATE = "/meshward.v1.MeshDiscovery/StreamMeshState"
 
 
 async def follow_mesh_state(
@@ -26,40 +27,36 @@ async def follow_mesh_state(
     initial_backoff: float = 0.2,
     max_backoff: float = 5.0,
 ) -> None:
-    """Run forever (until cancelled), calling `on_snapshot` with every state received."""
-    target = socket_path if socket_path.startswith("unix:") else "unix:" + socket_path
-    backoff = initial_backoff
+    """Run forever (until cancelled), calling `on_snapshot` with every state received; a message
+    that does not parse is logged and skipped (the last state stays)."""
     version = ""
-    while True:
+
+    def request() -> bytes:  # resend the last version seen: the agent then sends only changes
+        return pb.MeshStateRequest(version_info=version).SerializeToString()
+
+    def on_message(message: bytes) -> None:
+        nonlocal version
         try:
-            async with grpc.aio.insecure_channel(target) as channel:
-                stub = pb_grpc.MeshDiscoveryStub(channel)  # type: ignore[no-untyped-call]
-                call = stub.StreamMeshState(
-                    pb.MeshStateRequest(version_info=version), metadata=WORKLOAD_API_METADATA
-                )
-                async for state in call:
-                    snapshot = snapshot_from_proto(state)
-                    version = snapshot.version
-                    backoff = initial_backoff
-                    log.info(
-                        "mesh state %s: %d workloads, %d policies",
-                        version,
-                        len(snapshot.workloads),
-                        len(snapshot.policies),
-                    )
-                    on_snapshot(snapshot)
-            log.warning("mesh state stream ended; reconnecting")
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AioRpcError as exc:
-            log.warning(
-                "mesh state stream from %s failed: %s %s; retrying in %.1fs",
-                target,
-                exc.code().name,
-                exc.details(),
-                backoff,
-            )
-        except Exception as exc:
-            log.warning("mesh state stream from %s failed: %s; retrying", target, exc)
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, max_backoff)
+            snapshot = snapshot_from_proto(pb.MeshState.FromString(message))
+        except (MeshwardError, DecodeError) as exc:
+            log.error("mesh state message unusable, keeping version %r: %s", version, exc)
+            return
+        version = snapshot.version
+        log.info(
+            "mesh state %s: %d workloads, %d policies",
+            version,
+            len(snapshot.workloads),
+            len(snapshot.policies),
+        )
+        on_snapshot(snapshot)
+
+    await follow_stream(
+        socket_path,
+        STREAM_MESH_STATE,
+        request,
+        on_message,
+        WORKLOAD_API_METADATA,
+        what="mesh state",
+        initial_backoff=initial_backoff,
+        max_backoff=max_backoff,
+    )

@@ -10,18 +10,26 @@ in one process never share counters. `serve()` exposes it at `/stats/prometheus`
 
 from __future__ import annotations
 
+import bisect
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
+from typing import cast
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 from meshward_common import telemetry
 from meshward_common.errors import ConfigError, SpiffeIdError
 from meshward_common.spiffe_id import SpiffeId, parse_workload_id
+from sidecar_tls.admin import HttpServer, Reply, Route, serve_app
 from sidecar_tls.observe import Hop, HopSpan
 
 # Istio's default buckets for istio_request_duration_milliseconds (stats filter, v1.x).
@@ -109,22 +117,80 @@ def _split_service(service: str, fallback_ns: str) -> tuple[str, str]:
     return host, fallback_ns or UNKNOWN
 
 
+class RequestSeries:
+    """One label set's request count and duration histogram, as plain numbers."""
+
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum = 0.0
+        self.buckets = [0] * (len(DURATION_BUCKETS_MS) + 1)  # per bucket; the last is +Inf
+
+    def observe(self, elapsed_ms: float) -> None:
+        self.count += 1
+        self.sum += elapsed_ms
+        # Prometheus buckets are `le`: the first bound >= the value.
+        self.buckets[bisect.bisect_left(DURATION_BUCKETS_MS, elapsed_ms)] += 1
+
+
+# `le` labels as prometheus_client's own Histogram writes them ("1.0", "3.6e+06").
+_go_float = cast(Callable[[float], str], floatToGoString)
+_LE = [*(_go_float(b) for b in DURATION_BUCKETS_MS), "+Inf"]
+
+
+class RequestStats:
+    """`istio_requests_total` and `istio_request_duration_milliseconds`, counted per request as
+    plain integers and turned into metric families only when scraped: prometheus_client's
+    `.labels().inc()` / `.observe()` take locks and validate labels on every call, which the
+    per-request path cannot afford. Counting and scraping run on the sidecar's event loop (one
+    thread), so no lock is needed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._series: dict[tuple[str, ...], RequestSeries] = {}
+        registry.register(self)
+
+    def series(self, labels: tuple[str, ...]) -> RequestSeries:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = RequestSeries()
+        return series
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(())
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(tuple(self._series.items()))
+
+    def _families(
+        self, items: tuple[tuple[tuple[str, ...], RequestSeries], ...]
+    ) -> Iterator[Metric]:
+        total = CounterMetricFamily(
+            telemetry.REQUESTS_TOTAL, "Requests seen by this sidecar.", labels=REQUEST_LABELS
+        )
+        duration = HistogramMetricFamily(
+            telemetry.REQUEST_DURATION_MS,
+            "Request duration in milliseconds, from request start to response relayed.",
+            labels=REQUEST_LABELS,
+        )
+        for labels, series in items:
+            total.add_metric(list(labels), series.count)
+            cumulative, running = [], 0
+            for le, n in zip(_LE, series.buckets, strict=True):
+                running += n
+                cumulative.append((le, float(running)))
+            duration.add_metric(list(labels), cumulative, series.sum)
+        yield total
+        yield duration
+
+
 class SidecarMetrics:
     """The metric families of one sidecar, registered in their own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            telemetry.REQUESTS_TOTAL, "Requests seen by this sidecar.", REQUEST_LABELS, registry=r
-        )
-        self.duration = Histogram(
-            telemetry.REQUEST_DURATION_MS,
-            "Request duration in milliseconds, from request start to response relayed.",
-            REQUEST_LABELS,
-            buckets=DURATION_BUCKETS_MS,
-            registry=r,
-        )
+        self.requests = RequestStats(r)
         self.tcp_opened = Counter(
             telemetry.TCP_OPENED_TOTAL, "TCP connections opened.", COMMON_LABELS, registry=r
         )
@@ -145,29 +211,51 @@ class SidecarMetrics:
         )
 
 
-class _HttpHop:
-    __slots__ = ("_done", "_labels", "_metrics", "_now", "_started")
+class _BoundMetrics:
+    """The metrics of one connection's HTTP requests: its labels, fixed once, and its series
+    per response code, looked up once each."""
+
+    __slots__ = ("_children", "_labels", "_metrics", "now")
 
     def __init__(
         self, metrics: SidecarMetrics, labels: tuple[str, ...], now: Callable[[], float]
     ) -> None:
         self._metrics = metrics
         self._labels = labels
-        self._now = now
-        self._started = now()
-        self._done = False
+        self.now = now
+        self._children: dict[tuple[int, str], RequestSeries] = {}
+
+    def request(
+        self, method: str, path: str, authority: str, headers: Mapping[str, str]
+    ) -> HopSpan:
+        return _HttpHop(self, self.now())
+
+    def count(self, status: int, flags: str, elapsed_ms: float) -> None:
+        key = (status, flags)
+        series = self._children.get(key)
+        if series is None:
+            series = self._metrics.requests.series((*self._labels, str(status), flags))
+            self._children[key] = series
+        series.observe(elapsed_ms)
+
+
+class _HttpHop:
+    __slots__ = ("_bound", "_started")
+
+    def __init__(self, bound: _BoundMetrics, started: float) -> None:
+        self._bound: _BoundMetrics | None = bound
+        self._started = started
 
     def inject(self) -> Sequence[tuple[str, str]]:
         return ()
 
     def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
-        if self._done:  # counted exactly once, whatever the data path does
+        bound = self._bound
+        if bound is None:  # counted exactly once, whatever the data path does
             return
-        self._done = True
-        labels = (*self._labels, str(status), response_flags(status, error))
-        elapsed_ms = (self._now() - self._started) * 1000.0
-        self._metrics.requests.labels(*labels).inc()
-        self._metrics.duration.labels(*labels).observe(elapsed_ms)
+        self._bound = None
+        elapsed_ms = (bound.now() - self._started) * 1000.0
+        bound.count(status, response_flags(status, error), elapsed_ms)
 
 
 class _TcpHop:
@@ -206,10 +294,12 @@ class MetricsObserver:
         self._now = now
 
     def start(self, hop: Hop, headers: Mapping[str, str]) -> HopSpan:
-        labels = hop_labels(hop)
         if hop.protocol == "tcp":
-            return _TcpHop(self.metrics, labels)
-        return _HttpHop(self.metrics, labels, self._now)
+            return _TcpHop(self.metrics, hop_labels(hop))
+        return self.bind(hop).request(hop.method, hop.path, hop.authority, headers)
+
+    def bind(self, base: Hop) -> _BoundMetrics:
+        return _BoundMetrics(self.metrics, hop_labels(base), self._now)
 
     def set_svid_expiry(self, spiffe_id: str, not_after: datetime) -> None:
         """Called by the sidecar whenever it loads an SVID; replaces the previous one's series."""
@@ -227,34 +317,17 @@ class MetricsObserver:
 METRICS_PATH = "/stats/prometheus"
 
 
-def metrics_app(registry: CollectorRegistry) -> web.Application:
-    async def stats(_request: web.Request) -> web.Response:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get(METRICS_PATH, stats)
-    return app
+def metrics_app(registry: CollectorRegistry) -> dict[str, Route]:
+    return {METRICS_PATH: lambda: Reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)}
 
 
-async def serve(host: str, port: int, registry: CollectorRegistry) -> web.AppRunner:
-    """Serve `registry` as Prometheus text on http://host:port/stats/prometheus (Istio's :15090).
-    Returns the runner: `await runner.cleanup()` stops it. Port 0 picks a free port
-    (see `bound_port`)."""
-    runner = web.AppRunner(metrics_app(registry), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
-    return runner
+async def serve(host: str, port: int, registry: CollectorRegistry) -> HttpServer:
+    """Serve `registry` as Prometheus text on http://host:port/stats/prometheus (Istio's :15090),
+    with the sidecar's small admin HTTP server. `await server.cleanup()` stops it; port 0 picks a
+    free port (see `bound_port`). ConfigError if the port is taken."""
+    return await serve_app(metrics_app(registry), host, port)
 
 
-def bound_port(runner: web.AppRunner) -> int:
-    """The port a `serve()` runner actually listens on."""
-    for address in runner.addresses:
-        if isinstance(address, tuple):
-            return int(address[1])
-    raise ConfigError("metrics server is not listening on a TCP port")
+def bound_port(server: HttpServer) -> int:
+    """The port a `serve()` server actually listens on."""
+    return server.port

@@ -1,9 +1,12 @@
 """The contract between the sidecar's data path and its telemetry (tracing, metrics).
 
-The data path knows nothing of OpenTelemetry or Prometheus: for every HTTP request (and every TCP
-connection) it builds a `Hop`, calls `HopObserver.start`, forwards the headers the returned
-`HopSpan.inject()` gives, and calls `HopSpan.finish` once. Tracing and metrics implement
-`HopObserver`; `NoopObserver` serves when both are off (and in unit tests of the data path).
+The data path knows nothing of OpenTelemetry or Prometheus. What is constant for a connection (who
+calls whom, addresses, mTLS) is a `Hop`, given once to `HopObserver.bind`; per HTTP request the data
+path calls `BoundHop.request` with only what varies (method, path, authority, headers), forwards the
+headers the returned `HopSpan.inject()` gives, and calls `HopSpan.finish` once. So observers compute
+labels and attributes per connection, not per request. `HopObserver.start(hop, headers)` does both
+at once (TCP connections, tests). Tracing and metrics implement `HopObserver`; `NoopObserver` serves
+when both are off (and in unit tests of the data path).
 """
 
 from __future__ import annotations
@@ -48,9 +51,22 @@ class HopSpan(Protocol):
         ...
 
 
+class BoundHop(Protocol):
+    def request(
+        self, method: str, path: str, authority: str, headers: Mapping[str, str]
+    ) -> HopSpan:
+        """One HTTP request on the bound connection. `headers`: the incoming request headers by
+        lowercase name (first value of each); read lazily, so look up only what is needed."""
+        ...
+
+
 class HopObserver(Protocol):
     def start(self, hop: Hop, headers: Mapping[str, str]) -> HopSpan:
         """`headers`: the incoming request headers, names lowercased (first value of each)."""
+        ...
+
+    def bind(self, base: Hop) -> BoundHop:
+        """The per-connection part of hops (method, path, authority of `base` are ignored)."""
         ...
 
 
@@ -62,11 +78,25 @@ class _NoopSpan:
         return None
 
 
-class NoopObserver:
-    _span = _NoopSpan()
+_NOOP_SPAN = _NoopSpan()
 
+
+class _NoopBound:
+    def request(
+        self, method: str, path: str, authority: str, headers: Mapping[str, str]
+    ) -> HopSpan:
+        return _NOOP_SPAN
+
+
+_NOOP_BOUND = _NoopBound()
+
+
+class NoopObserver:
     def start(self, hop: Hop, headers: Mapping[str, str]) -> HopSpan:
-        return self._span
+        return _NOOP_SPAN
+
+    def bind(self, base: Hop) -> BoundHop:
+        return _NOOP_BOUND
 
 
 class CompositeObserver:
@@ -78,15 +108,71 @@ class CompositeObserver:
     def start(self, hop: Hop, headers: Mapping[str, str]) -> HopSpan:
         return _CompositeSpan([o.start(hop, headers) for o in self._observers])
 
+    def bind(self, base: Hop) -> BoundHop:
+        bound = [o.bind(base) for o in self._observers]
+        if len(bound) == 2:  # tracing + metrics, the sidecar's case: no loops per request
+            return _PairBound(bound[0], bound[1])
+        return _CompositeBound(bound)
+
+
+class _PairBound:
+    __slots__ = ("_first", "_second")
+
+    def __init__(self, first: BoundHop, second: BoundHop) -> None:
+        self._first = first
+        self._second = second
+
+    def request(
+        self, method: str, path: str, authority: str, headers: Mapping[str, str]
+    ) -> HopSpan:
+        return _PairSpan(
+            self._first.request(method, path, authority, headers),
+            self._second.request(method, path, authority, headers),
+        )
+
+
+class _PairSpan:
+    __slots__ = ("_first", "_second")
+
+    def __init__(self, first: HopSpan, second: HopSpan) -> None:
+        self._first = first
+        self._second = second
+
+    def inject(self) -> Sequence[tuple[str, str]]:
+        first, second = self._first.inject(), self._second.inject()
+        if not second:
+            return first
+        return [*first, *second] if first else second
+
+    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
+        self._first.finish(status, response_bytes, error)
+        self._second.finish(status, response_bytes, error)
+
+
+class _CompositeBound:
+    __slots__ = ("_bound",)
+
+    def __init__(self, bound: Sequence[BoundHop]) -> None:
+        self._bound = bound
+
+    def request(
+        self, method: str, path: str, authority: str, headers: Mapping[str, str]
+    ) -> HopSpan:
+        return _CompositeSpan([b.request(method, path, authority, headers) for b in self._bound])
+
 
 class _CompositeSpan:
+    __slots__ = ("_spans",)
+
     def __init__(self, spans: Sequence[HopSpan]) -> None:
         self._spans = spans
 
     def inject(self) -> Sequence[tuple[str, str]]:
-        out: list[tuple[str, str]] = []
+        out: Sequence[tuple[str, str]] = ()
         for span in self._spans:
-            out.extend(span.inject())
+            injected = span.inject()
+            if injected:  # usually only tracing injects: its list is passed on as it is
+                out = [*out, *injected] if out else injected
         return out
 
     def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:

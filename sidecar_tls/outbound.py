@@ -34,7 +34,7 @@ from sidecar_tls.net import (
     wrap_accepted,
     wrap_accepted_protocol,
 )
-from sidecar_tls.observe import Hop, HopObserver, NoopObserver
+from sidecar_tls.observe import BoundHop, Hop, HopObserver, NoopObserver
 from sidecar_tls.pool import ConnectionPool
 from sidecar_tls.state import SidecarState
 from sidecar_tls.tls import ALPN_TCP
@@ -171,14 +171,14 @@ class _OutboundHooks:
         self.proxy = proxy
         self.dest = dest
         self.downstream = downstream
+        # Who calls whom is fixed for the connection: the observers take it once.
+        self.observed: BoundHop = proxy.observer.bind(proxy._hop("http", dest, downstream, True))
 
     def prepare(self, raw: bytes, head: RequestHead) -> Prepared:
-        proxy = self.proxy
-        hop = proxy._hop("http", self.dest, self.downstream, True, head)
-        span = proxy.observer.start(hop, head.lower_map())
+        span = self.observed.request(head.method, head.target, head.host, head.lower_map())
         # Connection semantics are per hop: the app's `connection: close` must not close the
         # pooled sidecar-to-sidecar connection (an upgrade keeps its headers).
-        hop_by_hop = () if head.get("upgrade") else HOP_BY_HOP
+        hop_by_hop = () if head.found.get("upgrade") else HOP_BY_HOP
         return Prepared(span, rewrite_request(raw, head, hop_by_hop, span.inject()))
 
     def take_upstream(self) -> UpstreamLink | None:

@@ -13,13 +13,11 @@ import logging
 import re
 import socket
 from dataclasses import asdict, dataclass
-from typing import Any
-
-from aiohttp import web
+from typing import Any, Protocol
 
 from meshward_common import ports
 from meshward_common.errors import ConfigError
-from sidecar_tls.admin import admin_app, health_app, serve_app
+from sidecar_tls.admin import HttpServer, admin_app, health_app, serve_app
 from sidecar_tls.authz import InboundAuthorizer
 from sidecar_tls.destinations import Destination, MeshSnapshot, OutboundPolicy, resolve_destination
 from sidecar_tls.identity import SvidSource, WorkloadApiSvidSource, WorkloadIdentity
@@ -33,6 +31,12 @@ from sidecar_tls.state import SidecarState
 log = logging.getLogger(__name__)
 
 
+class _Server(Protocol):
+    """What the admin/health server and the metrics server have in common: a way to stop."""
+
+    async def cleanup(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class SidecarConfig:
     agent_socket: str
@@ -41,6 +45,7 @@ class SidecarConfig:
     namespace: str
     outbound_policy: OutboundPolicy = "ALLOW_ANY"
     otlp_endpoint: str | None = None
+    trace_sampling: float = 1.0  # percent of new traces sampled (Istio's default profile: 1 %)
     service: str = ""  # tracing/metrics service name; default: workload name without -v<N>
     bind: str = "0.0.0.0"
     outbound_port: int = ports.OUTBOUND
@@ -55,10 +60,16 @@ class SidecarConfig:
 
 
 def build_observer(
-    service: str, namespace: str, pod_name: str, pod_ip: str, otlp_endpoint: str | None
+    service: str,
+    namespace: str,
+    pod_name: str,
+    pod_ip: str,
+    otlp_endpoint: str | None,
+    trace_sampling: float = 1.0,
 ) -> tuple[HopObserver, Any, Any]:
     """(observer, metrics observer or None, tracing observer or None); telemetry modules are
-    optional so the data path runs without them."""
+    optional so the data path runs without them. Tracing is always on, as in Istio: without a
+    collector, trace context and x-request-id are still propagated (sampled spans are dropped)."""
     observers: list[HopObserver] = []
     metrics = tracing = None
     try:
@@ -68,16 +79,20 @@ def build_observer(
         observers.append(metrics)
     except ImportError as exc:  # telemetry not installed: the data path still runs
         log.warning("metrics disabled: %s", exc)
-    if otlp_endpoint:
-        try:
-            from sidecar_tls.tracing import TracingObserver
+    try:
+        from sidecar_tls.tracing import TracingObserver
 
-            tracing = TracingObserver(
-                service, namespace, otlp_endpoint, pod_name=pod_name, pod_ip=pod_ip
-            )
-            observers.append(tracing)
-        except ImportError as exc:
-            log.warning("tracing disabled: %s", exc)
+        tracing = TracingObserver(
+            service,
+            namespace,
+            otlp_endpoint,
+            pod_name=pod_name,
+            pod_ip=pod_ip,
+            sampling=trace_sampling,
+        )
+        observers.append(tracing)
+    except ImportError as exc:
+        log.warning("tracing disabled: %s", exc)
     if not observers:
         return NoopObserver(), None, None
     if len(observers) == 1:
@@ -106,6 +121,7 @@ class Sidecar:
                 config.workload,
                 config.pod_ip,
                 config.otlp_endpoint,
+                config.trace_sampling,
             )
         self.observer = observer
         self.outbound = OutboundProxy(
@@ -126,7 +142,9 @@ class Sidecar:
         )
         self.listening = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._runners: list[web.AppRunner] = []
+        self._runners: list[_Server] = []
+        self.health_server: HttpServer | None = None  # set by start(); `.port` is the bound port
+        self.admin_server: HttpServer | None = None
         self.svids.subscribe(self._on_identity)
         self.state.on_snapshot(self._on_snapshot)
 
@@ -172,10 +190,12 @@ class Sidecar:
         self._tasks.append(
             asyncio.create_task(follow_mesh_state(c.agent_socket, self.state.set_snapshot))
         )
-        self._runners.append(await serve_app(health_app(self.ready), c.bind, c.health_port))
-        self._runners.append(
-            await serve_app(admin_app(self.state, self.config_dump), "127.0.0.1", c.admin_port)
+        self.health_server = await serve_app(health_app(self.ready), c.bind, c.health_port)
+        self._runners.append(self.health_server)
+        self.admin_server = await serve_app(
+            admin_app(self.state, self.config_dump), "127.0.0.1", c.admin_port
         )
+        self._runners.append(self.admin_server)
         if self._metrics is not None and c.metrics_port:
             from sidecar_tls.metrics import serve
 
@@ -210,6 +230,7 @@ class IngressConfig:
     listen: tuple[str, int]
     route: tuple[str, int]  # host (service name or IP) and port
     otlp_endpoint: str | None = None
+    trace_sampling: float = 1.0
     name: str = "ingress"
     namespace: str = "default"
 
@@ -229,7 +250,12 @@ class Ingress:
         self._tracing: Any = None
         if observer is None:
             observer, _, self._tracing = build_observer(
-                config.name, config.namespace, config.name, config.listen[0], config.otlp_endpoint
+                config.name,
+                config.namespace,
+                config.name,
+                config.listen[0],
+                config.otlp_endpoint,
+                config.trace_sampling,
             )
         self._rr = itertools.count()
         self.proxy = OutboundProxy(
@@ -283,7 +309,7 @@ def _listen(host: str, port: int) -> socket.socket:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
 
 
-async def _stop(tasks: list[asyncio.Task[None]], runners: list[web.AppRunner]) -> None:
+async def _stop(tasks: list[asyncio.Task[None]], runners: list[_Server]) -> None:
     for task in tasks:
         task.cancel()
     for task in tasks:

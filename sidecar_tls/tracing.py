@@ -6,7 +6,11 @@ and tagged with Envoy's and Istio's tracing tags, plus the peer's SPIFFE ID. The
 from W3C `traceparent`/`tracestate` or B3 (multi-header or single `b3`) and written back as W3C and B3
 multi-header (and single `b3` when the caller used it); a request without any starts a new trace here.
 
-Spans leave through a `BatchSpanProcessor` and an OTLP gRPC exporter with short timeouts: the data
+Sampling is Istio's (`sidecar_tls.sampling`): a percentage for new traces, the caller's decision
+when it made one, forced by `x-client-trace-id`. Only sampled requests make SDK spans; the others
+get their context headers and x-request-id from a few string operations.
+
+Spans leave through a `BatchSpanProcessor` and an OTLP/HTTP exporter with short timeouts: the data
 path only appends to an in-memory queue, so an absent or slow collector costs a request nothing.
 Export failures are logged once (and recovery once), not per batch.
 """
@@ -15,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlparse
 
@@ -26,23 +30,39 @@ from opentelemetry.propagators.b3 import B3MultiFormat, B3SingleFormat
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from meshward_common.errors import ConfigError
 from meshward_common.telemetry import trace_service_name
-from sidecar_tls.observe import Hop, HopSpan
+from sidecar_tls.http1 import HeaderView
+from sidecar_tls.observe import BoundHop, Hop, HopSpan
+from sidecar_tls.sampling import (
+    CONTEXT_HEADERS,
+    Lookup,
+    decide,
+    fresh_ids,
+    new_span_id,
+    unsampled_headers,
+)
+
+# Istio's default profile samples 1 % of new traces (meshConfig defaultConfig.tracing.sampling).
+DEFAULT_SAMPLING = 1.0
 
 log = logging.getLogger(__name__)
 
 ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 # Attribute carrying the peer's SPIFFE ID (the caller's on inbound, the server's on outbound).
 PEER_PRINCIPAL = "peer.principal"
-# The OTLP exporter logs every failed batch (and every retry); we report failures once ourselves.
-_NOISY_LOGGERS = (
-    "opentelemetry.exporter.otlp.proto.grpc.exporter",
-    "opentelemetry.sdk._shared_internal",
-)
+# The batch processor logs every failed export; we report failures once ourselves.
+_NOISY_LOGGERS = ("opentelemetry.sdk._shared_internal",)
 
 _w3c = TraceContextTextMapPropagator()
 _b3_multi = B3MultiFormat()
@@ -50,7 +70,7 @@ _b3_single = B3SingleFormat()
 
 
 def resolve_endpoint(explicit: str | None, environ: Mapping[str, str]) -> str | None:
-    """The OTLP gRPC endpoint to export to: the explicit one (mesh config, `--otlp-endpoint`), else
+    """The OTLP/HTTP endpoint to export to: the explicit one (mesh config, `--otlp-endpoint`), else
     `OTEL_EXPORTER_OTLP_ENDPOINT`, else None (spans are made and propagated but not exported)."""
     endpoint = explicit or environ.get(ENDPOINT_ENV, "") or None
     if endpoint is None:
@@ -58,7 +78,7 @@ def resolve_endpoint(explicit: str | None, environ: Mapping[str, str]) -> str | 
     parsed = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
     if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.port is None:
         raise ConfigError(
-            f"OTLP endpoint {endpoint!r} must look like http://host:port (e.g. http://127.0.0.1:4317)"
+            f"OTLP endpoint {endpoint!r} must look like http://host:port (e.g. http://127.0.0.1:4318)"
         )
     return f"{parsed.scheme}://{parsed.netloc}"
 
@@ -162,6 +182,144 @@ class _NoSpan:
 _NO_SPAN = _NoSpan()
 
 
+class _UnsampledSpan:
+    """A request not sampled: context headers to forward, nothing to record."""
+
+    __slots__ = ("_inject",)
+
+    def __init__(self, inject: Sequence[tuple[str, str]]) -> None:
+        self._inject = inject
+
+    def inject(self) -> Sequence[tuple[str, str]]:
+        return self._inject
+
+    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
+        return None
+
+
+def request_id() -> str:
+    """A random (version 4) UUID, like Envoy's x-request-id, without uuid.UUID objects."""
+    return format_request_id(f"{random.getrandbits(128):032x}")
+
+
+def format_request_id(h: str) -> str:
+    """32 random hex digits as a version-4 UUID string."""
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+def _sampled_parent(ctx: Context | None) -> Context | None:
+    """The caller's context with its sampled flag set: a forced trace (or one the caller left to
+    us, B3 deferred) continues the caller's trace id, and the SDK's parent-based sampler keeps it."""
+    if ctx is None:
+        return None
+    parent = trace.get_current_span(ctx).get_span_context()
+    if parent.trace_flags.sampled:
+        return ctx
+    flagged = SpanContext(
+        parent.trace_id,
+        parent.span_id,
+        is_remote=True,
+        trace_flags=TraceFlags(parent.trace_flags | TraceFlags.SAMPLED),
+        trace_state=parent.trace_state,
+    )
+    return trace.set_span_in_context(NonRecordingSpan(flagged), ctx)
+
+
+class _NoBound:
+    def request(
+        self, method: str, path: str, authority: str, headers: Mapping[str, str]
+    ) -> HopSpan:
+        return _NO_SPAN
+
+
+_NO_BOUND = _NoBound()
+
+
+class _BoundTracing:
+    """One connection's hops: what a span needs that does not change per request, made once."""
+
+    __slots__ = ("_attrs", "_base", "_kind", "_observer")
+
+    def __init__(self, observer: TracingObserver, base: Hop) -> None:
+        self._observer = observer
+        self._base = base
+        self._kind = SpanKind.SERVER if base.direction == "inbound" else SpanKind.CLIENT
+        self._attrs = start_attributes(
+            base, observer.service_name, observer.namespace, observer.node_id
+        )
+
+    def request(
+        self, method: str, path: str, authority: str, headers: Mapping[str, str]
+    ) -> HopSpan:
+        # A sampling draw, not a secret: the fast generator is the right one (Envoy's too).
+        draw = random.random()  # noqa: S311
+        if isinstance(headers, HeaderView):
+            # Every header read here is one the parser picked out already (C-level lookups).
+            wanted = headers.wanted
+            get: Lookup = wanted.get
+            if (
+                wanted.keys().isdisjoint(CONTEXT_HEADERS)
+                and draw * 100.0 >= self._observer.sampling
+            ):
+                # The usual request: no context, not sampled. What `decide` would conclude.
+                trace_id, span_id, rid_hex = fresh_ids()
+                out = unsampled_headers(trace_id, span_id, b3_single=False)
+                if not get("x-request-id"):
+                    out.append(("x-request-id", format_request_id(rid_hex)))
+                return _UnsampledSpan(out)
+        else:
+            get = headers.get
+        decision = decide(get, self._observer.sampling, draw)
+        rid = get("x-request-id")
+        if not decision.sampled:
+            if decision.inherited:
+                # The caller's context already carries the trace and its "not sampled": forwarded
+                # as it came (no span here, so no span id of ours to put in it).
+                out = []
+            else:
+                out = unsampled_headers(
+                    decision.trace_id, new_span_id(), b3_single=get("b3") is not None
+                )
+            if not rid:
+                out.append(("x-request-id", request_id()))
+            return _UnsampledSpan(out)
+        return self._sampled(method, path, authority, headers, rid)
+
+    def _sampled(
+        self, method: str, path: str, authority: str, headers: Mapping[str, str], rid: str | None
+    ) -> HopSpan:
+        base = self._base
+        hop = Hop(
+            direction=base.direction,
+            protocol=base.protocol,
+            method=method,
+            path=path,
+            authority=authority,
+            destination_service=base.destination_service,
+            upstream_address=base.upstream_address,
+        )
+        attrs = dict(self._attrs)
+        if method:
+            attrs["http.method"] = method
+        attrs["http.url"] = f"http://{authority or base.destination_service}{path}"
+        out: list[tuple[str, str]] = []
+        if not rid:
+            rid = request_id()
+            out.append(("x-request-id", rid))
+        attrs["guid:x-request-id"] = rid
+        user_agent = headers.get("user-agent")
+        if user_agent is not None:
+            attrs["user_agent"] = user_agent
+        span = self._observer._tracer.start_span(
+            operation_name(hop),
+            context=_sampled_parent(extract_context(headers)),
+            kind=self._kind,
+            attributes=attrs,
+        )
+        out.extend(_inject_headers(span, use_b3_single=headers.get("b3") is not None))
+        return _HttpSpan(span, out)
+
+
 class _ReportOnceExporter(SpanExporter):
     """Wraps the OTLP exporter so that a dead collector is reported once, not once per batch, and
     never raises into the batch worker."""
@@ -208,7 +366,7 @@ def _quiet_otel_exporter_logs() -> None:
 class TracingObserver:
     """`HopObserver` producing OpenTelemetry spans for a sidecar of `<service>.<namespace>`.
 
-    `endpoint`: OTLP gRPC collector (e.g. `http://127.0.0.1:4317`); None falls back to
+    `endpoint`: OTLP/HTTP collector (e.g. `http://127.0.0.1:4318`, spans go to `/v1/traces`); None falls back to
     `OTEL_EXPORTER_OTLP_ENDPOINT`; with neither, spans are propagated but not exported.
     `exporter` replaces the OTLP exporter (tests). Call `shutdown()` on exit to flush.
     """
@@ -226,7 +384,11 @@ class TracingObserver:
         max_queue_size: int = 4096,
         exporter: SpanExporter | None = None,
         environ: Mapping[str, str] | None = None,
+        sampling: float = DEFAULT_SAMPLING,
     ) -> None:
+        if not 0.0 <= sampling <= 100.0:
+            raise ConfigError(f"trace sampling {sampling} is not a percentage (0 to 100)")
+        self.sampling = sampling  # percent of new traces sampled
         self.service = service
         self.namespace = namespace
         self.service_name = trace_service_name(service, namespace)
@@ -247,14 +409,11 @@ class TracingObserver:
         self._provider = TracerProvider(resource=resource)
         self._exporter: _ReportOnceExporter | None = None
         if exporter is None and self.endpoint is not None:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            # OTLP/HTTP with the stdlib: the grpc exporter alone costs ~20 MB RSS per sidecar.
+            from sidecar_tls.otlp_http import OtlpHttpSpanExporter
 
             _quiet_otel_exporter_logs()
-            exporter = OTLPSpanExporter(
-                endpoint=self.endpoint,
-                insecure=self.endpoint.startswith("http://"),
-                timeout=export_timeout_s,
-            )
+            exporter = OtlpHttpSpanExporter(self.endpoint, timeout_s=export_timeout_s)
         if exporter is not None:
             self._exporter = _ReportOnceExporter(exporter, self.endpoint or "(custom exporter)")
             self._provider.add_span_processor(
@@ -274,24 +433,12 @@ class TracingObserver:
         return self._exporter.failures if self._exporter else 0
 
     def start(self, hop: Hop, headers: Mapping[str, str]) -> HopSpan:
-        if hop.protocol != "http":
-            return _NO_SPAN  # Envoy traces HTTP only; TCP connections show up in metrics
-        parent = extract_context(headers)
-        kind = SpanKind.SERVER if hop.direction == "inbound" else SpanKind.CLIENT
-        attrs = start_attributes(hop, self.service_name, self.namespace, self.node_id)
-        request_id = headers.get("x-request-id", "")
-        out: list[tuple[str, str]] = []
-        if not request_id:
-            request_id = str(uuid.uuid4())
-            out.append(("x-request-id", request_id))
-        attrs["guid:x-request-id"] = request_id
-        if "user-agent" in headers:
-            attrs["user_agent"] = headers["user-agent"]
-        span = self._tracer.start_span(
-            operation_name(hop), context=parent, kind=kind, attributes=attrs
-        )
-        out.extend(_inject_headers(span, use_b3_single="b3" in headers))
-        return _HttpSpan(span, out)
+        return self.bind(hop).request(hop.method, hop.path, hop.authority, headers)
+
+    def bind(self, base: Hop) -> BoundHop:
+        if base.protocol != "http":
+            return _NO_BOUND  # Envoy traces HTTP only; TCP connections show up in metrics
+        return _BoundTracing(self, base)
 
     def force_flush(self, timeout_s: float = 5.0) -> bool:
         return self._provider.force_flush(int(timeout_s * 1000))

@@ -31,7 +31,7 @@ class Component:
 
 @dataclass(frozen=True)
 class JaegerPorts:
-    otlp_grpc: int
+    otlp_http: int
     query_http: int
     query_grpc: int
 
@@ -71,7 +71,7 @@ def join_token_file(layout: StateLayout, node: str) -> str:
 def otlp_endpoint(spec: MeshSpec, jaeger: JaegerPorts) -> str:
     # Pods reach the host only through the bridge address, so Jaeger listens there (and only
     # there: the host's own sidecar-less processes use the same address).
-    return f"http://{spec.bridge_ip}:{jaeger.otlp_grpc}"
+    return f"http://{spec.bridge_ip}:{jaeger.otlp_http}"
 
 
 def control_plane_argv(spec: MeshSpec, layout: StateLayout) -> list[str]:
@@ -113,6 +113,7 @@ def sidecar_argv(
         "--pod-ip", pod.ip,
         "--workload", pod.name,
         "--namespace", pod.namespace,
+        "--trace-sampling", "100",  # Istio's demo profile traces every request
     )  # fmt: skip
     if jaeger:
         argv += ["--otlp-endpoint", otlp_endpoint(spec, jaeger)]
@@ -134,6 +135,7 @@ def ingress_argv(spec: MeshSpec, layout: StateLayout, jaeger: JaegerPorts | None
         "--listen", f"127.0.0.1:{spec.options.ingress_port}",
         "--agent-socket", str(layout.agent_socket(spec.ingress_node)),
         "--route", f"{spec.productpage.ip}:{APP_PORT}",
+        "--trace-sampling", "100",  # Istio's demo profile traces every request
     )  # fmt: skip
     if jaeger:
         argv += ["--otlp-endpoint", otlp_endpoint(spec, jaeger)]
@@ -144,7 +146,7 @@ def jaeger_config(spec: MeshSpec, ports_: JaegerPorts) -> str:
     # Pods reach the host only through the bridge address, so OTLP listens there (the query API
     # stays on loopback).
     listen = JaegerListen(
-        otlp_grpc=f"{spec.bridge_ip}:{ports_.otlp_grpc}",
+        otlp_http=f"{spec.bridge_ip}:{ports_.otlp_http}",
         query_http=f"127.0.0.1:{ports_.query_http}",
         query_grpc=f"127.0.0.1:{ports_.query_grpc}",
     )

@@ -147,7 +147,7 @@ class Launcher:
         config = self.layout.root / "jaeger.yaml"
         config.write_text(cmd.jaeger_config(self.spec, jaeger))
         self.sup.start(c.name, jaeger_argv(binary, str(config)))
-        self._wait(c, lambda: tcp_open(self.spec.bridge_ip, jaeger.otlp_grpc))
+        self._wait(c, lambda: tcp_open(self.spec.bridge_ip, jaeger.otlp_http))
 
     def _wait(self, c: Component, check: Callable[[], bool]) -> None:
         ok = wait_until(lambda: check() or not self.sup.running(c.name), STEP_TIMEOUT_S)

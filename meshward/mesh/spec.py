@@ -42,7 +42,7 @@ class MeshOptions:
     app_uid: int = 1000
     ingress_uid: int = 1338
     jaeger: bool = True  # traces, if a Jaeger binary is found (`make jaeger` builds one)
-    jaeger_otlp_port: int = ports.JAEGER_OTLP_GRPC
+    jaeger_otlp_port: int = ports.JAEGER_OTLP_HTTP
     jaeger_query_port: int = ports.JAEGER_QUERY
     jaeger_query_grpc_port: int = 16685
 

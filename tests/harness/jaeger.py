@@ -89,13 +89,13 @@ def _ready(j: Jaeger) -> bool:
 
 
 def run_jaeger(tmp_path: Path, *, otlp_host: str = "127.0.0.1", timeout_s: float = 60.0) -> Jaeger:
-    """Start Jaeger with its query API on loopback and OTLP gRPC on `otlp_host` (a pod network's
+    """Start Jaeger with its query API on loopback and OTLP/HTTP on `otlp_host` (a pod network's
     bridge address lets sidecars in pods export to it)."""
     binary = ensure_jaeger()
     otlp, query_http, query_grpc = free_port(otlp_host), free_port(), free_port()
     config = tmp_path / "jaeger.yaml"
     listen = JaegerListen(
-        otlp_grpc=f"{otlp_host}:{otlp}",
+        otlp_http=f"{otlp_host}:{otlp}",
         query_http=f"127.0.0.1:{query_http}",
         query_grpc=f"127.0.0.1:{query_grpc}",
     )

@@ -45,20 +45,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _registered(command: str) -> bool:
-    from meshward.cli import main
-
-    return command in main.commands
-
-
 def meshward_argv(*args: str) -> list[str]:
-    """`meshward <args>`; before the coordinator registers these commands in meshward/cli.py,
-    the same click commands are run through `python -m meshward.mesh_cli` / `meshward.traces`."""
-    if _registered(args[0]):
-        return [sys.executable, "-m", "meshward", *args]
-    if args[0] == "traces":
-        return [sys.executable, "-c", "from meshward.traces import traces; traces()", *args[1:]]
-    return [sys.executable, "-m", "meshward.mesh_cli", *args]
+    """`meshward <args>` as the README runs it."""
+    return [sys.executable, "-m", "meshward", *args]
 
 
 class LocalMesh:
@@ -104,10 +93,7 @@ class LocalMesh:
         return [*args, "--jaeger" if self.jaeger else "--no-jaeger"]
 
     def make(self, action: str, *args: str) -> subprocess.CompletedProcess[str]:
-        """What `make up` / `make down` run (scripts/mesh_up.sh), once `meshward up` is a
-        registered command; before that, the same commands through `meshward.mesh_cli`."""
-        if not _registered("up"):
-            return self.cli(action, *args)
+        """What `make up` / `make down` run (scripts/mesh_up.sh)."""
         argv = ["bash", str(REPO / "scripts" / "mesh_up.sh"), action]
         argv += ["--state-dir", str(self.state_dir), *args]
         return subprocess.run(

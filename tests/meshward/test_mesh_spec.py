@@ -103,10 +103,10 @@ def test_sidecars_run_in_their_pod_as_1337_and_apps_as_the_app_user(tmp_path: Pa
     app = cmd.app_argv(spec, "reviews-v2")
     assert app[:7] == ["ip", "netns", "exec", "mwup-reviews-v2", "setpriv", "--reuid", "1000"]
     assert app[-7:] == ["reviews", "--version", "v2", "--port", "9080", "--pod", "reviews-v2"]
-    ingress = cmd.ingress_argv(spec, layout, cmd.JaegerPorts(4317, 16686, 16685))
+    ingress = cmd.ingress_argv(spec, layout, cmd.JaegerPorts(4318, 16686, 16685))
     assert ingress[:3] == ["setpriv", "--reuid", "1338"]
     assert ingress[ingress.index("--route") + 1] == f"{spec.productpage.ip}:9080"
-    assert ingress[ingress.index("--otlp-endpoint") + 1] == "http://10.213.96.1:4317"
+    assert ingress[ingress.index("--otlp-endpoint") + 1] == "http://10.213.96.1:4318"
 
 
 def test_components_start_in_dependency_order():

@@ -15,6 +15,7 @@ from sidecar_tls.destinations import MeshSnapshot, MeshWorkload, resolve_destina
 from sidecar_tls.identity import StaticSvidSource, WorkloadIdentity
 from sidecar_tls.inbound import InboundProxy
 from sidecar_tls.net import listen_socket, serve_accepts
+from sidecar_tls.observe import HopObserver
 from sidecar_tls.outbound import OutboundProxy
 from sidecar_tls.state import SidecarState
 
@@ -137,6 +138,7 @@ async def sidecar_pair(
     mode: str = "STRICT",
     expected_server_id: str = SERVER_ID,
     deny_paths: tuple[str, ...] = (),
+    observer: HopObserver | None = None,
 ) -> AsyncIterator[Pair]:
     client_svids = StaticSvidSource(client_identity)
     server_svids = StaticSvidSource(server_identity)
@@ -149,6 +151,7 @@ async def sidecar_pair(
             pod_ip="127.0.0.1",
             workload="server",
             namespace="default",
+            observer=observer,
             original_dst=lambda _s: ("127.0.0.1", app_port),
         )
         async with run_listener(inbound.handle) as inbound_port:
@@ -156,6 +159,7 @@ async def sidecar_pair(
                 client_state,
                 workload="client",
                 namespace="default",
+                observer=observer,
                 destination_for=lambda _s: resolve_destination(
                     client_state.snapshot, "127.0.0.1", inbound_port
                 ),

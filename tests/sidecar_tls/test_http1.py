@@ -55,6 +55,10 @@ def test_request_fields_and_lowercased_map() -> None:
         (b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", "malformed HTTP header line"),
         (b"GET / HTTP/1.1\r\nX: a\nY: b\r\n\r\n", "bare CR"),
         (b"GET / HTTP/1.1\r\nX: a\x00\r\n\r\n", "NUL"),
+        (b"GET / HTTP/1.1\r\nX: a\rY: b\r\n\r\n", "bare CR"),
+        (b"GET / HTTP/1.1\r\nX: a\r\r\n\r\n", "bare CR"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "does not end with chunked"),
+        (b"POST / HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n", "not a number"),
         (b"GET / HTTP/2.0\r\n\r\n", "request line"),
         (b"GET / HTTP/1.1\r\nNo colon\r\n\r\n", "malformed HTTP header line"),
         (b"GET / HTTP/1.1\r\n", "blank line"),
@@ -121,3 +125,25 @@ def test_chunk_size_lines() -> None:
     assert parse_chunk_size(b"0\r\n") == 0
     with pytest.raises(InvalidRequest):
         parse_chunk_size(b"zz\r\n")
+
+
+def test_headers_the_sidecar_does_not_act_on_are_parsed_only_on_demand() -> None:
+    head = parse_request_head(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Version:  v2 \r\nx-version: v3\r\n\r\n"
+    )
+    view = head.lower_map()
+    assert view.get("x-version") == "v2"  # the first value, trimmed
+    assert "x-version" in view
+    assert "absent" not in view
+    assert dict(view) == {"host": "a", "x-version": "v2"}
+    assert head.headers == [("Host", "a"), ("X-Version", "v2"), ("x-version", "v3")]
+
+
+def test_rewrite_splices_bytes_leaving_every_other_line_as_it_came() -> None:
+    raw = (
+        b"GET /x HTTP/1.1\r\nHost:  a \r\nConnection: close\r\nX-Odd:\tvalue\r\n"
+        b"TraceParent: old\r\n\r\n"
+    )
+    head = parse_request_head(raw)
+    out = rewrite_request(raw, head, ("connection", "keep-alive"), [("traceparent", "new")])
+    assert out == b"GET /x HTTP/1.1\r\nHost:  a \r\nX-Odd:\tvalue\r\ntraceparent: new\r\n\r\n"

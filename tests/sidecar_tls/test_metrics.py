@@ -242,3 +242,23 @@ async def test_namespaces_come_from_the_verified_ids_when_the_hop_lacks_them(ser
         == 1
     )
     assert value(got, "istio_requests_total", source_workload_namespace="unknown") == 1
+
+
+def test_durations_fall_in_le_buckets_cumulatively():
+    times = iter([0.0, 0.005, 0.0, 0.0004, 0.0, 4000.0])  # 5 ms (on a bound), 0.4 ms, 4000 s
+    obs = MetricsObserver(now=lambda: next(times))
+    hop = Hop(direction="inbound", protocol="http")
+    for _ in range(3):
+        obs.start(hop, {}).finish(200, 1)
+    families = {f.name: f for f in text_string_to_metric_families(obs.render().decode())}
+    buckets = {
+        s.labels["le"]: s.value
+        for s in families["istio_request_duration_milliseconds"].samples
+        if s.name.endswith("_bucket")
+    }
+    assert (buckets["0.5"], buckets["1.0"], buckets["5.0"], buckets["10.0"]) == (1, 1, 2, 2)
+    assert buckets["3.6e+06"] == 2
+    assert buckets["+Inf"] == 3
+    sums = {s.name: s.value for s in families["istio_request_duration_milliseconds"].samples}
+    assert sums["istio_request_duration_milliseconds_count"] == 3
+    assert sums["istio_request_duration_milliseconds_sum"] == pytest.approx(4000005.4)

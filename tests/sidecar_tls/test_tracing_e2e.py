@@ -206,7 +206,10 @@ def tags(span: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_one_request_is_one_trace_across_a_b_c(jaeger: Jaeger) -> None:
-    tracers = {n: TracingObserver(n, "default", jaeger.otlp_endpoint, environ={}) for n in NAMES}
+    tracers = {
+        n: TracingObserver(n, "default", jaeger.otlp_endpoint, environ={}, sampling=100.0)
+        for n in NAMES
+    }
     try:
         async with three_services(dict(tracers)) as mesh:
             assert await call(mesh) == 200
@@ -315,7 +318,9 @@ async def test_no_collector_running_the_data_path_works_at_full_speed() -> None:
     observers: dict[str, HopObserver] = {}
     tracers = []
     for k in NAMES:
-        tracer = TracingObserver(k, "default", dead, export_timeout_s=0.5, environ={})
+        tracer = TracingObserver(
+            k, "default", dead, export_timeout_s=0.5, environ={}, sampling=100.0
+        )
         tracers.append(tracer)
         observers[k] = CompositeObserver([tracer, MetricsObserver()])
     try:

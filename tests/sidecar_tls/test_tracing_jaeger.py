@@ -72,7 +72,9 @@ def tags(span: dict[str, Any]) -> dict[str, Any]:
 
 def test_a_b_c_is_one_trace_with_links_and_identities(jaeger: Jaeger) -> None:
     observers = {
-        name: TracingObserver(name, "default", jaeger.otlp_endpoint, pod_ip=IP[name], environ={})
+        name: TracingObserver(
+            name, "default", jaeger.otlp_endpoint, pod_ip=IP[name], environ={}, sampling=100.0
+        )
         for name in ("a", "b", "c")
     }
     try:

@@ -131,6 +131,7 @@ def mesh(tmp_path: Path) -> Iterator[tuple[PodNetwork, Jaeger]]:
                         "--agent-socket", str(agent.socket_path),
                         "--pod-ip", pod.ip, "--workload", name, "--namespace", "default",
                         "--otlp-endpoint", jaeger.otlp_endpoint,
+                        "--trace-sampling", "100",  # Istio's demo profile: every trace
                     ]  # fmt: skip
                     with log.open("wb") as out:
                         net.spawn(

@@ -1,0 +1,72 @@
+"""The SPIFFE Workload API's `X509SVIDResponse`, decoded from its protobuf wire bytes.
+
+The classes are generated from protos/spiffe_workload_wire.proto (our copy of the X.509 messages
+under our own package): the `spiffe` package's `workload_pb2` can only be imported through
+`spiffe/__init__.py`, which loads grpc, pyasn1 and the rest (~20 MB RSS per sidecar).
+Certificates are concatenated DER (ASN.1 SEQUENCEs back to back); the key is PKCS#8 DER.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from meshward_common.errors import SvidError
+from meshward_common.protos import spiffe_workload_wire_pb2 as wire
+
+X509SVID_REQUEST = wire.X509SVIDRequest().SerializeToString()
+
+
+@dataclass(frozen=True)
+class X509SvidMessage:
+    spiffe_id: str
+    x509_svid: bytes  # DER chain, leaf first
+    x509_svid_key: bytes = field(repr=False)  # PKCS#8 DER: never logged
+    bundle: bytes  # DER roots of the SVID's own trust domain
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class X509SvidResponse:
+    svids: tuple[X509SvidMessage, ...]
+    crl: tuple[bytes, ...] = ()
+    federated_bundles: dict[str, bytes] = field(default_factory=dict)
+
+
+def decode_x509svid_response(data: bytes) -> X509SvidResponse:
+    """Parse one `X509SVIDResponse`; `SvidError` with one line naming the problem if malformed."""
+    try:
+        msg = wire.X509SVIDResponse.FromString(data)
+    except DecodeError as exc:
+        raise SvidError([f"malformed X509SVIDResponse from the Workload API: {exc}"]) from exc
+    svids = tuple(
+        X509SvidMessage(s.spiffe_id, s.x509_svid, s.x509_svid_key, s.bundle, s.hint)
+        for s in msg.svids
+    )
+    return X509SvidResponse(svids, tuple(msg.crl), dict(msg.federated_bundles))
+
+
+def split_der_certificates(data: bytes) -> list[bytes]:
+    """Split concatenated DER certificates (each an ASN.1 SEQUENCE with a definite length)."""
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        if data[pos] != 0x30 or pos + 2 > len(data):
+            raise ValueError(f"no DER SEQUENCE at byte {pos}")
+        first = data[pos + 1]
+        header = 2
+        if first < 0x80:
+            length = first
+        else:
+            count = first & 0x7F
+            if not 1 <= count <= 4 or pos + 2 + count > len(data):
+                raise ValueError(f"bad DER length at byte {pos}")
+            length = int.from_bytes(data[pos + 2 : pos + 2 + count], "big")
+            header += count
+        end = pos + header + length
+        if end > len(data):
+            raise ValueError(f"DER certificate at byte {pos} runs past the end")
+        out.append(data[pos:end])
+        pos = end
+    return out
