@@ -13,6 +13,15 @@ from meshward_common import logs
 from meshward_common.errors import ConfigError
 from sidecar_tls.sidecar import Ingress, IngressConfig, Sidecar, SidecarConfig, parse_host_port
 
+# Shared by `run` and `ingress`.
+_trace_sampling = click.option(
+    "--trace-sampling",
+    type=click.FloatRange(0.0, 100.0),
+    default=1.0,
+    show_default=True,
+    help="Percent of new traces sampled (Istio's defaultConfig.tracing.sampling); parent-based.",
+)
+
 
 @click.group()
 def sidecar() -> None:
@@ -62,13 +71,7 @@ def _run(component: Any) -> None:
     help="OTLP/HTTP collector (spans go to <URL>/v1/traces), e.g. http://127.0.0.1:4318; "
     "default: $OTEL_EXPORTER_OTLP_ENDPOINT.",
 )
-@click.option(
-    "--trace-sampling",
-    type=click.FloatRange(0.0, 100.0),
-    default=1.0,
-    show_default=True,
-    help="Percent of new traces sampled (Istio's defaultConfig.tracing.sampling); parent-based.",
-)
+@_trace_sampling
 @click.option(
     "--service", default="", help="Service name for telemetry (default: workload without -vN)."
 )
@@ -108,13 +111,7 @@ def run(
     "--route", required=True, help="HOST:PORT of the service to route to (e.g. productpage:9080)."
 )
 @click.option("--otlp-endpoint", default=None, help="OTLP/HTTP collector, as for `run`.")
-@click.option(
-    "--trace-sampling",
-    type=click.FloatRange(0.0, 100.0),
-    default=1.0,
-    show_default=True,
-    help="Percent of new traces sampled (Istio's defaultConfig.tracing.sampling); parent-based.",
-)
+@_trace_sampling
 @click.option("--name", default="ingress", show_default=True, help="Name for telemetry.")
 @click.option("--namespace", default="default", show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)

@@ -6,7 +6,7 @@ package costs ~20 MB of RSS per sidecar for that; this module is the few hundred
 protocol those calls use: HEADERS + one length-prefixed request, then length-prefixed replies, then
 trailers carrying `grpc-status` / `grpc-message` (or a trailers-only reply for early refusals).
 
-Messages are bytes in and bytes out: callers encode and decode them (protobuf or a wire decoder).
+Messages are bytes in and bytes out: callers encode and decode them (generated protobuf classes).
 `follow_stream` adds what every caller wants: reconnect with backoff when the agent goes away.
 """
 
