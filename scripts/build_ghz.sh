@@ -18,14 +18,10 @@ if [[ -n "${MESHWARD_GHZ:-}" && ! -x "$MESHWARD_GHZ" ]]; then
   echo "build_ghz: \$MESHWARD_GHZ=$MESHWARD_GHZ is not an executable file" >&2
   exit 1
 fi
-command -v go >/dev/null || { echo "build_ghz: 'go' not found on PATH (Go >= 1.24 needed)" >&2; exit 1; }
+source "$ROOT/scripts/go_tools.sh"
+go_require build_ghz
 cd "$MOD"
-
-# Keep go.mod on the requested version (go get -tool records the tool directive and go.sum).
-if ! grep -qE "^[[:space:]]*github.com/bojand/ghz ${VERSION//./\\.}( |$)" go.mod; then
-  echo "build_ghz: pinning $PKG@$VERSION in tools/ghz/go.mod" >&2
-  go get -tool "$PKG@$VERSION"
-fi
+go_pin_tool build_ghz github.com/bojand/ghz "$PKG" "$VERSION"
 
 mkdir -p "$ROOT/tools/bin"
 exec 9>"$ROOT/tools/bin/.ghz.lock"
@@ -34,9 +30,7 @@ want="$VERSION $(sha256sum go.mod go.sum caload/*.go | sha256sum | cut -c1-16)"
 if [[ -x "$OUT" && -x "$ROOT/tools/bin/caload" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
   exit 0
 fi
-if ! mkdir -p "$(go env GOMODCACHE)" 2>/dev/null || [[ ! -w "$(go env GOMODCACHE)" ]]; then
-  export GOPATH="$ROOT/tools/gopath" GOMODCACHE="$ROOT/tools/gopath/pkg/mod"
-fi
+go_writable_cache "$ROOT/tools"
 echo "build_ghz: building tools/bin/caload and $PKG@$VERSION into tools/bin/ghz (first build: a minute or two)" >&2
 go build -trimpath -ldflags "-s -w" -o "$ROOT/tools/bin/caload.tmp.$$" ./caload
 mv -f "$ROOT/tools/bin/caload.tmp.$$" "$ROOT/tools/bin/caload"

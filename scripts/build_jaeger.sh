@@ -26,14 +26,12 @@ if found="$(command -v jaeger 2>/dev/null)" && [[ "$found" != "$OUT" ]]; then
   exit 0
 fi
 
-command -v go >/dev/null || { echo "build_jaeger: 'go' not found on PATH (Go >= 1.24 needed)" >&2; exit 1; }
+source "$ROOT/scripts/go_tools.sh"
+go_require build_jaeger
 cd "$TOOLS"
 
-# 2. Keep go.mod on the requested version (go get -tool records the tool directive + go.sum).
-if ! grep -qE "^[[:space:]]*github.com/jaegertracing/jaeger ${VERSION//./\\.}( |$)" go.mod; then
-  echo "build_jaeger: pinning $PKG@$VERSION in tools/go.mod" >&2
-  go get -tool "$PKG@$VERSION"
-fi
+# 2. Keep go.mod on the requested version.
+go_pin_tool build_jaeger github.com/jaegertracing/jaeger "$PKG" "$VERSION"
 
 # 3. One build at a time (make, the test harness and `meshward up` may all ask at once).
 mkdir -p "$TOOLS/bin"
@@ -46,11 +44,8 @@ if [[ -x "$OUT" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
   exit 0
 fi
 
-# 4. Build. The default Go module/build caches are reused, so a rebuild after `make clean` is fast.
-#    If the default GOPATH is not writable, fall back to a project-local (git-ignored) one.
-if ! mkdir -p "$(go env GOMODCACHE)" 2>/dev/null || [[ ! -w "$(go env GOMODCACHE)" ]]; then
-  export GOPATH="$TOOLS/gopath" GOMODCACHE="$TOOLS/gopath/pkg/mod"
-fi
+# 4. Build.
+go_writable_cache "$TOOLS"
 echo "build_jaeger: building $PKG@$VERSION into tools/bin/jaeger (first build takes several minutes)" >&2
 go build -trimpath \
   -ldflags "-s -w -X github.com/jaegertracing/jaeger/internal/version.latestVersion=$VERSION" \
