@@ -10,7 +10,7 @@ or closes anything by itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Literal
 
@@ -96,6 +96,11 @@ class InboundAuthorizer:
         # One assignment swaps the whole state, so a concurrent check() sees old or new, never half.
         self._state = _State(policy_set.for_workload(self.workload), policy_set)
 
+    def applies(self) -> bool:
+        """Whether any authorization policy selects the workload; when none does, `check()`
+        allows everything, so callers may skip building the request."""
+        return not self._state.policies.empty
+
     def check(self, req: AuthzRequest) -> AuthzDecision:
         state = self._state
         if state.policies.empty:
@@ -116,7 +121,8 @@ class InboundAuthorizer:
             method=req.method,
             path=normalize_path(req.path) if req.is_http else "",
             host=req.host.lower(),
-            headers={k.lower(): v for k, v in req.headers.items()} if req.headers else {},
+            # Lowercased on first use: only a rule on request.headers pays for it.
+            headers=_LowerHeaders(req.headers),
         )
         decision = state.policies.decide(attrs)
         for audit in decision.audits:
@@ -148,6 +154,33 @@ class InboundAuthorizer:
             )
             state.modes[port] = mode
         return mode
+
+
+class _LowerHeaders(Mapping[str, str]):
+    """A request's headers by lowercase name, built on first lookup."""
+
+    __slots__ = ("_lower", "_raw")
+
+    def __init__(self, raw: Mapping[str, str]) -> None:
+        self._raw = raw
+        self._lower: dict[str, str] | None = None
+
+    def _map(self) -> dict[str, str]:
+        if self._lower is None:
+            self._lower = {k.lower(): v for k, v in self._raw.items()}
+        return self._lower
+
+    def __getitem__(self, name: str) -> str:
+        return self._map()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._map()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map())
+
+    def __len__(self) -> int:
+        return len(self._map())
 
 
 def _without_duplicates(resources: Iterable[Resource]) -> list[Resource]:

@@ -25,7 +25,7 @@ from sidecar_tls.http1 import (
     rewrite_request,
     simple_response,
 )
-from sidecar_tls.http_relay import HttpRelay, Prepared, UpstreamLink, run_relay
+from sidecar_tls.http_relay import HttpRelay, Prepared, TlsHttpRelay, UpstreamLink, run_relay
 from sidecar_tls.net import (
     Streams,
     close,
@@ -106,7 +106,8 @@ class InboundProxy:
             mode == "PERMISSIVE" and first[:1] == bytes([TLS_HANDSHAKE_RECORD])
         )
         peer: PeerIdentity | None = None
-        relay = HttpRelay(_NoHooks())  # until the caller is known: buffers, reads paused
+        # until the caller is known: buffers, reads paused
+        relay = TlsHttpRelay(_NoHooks()) if use_tls else HttpRelay(_NoHooks())
         if use_tls:
             material = self.state.material
             try:
@@ -235,20 +236,27 @@ class _InboundHooks:
         proxy, caller = self.proxy, self.caller
         lower = head.lower_map()
         span = self.observed.request(head.method, head.target, head.host, lower)
-        decision = proxy.authorizer.check(
-            AuthzRequest(
-                self.principal,
-                caller.ip,
-                proxy.pod_ip,
-                self.port,
-                is_http=True,
-                method=head.method,
-                path=head.target,
-                host=head.host,
-                headers=lower,
+        authorizer = proxy.authorizer
+        # No policy selects the workload (the common case): everything is allowed, so no
+        # request to build per request.
+        decision = (
+            authorizer.check(
+                AuthzRequest(
+                    self.principal,
+                    caller.ip,
+                    proxy.pod_ip,
+                    self.port,
+                    is_http=True,
+                    method=head.method,
+                    path=head.target,
+                    host=head.host,
+                    headers=lower,
+                )
             )
+            if authorizer.applies()
+            else None
         )
-        if not decision.allowed:
+        if decision is not None and not decision.allowed:
             log.info(
                 "inbound denied: %s %s %s from %s (%s)",
                 _principal(caller) or "plaintext",

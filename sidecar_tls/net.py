@@ -136,7 +136,7 @@ async def wrap_accepted(
 async def wrap_accepted_protocol(
     sock: socket.socket,
     ssl_context: ssl.SSLContext | None,
-    protocol: asyncio.Protocol,
+    protocol: asyncio.BaseProtocol,
     handshake_timeout: float = 10.0,
 ) -> asyncio.Transport:
     """Hand an accepted socket (TLS terminated when a context is given) to a protocol."""

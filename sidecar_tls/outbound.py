@@ -92,10 +92,14 @@ class OutboundProxy:
             return
         is_http = self._http_only or looks_like_http(await peek(sock, 8, SNIFF_TIMEOUT))
         if is_http:
-            relay = HttpRelay(_OutboundHooks(self, dest, downstream))
-            await wrap_accepted_protocol(sock, None, relay)
-            relay.start()
-            await run_relay(relay)
+            hooks = _OutboundHooks(self, dest, downstream)
+            relay = HttpRelay(hooks)
+            try:
+                await wrap_accepted_protocol(sock, None, relay)
+                relay.start()
+                await run_relay(relay)
+            finally:
+                hooks.close()
             return
         down = await wrap_accepted(sock, None)
         try:
@@ -171,6 +175,7 @@ class _OutboundHooks:
         self.proxy = proxy
         self.dest = dest
         self.downstream = downstream
+        self.link: UpstreamLink | None = None  # idle between this connection's requests
         # Who calls whom is fixed for the connection: the observers take it once.
         self.observed: BoundHop = proxy.observer.bind(proxy._hop("http", dest, downstream, True))
 
@@ -182,16 +187,30 @@ class _OutboundHooks:
         return Prepared(span, rewrite_request(raw, head, hop_by_hop, span.inject()))
 
     def take_upstream(self) -> UpstreamLink | None:
+        # The link of this connection's previous request first: no pool round trip per request.
+        link, self.link = self.link, None
+        if link is not None:
+            if self.proxy.pool.fits(self.dest, link):
+                return link
+            link.close()
         return self.proxy.pool.take_link(self.dest)
 
     async def open_upstream(self) -> UpstreamLink:
         return await self.proxy.pool.open_link(self.dest)
 
     def release_upstream(self, link: UpstreamLink, reusable: bool) -> None:
-        if reusable:
-            self.proxy.pool.release_link(self.dest, link)
-        else:
+        if not reusable:
             link.close()
+        elif self.link is None:
+            self.link = link  # kept for this connection's next request
+        else:
+            self.proxy.pool.release_link(self.dest, link)
+
+    def close(self) -> None:
+        """The app's connection is gone: its idle link goes back to the pool for others."""
+        link, self.link = self.link, None
+        if link is not None:
+            self.proxy.pool.release_link(self.dest, link)
 
     def upstream_failed(self, exc: BaseException) -> bytes:
         reason = str(exc) or type(exc).__name__

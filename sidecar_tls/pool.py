@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from sidecar_tls.destinations import Destination
-from sidecar_tls.http_relay import UpstreamLink
+from sidecar_tls.http_relay import TlsUpstreamLink, UpstreamLink
 from sidecar_tls.net import Streams, close, connect, peer_leaf_der
 from sidecar_tls.state import SidecarState
 from sidecar_tls.tls import PeerIdentity, verify_peer_leaf
@@ -66,18 +66,22 @@ class ConnectionPool:
 
     def take_link(self, dest: Destination) -> UpstreamLink | None:
         """An idle verified connection to `dest`, or None."""
-        generation = self._state.material.generation
         idle = self._links.get((dest.ip, dest.port))
         while idle:
             link = idle.pop()
-            if (
-                link.usable()
-                and link.generation == generation
-                and link.peer_id in dest.expected_ids
-            ):
+            if self.fits(dest, link):
                 return link
             link.close()
         return None
+
+    def fits(self, dest: Destination, link: UpstreamLink) -> bool:
+        """Whether an idle link may carry another request to `dest`: open, made with the current
+        certificate, and its server still one `dest` expects (secure naming)."""
+        return (
+            link.usable()
+            and link.generation == self._state.material.generation
+            and link.peer_id in dest.expected_ids
+        )
 
     async def open_link(self, dest: Destination) -> UpstreamLink:
         """A new mTLS connection whose server passed every check; raises on any refusal."""
@@ -86,7 +90,7 @@ class ConnectionPool:
         loop = asyncio.get_running_loop()
         transport, link = await asyncio.wait_for(
             loop.create_connection(
-                UpstreamLink,
+                TlsUpstreamLink,
                 dest.ip,
                 dest.port,
                 ssl=material.client_http,
@@ -116,6 +120,10 @@ class ConnectionPool:
             idle.append(link)
         else:
             link.close()
+
+    def idle(self) -> int:
+        """How many verified connections wait in the pool."""
+        return sum(len(links) for links in self._links.values())
 
     def close_all(self) -> None:
         for links in self._links.values():

@@ -100,6 +100,9 @@ class ModeAuthorizer(InboundAuthorizer):
     def mtls_mode(self, port: int):  # type: ignore[no-untyped-def]
         return self._mode
 
+    def applies(self) -> bool:
+        return bool(self._deny)  # as the real one: no policy, no check
+
     def check(self, req):  # type: ignore[no-untyped-def]
         from sidecar_tls.authz import AuthzDecision
 

@@ -218,3 +218,47 @@ def test_is_http_is_required_and_fields_after_port_are_keyword_only() -> None:
         AuthzRequest(SLEEP, "1.1.1.1", "2.2.2.2", 80)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         AuthzRequest(SLEEP, "1.1.1.1", "2.2.2.2", 80, True)  # type: ignore[call-arg]
+
+
+def test_applies_says_whether_any_policy_selects_the_workload() -> None:
+    a = InboundAuthorizer("foo", {"app": "httpbin"})
+    assert not a.applies()  # nothing loaded
+    a.update([("p.yaml", ALLOW_SLEEP_GET)], "istio-system")
+    assert a.applies()
+    elsewhere = InboundAuthorizer("foo", {"app": "reviews"})  # the selector does not match it
+    elsewhere.update([("p.yaml", ALLOW_SLEEP_GET)], "istio-system")
+    assert not elsewhere.applies()
+    assert elsewhere.check(http(principal="", method="DELETE")).allowed
+    a.update([], "istio-system")  # the policy removed
+    assert not a.applies()
+
+
+class _CountingHeaders(dict[str, str]):
+    """Headers that count how often they are enumerated (what lowercasing them all costs)."""
+
+    reads = 0
+
+    def items(self):  # type: ignore[override]
+        self.reads += 1
+        return super().items()
+
+
+def test_headers_are_not_read_unless_a_rule_uses_them(authorizer: InboundAuthorizer) -> None:
+    headers = _CountingHeaders({"X-Version": "v1"})
+    assert authorizer.check(http(headers=headers)).allowed
+    assert headers.reads == 0  # ALLOW_SLEEP_GET and DENY_ADMIN look at no header
+    by_header = InboundAuthorizer("foo", {"app": "httpbin"})
+    by_header.update(
+        [
+            (
+                "h.yaml",
+                _ap(
+                    "h",
+                    "  rules:\n  - when:\n    - key: request.headers[x-version]\n      values: [v1]\n",
+                ),
+            )
+        ],
+        "istio-system",
+    )
+    assert by_header.check(http(headers=headers)).allowed
+    assert headers.reads == 1

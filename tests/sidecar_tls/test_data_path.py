@@ -64,6 +64,41 @@ async def test_keep_alive_requests_share_one_pooled_mtls_connection() -> None:
         assert pair.outbound.pool.handshakes == 1
 
 
+async def _get_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
+    writer.write(f"GET {path} HTTP/1.1\r\nhost: server\r\n\r\n".encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    return int(head.split(b" ", 2)[1])
+
+
+async def test_an_app_connection_keeps_its_upstream_and_returns_it_to_the_pool_on_close() -> None:
+    ca = MiniCA.create()
+    async with sidecar_pair(ca.issue(CLIENT_ID), ca.issue(SERVER_ID)) as pair:
+        a = await asyncio.open_connection("127.0.0.1", pair.outbound_port)
+        b = await asyncio.open_connection("127.0.0.1", pair.outbound_port)
+        assert await _get_on(*a, "/a1") == 200
+        # A's upstream stays bound to A between its requests: B, open meanwhile, needs its own.
+        assert await _get_on(*b, "/b1") == 200
+        assert pair.outbound.pool.handshakes == 2
+        assert await _get_on(*a, "/a2") == 200
+        assert await _get_on(*b, "/b2") == 200
+        assert pair.outbound.pool.handshakes == 2
+        for _, writer in (a, b):
+            writer.close()
+            await writer.wait_closed()
+        # Once A and B are gone their upstreams are idle in the pool: a new app connection
+        # takes one instead of handshaking.
+        for _ in range(50):
+            if pair.outbound.pool.idle() == 2:
+                break
+            await asyncio.sleep(0.02)
+        status, _ = await http_get(pair.outbound_port, "/c")
+        assert status == 200
+        assert pair.outbound.pool.handshakes == 2
+
+
 async def test_plaintext_client_to_strict_inbound_is_refused() -> None:
     ca = MiniCA.create()
     async with sidecar_pair(ca.issue(CLIENT_ID), ca.issue(SERVER_ID)) as pair:
