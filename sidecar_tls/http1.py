@@ -110,7 +110,7 @@ class HeaderView(Mapping[str, str]):
 
 
 class RequestHead:
-    """A request head: its bytes, request line, framing, keep-alive, and the WANTED headers."""
+    """A request head: its request line, framing, keep-alive, and the WANTED headers."""
 
     __slots__ = (
         "_all",
@@ -121,14 +121,12 @@ class RequestHead:
         "found",
         "keep_alive",
         "method",
-        "raw",
         "target",
         "version",
     )
 
     def __init__(
         self,
-        raw: bytes,
         text: str,
         line_end: int,
         method: str,
@@ -138,7 +136,6 @@ class RequestHead:
         body_length: int,
         keep_alive: bool,
     ) -> None:
-        self.raw = raw
         self._text = text
         self._line_end = line_end
         self.method = method
@@ -211,10 +208,6 @@ class ResponseHead:
         self._length = length
         self.keep_alive = keep_alive
 
-    @property
-    def headers(self) -> Headers:
-        return list(self.found.items())
-
     def get(self, name: str) -> str | None:
         return self.found.get(name.lower())
 
@@ -253,7 +246,6 @@ def parse_request_head(data: bytes) -> RequestHead:
         raise InvalidRequest("request Transfer-Encoding does not end with chunked")
     version = m.group(3)
     return RequestHead(
-        data,
         text,
         line_end,
         m.group(1),
@@ -285,19 +277,6 @@ def parse_response_head(data: bytes) -> ResponseHead:
         length,
         _keep_alive(version, found.get("connection")),
     )
-
-
-def rewrite_headers(
-    headers: Sequence[tuple[str, str]],
-    remove: Iterable[str] = (),
-    set_: Iterable[tuple[str, str]] = (),
-) -> Headers:
-    """Drop every header named in `remove` or `set_` (case-insensitive), then append `set_`."""
-    setting = list(set_)
-    dropped = {n.lower() for n in remove} | {n.lower() for n, _ in setting}
-    out = [(n, v) for n, v in headers if n.lower() not in dropped]
-    out.extend(setting)
-    return out
 
 
 def rewrite_request(
@@ -332,12 +311,6 @@ def _remover(names: frozenset[str]) -> re.Pattern[bytes]:
         if len(_REMOVERS) < 256:
             _REMOVERS[names] = pattern
     return pattern
-
-
-def serialize_request(head: RequestHead, headers: Sequence[tuple[str, str]] | None = None) -> bytes:
-    lines = [f"{head.method} {head.target} HTTP/{head.version}"]
-    lines.extend(f"{n}: {v}" for n, v in (head.headers if headers is None else headers))
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 def simple_response(status: int, reason: str, body: str, close: bool = False) -> bytes:

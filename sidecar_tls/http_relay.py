@@ -94,14 +94,22 @@ class UpstreamLink(asyncio.BaseProtocol):
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
 
-class TlsUpstreamLink(UpstreamLink, asyncio.BufferedProtocol):
-    """An upstream link over TLS: decrypted into the shared read buffer (see _READ_VIEW)."""
+class _SharedReadBuffer(asyncio.BufferedProtocol):
+    """Reads land in the shared buffer (see _READ_VIEW) and go on to the class's data_received.
+    Listed after the protocol class in the bases, so that class's data_received is the one used."""
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _READ_VIEW
 
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(bytes(_READ_VIEW[:nbytes]))
+
+    def data_received(self, data: bytes) -> None:
+        raise NotImplementedError
+
+
+class TlsUpstreamLink(UpstreamLink, _SharedReadBuffer):
+    """An upstream link over TLS: decrypted into the shared read buffer."""
 
 
 class Prepared:
@@ -500,14 +508,8 @@ class HttpRelay(asyncio.BaseProtocol):
             self.down.close()  # flushes what was written first
 
 
-class TlsHttpRelay(HttpRelay, asyncio.BufferedProtocol):
-    """A relay whose downstream is TLS: decrypted into the shared read buffer (see _READ_VIEW)."""
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _READ_VIEW
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(_READ_VIEW[:nbytes]))
+class TlsHttpRelay(HttpRelay, _SharedReadBuffer):
+    """A relay whose downstream is TLS: decrypted into the shared read buffer."""
 
 
 def _log_task_error(task: asyncio.Task[None]) -> None:

@@ -259,7 +259,7 @@ class _InboundHooks:
         if decision is not None and not decision.allowed:
             log.info(
                 "inbound denied: %s %s %s from %s (%s)",
-                _principal(caller) or "plaintext",
+                self.principal or "plaintext",
                 head.method,
                 head.target,
                 caller.address,

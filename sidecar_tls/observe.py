@@ -78,25 +78,25 @@ class _NoopSpan:
         return None
 
 
-_NOOP_SPAN = _NoopSpan()
+NOOP_SPAN: HopSpan = _NoopSpan()  # records nothing, injects nothing
 
 
 class _NoopBound:
     def request(
         self, method: str, path: str, authority: str, headers: Mapping[str, str]
     ) -> HopSpan:
-        return _NOOP_SPAN
+        return NOOP_SPAN
 
 
-_NOOP_BOUND = _NoopBound()
+NOOP_BOUND: BoundHop = _NoopBound()  # for a connection nothing is observed on
 
 
 class NoopObserver:
     def start(self, hop: Hop, headers: Mapping[str, str]) -> HopSpan:
-        return _NOOP_SPAN
+        return NOOP_SPAN
 
     def bind(self, base: Hop) -> BoundHop:
-        return _NOOP_BOUND
+        return NOOP_BOUND
 
 
 class CompositeObserver:

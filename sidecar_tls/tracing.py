@@ -43,7 +43,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from meshward_common.errors import ConfigError
 from meshward_common.telemetry import trace_service_name
 from sidecar_tls.http1 import HeaderView
-from sidecar_tls.observe import BoundHop, Hop, HopSpan
+from sidecar_tls.observe import NOOP_BOUND, BoundHop, Hop, HopSpan
 from sidecar_tls.sampling import (
     CONTEXT_HEADERS,
     Lookup,
@@ -171,17 +171,6 @@ class _HttpSpan:
         span.end()
 
 
-class _NoSpan:
-    def inject(self) -> Sequence[tuple[str, str]]:
-        return ()
-
-    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
-        return None
-
-
-_NO_SPAN = _NoSpan()
-
-
 class _UnsampledSpan:
     """A request not sampled: context headers to forward, nothing to record."""
 
@@ -223,16 +212,6 @@ def _sampled_parent(ctx: Context | None) -> Context | None:
         trace_state=parent.trace_state,
     )
     return trace.set_span_in_context(NonRecordingSpan(flagged), ctx)
-
-
-class _NoBound:
-    def request(
-        self, method: str, path: str, authority: str, headers: Mapping[str, str]
-    ) -> HopSpan:
-        return _NO_SPAN
-
-
-_NO_BOUND = _NoBound()
 
 
 class _BoundTracing:
@@ -437,7 +416,7 @@ class TracingObserver:
 
     def bind(self, base: Hop) -> BoundHop:
         if base.protocol != "http":
-            return _NO_BOUND  # Envoy traces HTTP only; TCP connections show up in metrics
+            return NOOP_BOUND  # Envoy traces HTTP only; TCP connections show up in metrics
         return _BoundTracing(self, base)
 
     def force_flush(self, timeout_s: float = 5.0) -> bool:
