@@ -13,7 +13,7 @@ import logging
 import re
 import socket
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from meshward_common import ports
 from meshward_common.errors import ConfigError
@@ -29,12 +29,6 @@ from sidecar_tls.outbound import OutboundProxy
 from sidecar_tls.state import SidecarState
 
 log = logging.getLogger(__name__)
-
-
-class _Server(Protocol):
-    """What the admin/health server and the metrics server have in common: a way to stop."""
-
-    async def cleanup(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -142,7 +136,7 @@ class Sidecar:
         )
         self.listening = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._runners: list[_Server] = []
+        self._runners: list[HttpServer] = []
         self.health_server: HttpServer | None = None  # set by start(); `.port` is the bound port
         self.admin_server: HttpServer | None = None
         self.svids.subscribe(self._on_identity)
@@ -309,7 +303,7 @@ def _listen(host: str, port: int) -> socket.socket:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
 
 
-async def _stop(tasks: list[asyncio.Task[None]], runners: list[_Server]) -> None:
+async def _stop(tasks: list[asyncio.Task[None]], runners: list[HttpServer]) -> None:
     for task in tasks:
         task.cancel()
     for task in tasks:
