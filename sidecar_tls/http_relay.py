@@ -44,7 +44,7 @@ _READ_VIEW = memoryview(bytearray(_READ_SIZE))
 _NO_BODY = BodyTracker(Framing.NONE)
 
 
-class UpstreamLink(asyncio.BaseProtocol):
+class UpstreamLink:
     """One upstream connection; delivers what it receives to the relay that currently owns it.
 
     Reads arrive as bytes (`data_received`): right for plain TCP, where uvloop makes them from
@@ -72,6 +72,9 @@ class UpstreamLink(asyncio.BaseProtocol):
         else:  # nothing was asked: a server talking out of turn is not reused
             self.close()
 
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost follows
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.owner is not None:
@@ -94,22 +97,18 @@ class UpstreamLink(asyncio.BaseProtocol):
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
 
-class _SharedReadBuffer(asyncio.BufferedProtocol):
-    """Reads land in the shared buffer (see _READ_VIEW) and go on to the class's data_received.
-    Listed after the protocol class in the bases, so that class's data_received is the one used."""
+def _take_read(nbytes: int) -> bytes:
+    return bytes(_READ_VIEW[:nbytes])
+
+
+class TlsUpstreamLink(UpstreamLink):
+    """An upstream link over TLS: decrypted into the shared read buffer (see _READ_VIEW)."""
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _READ_VIEW
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(_READ_VIEW[:nbytes]))
-
-    def data_received(self, data: bytes) -> None:
-        raise NotImplementedError
-
-
-class TlsUpstreamLink(UpstreamLink, _SharedReadBuffer):
-    """An upstream link over TLS: decrypted into the shared read buffer."""
+        self.data_received(_take_read(nbytes))
 
 
 class Prepared:
@@ -138,7 +137,7 @@ class RelayHooks(Protocol):
     def upstream_failed(self, exc: BaseException) -> bytes: ...
 
 
-class HttpRelay(asyncio.BaseProtocol):
+class HttpRelay:
     """The downstream side of one connection. Reads arrive as bytes (`data_received`), right for
     plain TCP; over TLS use `TlsHttpRelay`."""
 
@@ -189,6 +188,9 @@ class HttpRelay(asyncio.BaseProtocol):
                 self._process()
             elif len(self.buf) > _PIPELINE_LIMIT:
                 self.pause_down()
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
@@ -508,8 +510,14 @@ class HttpRelay(asyncio.BaseProtocol):
             self.down.close()  # flushes what was written first
 
 
-class TlsHttpRelay(HttpRelay, _SharedReadBuffer):
-    """A relay whose downstream is TLS: decrypted into the shared read buffer."""
+class TlsHttpRelay(HttpRelay):
+    """A relay whose downstream is TLS: decrypted into the shared read buffer (see _READ_VIEW)."""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_take_read(nbytes))
 
 
 def _log_task_error(task: asyncio.Task[None]) -> None:

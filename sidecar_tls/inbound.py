@@ -9,7 +9,6 @@ app leave from 127.0.0.6, which the interception rules let through instead of lo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import ssl
@@ -30,6 +29,7 @@ from sidecar_tls.net import (
     Streams,
     close,
     connect,
+    open_protocol,
     original_dst,
     peek,
     peer_leaf_der,
@@ -280,15 +280,12 @@ class _InboundHooks:
         return None
 
     async def open_upstream(self) -> UpstreamLink:
-        loop = asyncio.get_running_loop()
-        _, link = await asyncio.wait_for(
-            loop.create_connection(
-                UpstreamLink,
-                self.proxy.app_host,
-                self.port,
-                local_addr=(self.proxy.passthrough_source, 0),
-            ),
+        _, link = await open_protocol(
+            UpstreamLink,
+            self.proxy.app_host,
+            self.port,
             APP_CONNECT_SECONDS,
+            local_addr=(self.proxy.passthrough_source, 0),
         )
         return link
 

@@ -11,6 +11,7 @@ import ssl
 import struct
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,9 @@ STREAM_LIMIT = 256 * 1024
 RELAY_CHUNK = 256 * 1024
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+# The data path's protocols are plain (compiled) classes that have the protocol methods without
+# subclassing asyncio's: uvloop and asyncio call them by name.
+P = TypeVar("P")
 _owned_by_transport: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
 
@@ -136,19 +140,39 @@ async def wrap_accepted(
 async def wrap_accepted_protocol(
     sock: socket.socket,
     ssl_context: ssl.SSLContext | None,
-    protocol: asyncio.BaseProtocol,
+    protocol: object,
     handshake_timeout: float = 10.0,
 ) -> asyncio.Transport:
     """Hand an accepted socket (TLS terminated when a context is given) to a protocol."""
     loop = asyncio.get_running_loop()
     _owned_by_transport.add(sock)
+    factory = cast(Callable[[], asyncio.BaseProtocol], lambda: protocol)
     if ssl_context is None:
-        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+        transport, _ = await loop.connect_accepted_socket(factory, sock)
     else:
         transport, _ = await loop.connect_accepted_socket(
-            lambda: protocol, sock, ssl=ssl_context, ssl_handshake_timeout=handshake_timeout
+            factory, sock, ssl=ssl_context, ssl_handshake_timeout=handshake_timeout
         )
     return transport  # uvloop's transports are alike, not asyncio.Transport subclasses
+
+
+async def open_protocol(
+    factory: Callable[[], P],
+    host: str,
+    port: int,
+    within_seconds: float,
+    **options: Any,
+) -> tuple[asyncio.Transport, P]:
+    """Connect to host:port with `factory`'s protocol (loop.create_connection's `options`: ssl,
+    server_hostname, local_addr, ...), handshake included."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await asyncio.wait_for(
+        loop.create_connection(
+            cast(Callable[[], asyncio.BaseProtocol], factory), host, port, **options
+        ),
+        within_seconds,
+    )
+    return transport, cast(P, protocol)
 
 
 def streams_over(transport: asyncio.Transport, buffered: bytes) -> Streams:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sidecar_tls.destinations import Destination
 from sidecar_tls.http_relay import TlsUpstreamLink, UpstreamLink
-from sidecar_tls.net import Streams, close, connect, peer_leaf_der
+from sidecar_tls.net import Streams, close, connect, open_protocol, peer_leaf_der
 from sidecar_tls.state import SidecarState
 from sidecar_tls.tls import PeerIdentity, verify_peer_leaf
 
@@ -87,17 +87,14 @@ class ConnectionPool:
         """A new mTLS connection whose server passed every check; raises on any refusal."""
         material = self._state.material
         sni = dest.service if "." in dest.service and ":" not in dest.service else ""
-        loop = asyncio.get_running_loop()
-        transport, link = await asyncio.wait_for(
-            loop.create_connection(
-                TlsUpstreamLink,
-                dest.ip,
-                dest.port,
-                ssl=material.client_http,
-                server_hostname=sni,
-                ssl_handshake_timeout=CONNECT_SECONDS,
-            ),
+        transport, link = await open_protocol(
+            TlsUpstreamLink,
+            dest.ip,
+            dest.port,
             CONNECT_SECONDS,
+            ssl=material.client_http,
+            server_hostname=sni,
+            ssl_handshake_timeout=CONNECT_SECONDS,
         )
         self.handshakes += 1
         try:
