@@ -7,10 +7,12 @@ the given bytes still belong to the current body.
 
 from __future__ import annotations
 
+from typing import Final
+
 from meshward_common.errors import InvalidRequest
 from sidecar_tls.http1 import Framing, parse_chunk_size
 
-_MAX_LINE = 4096
+_MAX_LINE: Final = 4096
 
 
 class BodyTracker:

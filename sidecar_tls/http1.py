@@ -14,26 +14,24 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from enum import Enum
+from typing import Final
 
 from meshward_common.errors import InvalidRequest
 
-MAX_HEAD_BYTES = 64 * 1024
+MAX_HEAD_BYTES: Final = 64 * 1024
 
-_TCHAR_RUN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_REQUEST_LINE_RE = re.compile(rf"({_TCHAR_RUN}) (\S+) HTTP/(1\.[01])")
-_STATUS_LINE_RE = re.compile(r"HTTP/(1\.[01]) ([0-9]{3})(?: ([^\r\n]*))?")
+_TCHAR_RUN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE_RE: Final = re.compile(rf"({_TCHAR_RUN}) (\S+) HTTP/(1\.[01])")
+_STATUS_LINE_RE: Final = re.compile(r"HTTP/(1\.[01]) ([0-9]{3})(?: ([^\r\n]*))?")
 # A header line; the lookahead leaves the CRLF for the next match to start from.
-_HEADER_RE = re.compile(rf"\r\n({_TCHAR_RUN}):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
-# Every well-formed header line (CRLF only starts lines: bare CR/LF are refused before this runs,
-# and the greedy value class cannot run into the next line).
-_LINE_RE = re.compile(rf"\r\n({_TCHAR_RUN}):[ \t]*([^\r\n]*)")
-_METHOD_PREFIX_RE = re.compile(rb"[A-Z]{3,7} ")
+_HEADER_RE: Final = re.compile(rf"\r\n({_TCHAR_RUN}):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)")
+_METHOD_PREFIX_RE: Final = re.compile(rb"[A-Z]{3,7} ")
 
 # Headers that describe one connection, not the message (RFC 9110 7.6.1); not forwarded.
-HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection")
+HOP_BY_HOP: Final = ("connection", "keep-alive", "proxy-connection")
 
 # The headers the data path and its observers act on: found by one scan of the head.
-WANTED: frozenset[str] = frozenset(
+WANTED: Final[frozenset[str]] = frozenset(
     {
         "content-length",
         "transfer-encoding",
@@ -62,10 +60,8 @@ def _names_re(names: Iterable[str]) -> str:
     return "|".join(re.escape(n) for n in sorted(names, key=lambda n: (-len(n), n)))
 
 
-_FRAMING_KEYS = tuple(
-    (name, f"\r\n{name}:") for name in ("connection", "content-length", "transfer-encoding")
-)
-_JOINED = frozenset({"transfer-encoding", "connection"})  # list-valued: repeats are joined
+_FRAMING_NAMES: Final = frozenset({"connection", "content-length", "transfer-encoding"})
+_JOINED: Final = frozenset({"transfer-encoding", "connection"})  # list-valued: repeats are joined
 
 
 class Framing(Enum):
@@ -228,17 +224,7 @@ def parse_request_head(data: bytes) -> RequestHead:
     m = _REQUEST_LINE_RE.fullmatch(text, 0, line_end)
     if m is None:
         raise InvalidRequest(f"malformed HTTP request line {text[: min(line_end, 80)]!r}")
-    lines = _LINE_RE.findall(text, line_end)
-    if len(lines) != text.count("\r\n") - 2:  # a line that is not `name: value`
-        _explain_bad_header_block(text, line_end)
-    found: dict[str, str] = {}
-    for name, value in lines:
-        n = name.lower()
-        if n in WANTED:
-            if n in found:
-                _add(found, n, value.rstrip(" \t"))  # a repeat
-            else:
-                found[n] = value.rstrip(" \t")
+    found = _scan(text, line_end, WANTED)
     framing, length = _framing(found)
     if framing is Framing.CLOSE and "transfer-encoding" in found:
         # A request body runs to its length or its last chunk, never to the connection's end
@@ -260,13 +246,13 @@ def parse_request_head(data: bytes) -> RequestHead:
 def parse_response_head(data: bytes) -> ResponseHead:
     """A response head, scanned only for what relaying it needs: status line, framing and
     keep-alive (the sidecar forwards the head's bytes unchanged, so nothing else is parsed).
-    The framing headers are checked as strictly as a request's."""
+    Its header lines are checked as strictly as a request's."""
     text, line_end = _split_head(data)
     m = _STATUS_LINE_RE.fullmatch(text, 0, line_end)
     if m is None:
         raise InvalidRequest(f"malformed HTTP status line {text[: min(line_end, 80)]!r}")
     version, status, reason = m.groups()
-    found = _find(text, line_end)
+    found = _scan(text, line_end, _FRAMING_NAMES)
     framing, length = _framing(found)
     return ResponseHead(
         version,
@@ -299,7 +285,7 @@ def rewrite_request(
     return kept[:-2] + extra + b"\r\n"
 
 
-_REMOVERS: dict[frozenset[str], re.Pattern[bytes]] = {}
+_REMOVERS: Final[dict[frozenset[str], re.Pattern[bytes]]] = {}
 
 
 def _remover(names: frozenset[str]) -> re.Pattern[bytes]:
@@ -337,37 +323,53 @@ def _split_head(data: bytes) -> tuple[str, int]:
         raise InvalidRequest(f"HTTP head larger than {MAX_HEAD_BYTES} bytes")
     if not data.endswith(b"\r\n\r\n"):
         raise InvalidRequest("HTTP head does not end with a blank line")
-    # Bare CR or LF and NUL are where parsers disagree: refuse them. Two C-speed passes: every
-    # CR, LF and NUL removed must have been half of a CRLF pair.
-    if len(data) - len(data.translate(None, b"\r\n\x00")) != 2 * data.count(b"\r\n"):
+    # Bare CR or LF and NUL are where parsers disagree: refuse them. As many CRs and as many LFs
+    # as CRLF pairs means every CR and every LF is half of one (C-speed counts, no copy).
+    pairs = data.count(b"\r\n")
+    # (`0 in data` looks for the byte 0 directly; `b"\x00" in data` first tries, and fails, to
+    # read its operand as an int, at the price of a formatted exception.)
+    if data.count(b"\r") != pairs or data.count(b"\n") != pairs or 0 in data:
         raise InvalidRequest("HTTP head has a bare CR, LF or NUL")
     text = data.decode("latin-1")
     return text, text.index("\r\n")
 
 
-def _explain_bad_header_block(text: str, line_end: int) -> None:
-    """Raise with the first header line that is not `name: value` (folding, no colon, bad name)."""
-    for line in text[line_end + 2 : -4].split("\r\n"):
-        if _HEADER_RE.fullmatch("\r\n" + line + "\r\n") is None:
-            raise InvalidRequest(f"malformed HTTP header line {line[:80]!r}")
-    raise InvalidRequest("malformed HTTP header block")
+# Header names seen before, lowercased: names repeat across requests, so a dict lookup replaces
+# the token check and the lowercasing. Bounded: names are the sender's to choose.
+_NAMES: Final[dict[str, str]] = {}
+_NAMES_MAX: Final = 4096
+_TOKEN_RE: Final = re.compile(_TCHAR_RUN)
 
 
-def _find(text: str, line_end: int) -> dict[str, str]:
-    """The framing headers of a response head, found with str.find in the lowercased head (C
-    speed; a regex walks every character): only these decide where the response ends."""
-    lowered = text.lower()  # latin-1: same length, so positions carry over to `text`
+def _lower_name(name: str) -> str:
+    lowered = _NAMES.get(name)
+    if lowered is None:
+        if _TOKEN_RE.fullmatch(name) is None:  # empty, or whitespace before the colon, ...
+            raise InvalidRequest(f"malformed HTTP header name {name[:80]!r}")
+        lowered = name.lower()
+        if len(_NAMES) < _NAMES_MAX:
+            _NAMES[name] = lowered
+    return lowered
+
+
+def _scan(text: str, line_end: int, wanted: frozenset[str]) -> dict[str, str]:
+    """Check every header line is `token: value` (no folding: a line starting with whitespace
+    has no token before its colon) and return the `wanted` ones by lowercase name, values
+    trimmed. The lines are split at CRLF (C speed); only names are looked at per line."""
     found: dict[str, str] = {}
-    for name, key in _FRAMING_KEYS:
-        i = lowered.find(key, line_end)
-        while i >= 0:
-            start = i + len(key)
-            end = text.index("\r\n", start)
+    if line_end + 4 == len(text):
+        return found  # no header lines
+    for line in text[line_end + 2 : -4].split("\r\n"):
+        colon = line.find(":")
+        if colon < 0:
+            raise InvalidRequest(f"malformed HTTP header line {line[:80]!r}")
+        name = _lower_name(line[:colon])
+        if name in wanted:
+            value = line[colon + 1 :].strip(" \t")
             if name in found:
-                _add(found, name, text[start:end].strip(" \t"))  # a repeat
+                _add(found, name, value)  # a repeat
             else:
-                found[name] = text[start:end].strip(" \t")
-            i = lowered.find(key, end)
+                found[name] = value
     return found
 
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 from meshward_common.errors import InvalidRequest
 from sidecar_tls.body_tracker import BodyTracker
@@ -29,8 +29,8 @@ from sidecar_tls.observe import HopSpan
 
 log = logging.getLogger(__name__)
 
-_PIPELINE_LIMIT = 256 * 1024
-_JOIN_LIMIT = 16 * 1024
+_PIPELINE_LIMIT: Final = 256 * 1024
+_JOIN_LIMIT: Final = 16 * 1024
 # TLS reads land here first and are copied out at once. A TLS transport given a plain Protocol
 # decrypts with SSLObject.read(256 KiB): a fresh 256 KiB object per read, which glibc, depending on
 # its dynamic mmap threshold, serves with mmap + mremap + munmap and page faults on every request
@@ -38,10 +38,10 @@ _JOIN_LIMIT = 16 * 1024
 # serves every connection: callbacks run one at a time on the event loop's thread and
 # `buffer_updated` copies the bytes out before returning. Plain TCP keeps data_received: uvloop
 # reads into its own buffer there, and the Python calls of the buffered path would only add cost.
-_READ_SIZE = 64 * 1024
-_READ_VIEW = memoryview(bytearray(_READ_SIZE))
+_READ_SIZE: Final = 64 * 1024
+_READ_VIEW: Final = memoryview(bytearray(_READ_SIZE))
 # A request without a body: a finished tracker, never fed, shared by all of them.
-_NO_BODY = BodyTracker(Framing.NONE)
+_NO_BODY: Final = BodyTracker(Framing.NONE)
 
 
 class UpstreamLink:

@@ -14,6 +14,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from meshward_common import ports
 from meshward_common.errors import Unauthenticated
@@ -46,11 +47,11 @@ from sidecar_tls.xfcc import format_xfcc
 
 log = logging.getLogger(__name__)
 
-TLS_HANDSHAKE_RECORD = 0x16
-APP_CONNECT_SECONDS = 10.0
-DENIED_BODY = "RBAC: access denied"
-FIRST_BYTES_TIMEOUT = 10.0
-_NEVER_FORWARD = frozenset(
+TLS_HANDSHAKE_RECORD: Final = 0x16
+APP_CONNECT_SECONDS: Final = 10.0
+DENIED_BODY: Final = "RBAC: access denied"
+FIRST_BYTES_TIMEOUT: Final = 10.0
+_NEVER_FORWARD: Final = frozenset(
     {ports.OUTBOUND, ports.INBOUND, ports.ADMIN, ports.HEALTH, ports.PROMETHEUS}
 )
 
@@ -306,7 +307,7 @@ class _InboundHooks:
             self.app = None
 
 
-_XFCC_ONLY = (XFCC_HEADER,)
+_XFCC_ONLY: Final = (XFCC_HEADER,)
 
 
 def _principal(caller: Caller) -> str:

@@ -15,7 +15,7 @@ import functools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import cast
+from typing import Final, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -33,13 +33,13 @@ from sidecar_tls.admin import HttpServer, Reply, Route, serve_app
 from sidecar_tls.observe import Hop, HopSpan
 
 # Istio's default buckets for istio_request_duration_milliseconds (stats filter, v1.x).
-DURATION_BUCKETS_MS: tuple[float, ...] = (
+DURATION_BUCKETS_MS: Final[tuple[float, ...]] = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
     1800000, 3600000,
 )  # fmt: skip
 
 # Istio's labels that apply to a meshward hop (no app/version/cluster/canonical_revision here).
-COMMON_LABELS: tuple[str, ...] = (
+COMMON_LABELS: Final[tuple[str, ...]] = (
     "reporter",
     "source_workload",
     "source_workload_namespace",
@@ -55,8 +55,8 @@ COMMON_LABELS: tuple[str, ...] = (
     "request_protocol",
     "connection_security_policy",
 )
-REQUEST_LABELS: tuple[str, ...] = (*COMMON_LABELS, "response_code", "response_flags")
-UNKNOWN = "unknown"  # Istio's value for a label it cannot fill
+REQUEST_LABELS: Final[tuple[str, ...]] = (*COMMON_LABELS, "response_code", "response_flags")
+UNKNOWN: Final = "unknown"  # Istio's value for a label it cannot fill
 
 
 def hop_labels(hop: Hop) -> tuple[str, ...]:
@@ -136,7 +136,7 @@ class RequestSeries:
 
 # `le` labels as prometheus_client's own Histogram writes them ("1.0", "3.6e+06").
 _go_float = cast(Callable[[float], str], floatToGoString)
-_LE = [*(_go_float(b) for b in DURATION_BUCKETS_MS), "+Inf"]
+_LE: Final = [*(_go_float(b) for b in DURATION_BUCKETS_MS), "+Inf"]
 
 
 class RequestStats:
@@ -314,7 +314,7 @@ class MetricsObserver:
         return generate_latest(self.registry)
 
 
-METRICS_PATH = "/stats/prometheus"
+METRICS_PATH: Final = "/stats/prometheus"
 
 
 def metrics_app(registry: CollectorRegistry) -> dict[str, Route]:

@@ -12,6 +12,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Final
 
 from meshward_common import ports
 from meshward_common.errors import MeshwardError
@@ -43,9 +44,9 @@ log = logging.getLogger(__name__)
 
 # Client-first protocols send their first bytes at once; server-first ones (SMTP, MySQL) send
 # nothing, so after this long the connection is treated as plain TCP (Envoy's listener timeout).
-SNIFF_TIMEOUT = 0.1
-_UPSTREAM_ERRORS = (MeshwardError, OSError, ssl.SSLError, TimeoutError)
-_OWN_PORTS = frozenset({ports.OUTBOUND, ports.INBOUND, ports.ADMIN, ports.HEALTH})
+SNIFF_TIMEOUT: Final = 0.1
+_UPSTREAM_ERRORS: Final = (MeshwardError, OSError, ssl.SSLError, TimeoutError)
+_OWN_PORTS: Final = frozenset({ports.OUTBOUND, ports.INBOUND, ports.ADMIN, ports.HEALTH})
 
 DestinationFor = Callable[[socket.socket], Destination | None]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Final
 
 from sidecar_tls.destinations import Destination
 from sidecar_tls.http_relay import TlsUpstreamLink, UpstreamLink
@@ -20,7 +21,7 @@ from sidecar_tls.tls import PeerIdentity, verify_peer_leaf
 
 log = logging.getLogger(__name__)
 
-CONNECT_SECONDS = 10.0
+CONNECT_SECONDS: Final = 10.0
 
 
 @dataclass(eq=False)

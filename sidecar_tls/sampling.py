@@ -16,17 +16,19 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 Lookup = Callable[[str], "str | None"]
 
-_TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-_HEX_ID_RE = re.compile(r"[0-9a-f]{16}|[0-9a-f]{32}")
-_ZERO_TRACE = "0" * 32
-_ZERO_SPAN = "0" * 16
-FORCE_HEADERS = ("x-client-trace-id", "x-envoy-force-trace")
+_TRACEPARENT_RE: Final = re.compile(
+    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?"
+)
+_HEX_ID_RE: Final = re.compile(r"[0-9a-f]{16}|[0-9a-f]{32}")
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_SPAN: Final = "0" * 16
+FORCE_HEADERS: Final = ("x-client-trace-id", "x-envoy-force-trace")
 # Every header `decide` reads: a request with none of them is decided by the percentage alone.
-CONTEXT_HEADERS = frozenset(
+CONTEXT_HEADERS: Final = frozenset(
     {"traceparent", "b3", "x-b3-traceid", "x-b3-sampled", "x-b3-flags", *FORCE_HEADERS}
 )
 

@@ -22,6 +22,7 @@ import os
 import random
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Final
 from urllib.parse import urlparse
 
 from opentelemetry import trace
@@ -54,19 +55,19 @@ from sidecar_tls.sampling import (
 )
 
 # Istio's default profile samples 1 % of new traces (meshConfig defaultConfig.tracing.sampling).
-DEFAULT_SAMPLING = 1.0
+DEFAULT_SAMPLING: Final = 1.0
 
 log = logging.getLogger(__name__)
 
-ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+ENDPOINT_ENV: Final = "OTEL_EXPORTER_OTLP_ENDPOINT"
 # Attribute carrying the peer's SPIFFE ID (the caller's on inbound, the server's on outbound).
-PEER_PRINCIPAL = "peer.principal"
+PEER_PRINCIPAL: Final = "peer.principal"
 # The batch processor logs every failed export; we report failures once ourselves.
-_NOISY_LOGGERS = ("opentelemetry.sdk._shared_internal",)
+_NOISY_LOGGERS: Final = ("opentelemetry.sdk._shared_internal",)
 
-_w3c = TraceContextTextMapPropagator()
-_b3_multi = B3MultiFormat()
-_b3_single = B3SingleFormat()
+_w3c: Final = TraceContextTextMapPropagator()
+_b3_multi: Final = B3MultiFormat()
+_b3_single: Final = B3SingleFormat()
 
 
 def resolve_endpoint(explicit: str | None, environ: Mapping[str, str]) -> str | None:

@@ -8,8 +8,9 @@ ID>`. The caller cannot forge it: only the sidecar that terminated its mTLS conn
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
-HEADER = "x-forwarded-client-cert"
+HEADER: Final = "x-forwarded-client-cert"
 
 
 def format_xfcc(server_id: str, client_cert_sha256: str, client_id: str) -> str:

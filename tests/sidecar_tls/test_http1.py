@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshward_common.errors import InvalidRequest
+from sidecar_tls import http1
 from sidecar_tls.http1 import (
     Framing,
     looks_like_http,
@@ -61,6 +62,9 @@ def test_request_fields_and_lowercased_map() -> None:
         (b"POST / HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n", "not a number"),
         (b"GET / HTTP/2.0\r\n\r\n", "request line"),
         (b"GET / HTTP/1.1\r\nNo colon\r\n\r\n", "malformed HTTP header line"),
+        (b"POST / HTTP/1.1\r\nContent-Length : 3\r\n\r\n", "malformed HTTP header name"),
+        (b"GET / HTTP/1.1\r\nX: a\r\n b: c\r\n\r\n", "malformed HTTP header name"),
+        (b"GET / HTTP/1.1\r\n: empty name\r\n\r\n", "malformed HTTP header name"),
         (b"GET / HTTP/1.1\r\n", "blank line"),
     ],
 )
@@ -85,6 +89,36 @@ def test_response_framing_depends_on_status_and_method(
     raw: bytes, method: str, framing: tuple
 ) -> None:
     assert parse_response_head(raw).framing(method) == framing
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"HTTP/1.1 200 OK\r\nNo colon\r\n\r\n", "malformed HTTP header line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length : 3\r\n\r\n", "malformed HTTP header name"),
+        (b"HTTP/1.1 200 OK\r\nX: a\nContent-Length: 3\r\n\r\n", "bare CR"),
+        (b"HTTP/1.1 200 OK\r\nX: \x00\r\n\r\n", "NUL"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", "conflicting"),
+        (b"HTTP/1.1 2000 OK\r\n\r\n", "status line"),
+    ],
+)
+def test_malformed_responses_are_refused(raw: bytes, why: str) -> None:
+    with pytest.raises(InvalidRequest, match=why):
+        parse_response_head(raw)
+
+
+def test_header_names_are_remembered_lowercased_only_when_valid_and_boundedly() -> None:
+    names = http1._NAMES
+    head = parse_request_head(b"GET / HTTP/1.1\r\nX-Remembered-Name: 1\r\n\r\n")
+    assert head.get("x-remembered-name") == "1"
+    assert names["X-Remembered-Name"] == "x-remembered-name"
+    with pytest.raises(InvalidRequest):
+        parse_request_head(b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n")
+    assert "Bad Name" not in names
+    for i in range(http1._NAMES_MAX + 10):  # a sender inventing names cannot grow it unbounded
+        parse_request_head(f"GET / HTTP/1.1\r\nX-{i}: 1\r\n\r\n".encode())
+    assert len(names) <= http1._NAMES_MAX
+    assert parse_request_head(b"GET / HTTP/1.1\r\nX-Late-Name: 2\r\n\r\n").get("x-late-name") == "2"
 
 
 def test_rewrite_keeps_original_bytes_and_appends_when_nothing_is_replaced() -> None:
