@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import Final, Protocol, cast
+from typing import Final, cast
+
+from mypy_extensions import mypyc_attr
 
 from meshward_common.errors import InvalidRequest
 from sidecar_tls.body_tracker import BodyTracker
@@ -129,12 +131,25 @@ class Prepared:
         self.close_after = close_after
 
 
-class RelayHooks(Protocol):
-    def prepare(self, raw: bytes, head: RequestHead) -> Prepared: ...
-    def take_upstream(self) -> UpstreamLink | None: ...
-    async def open_upstream(self) -> UpstreamLink: ...
-    def release_upstream(self, link: UpstreamLink, reusable: bool) -> None: ...
-    def upstream_failed(self, exc: BaseException) -> bytes: ...
+@mypyc_attr(allow_interpreted_subclasses=True)
+class RelayHooks:
+    """What a relay asks its proxy, per request. A base class (not a Protocol) so the compiled
+    relay calls the implementations directly."""
+
+    def prepare(self, raw: bytes, head: RequestHead) -> Prepared:
+        raise NotImplementedError
+
+    def take_upstream(self) -> UpstreamLink | None:
+        raise NotImplementedError
+
+    async def open_upstream(self) -> UpstreamLink:
+        raise NotImplementedError
+
+    def release_upstream(self, link: UpstreamLink, reusable: bool) -> None:
+        raise NotImplementedError
+
+    def upstream_failed(self, exc: BaseException) -> bytes:
+        raise NotImplementedError
 
 
 class HttpRelay:

@@ -25,7 +25,14 @@ from sidecar_tls.http1 import (
     rewrite_request,
     simple_response,
 )
-from sidecar_tls.http_relay import HttpRelay, Prepared, TlsHttpRelay, UpstreamLink, run_relay
+from sidecar_tls.http_relay import (
+    HttpRelay,
+    Prepared,
+    RelayHooks,
+    TlsHttpRelay,
+    UpstreamLink,
+    run_relay,
+)
 from sidecar_tls.net import (
     Streams,
     close,
@@ -196,7 +203,7 @@ class InboundProxy:
         span.finish(0, received)
 
 
-class _NoHooks:
+class _NoHooks(RelayHooks):
     """Hooks of a relay whose caller is not verified yet: it is never started with these."""
 
     def prepare(self, raw: bytes, head: RequestHead) -> Prepared:
@@ -215,7 +222,7 @@ class _NoHooks:
         return b""
 
 
-class _InboundHooks:
+class _InboundHooks(RelayHooks):
     """Per caller connection: authorization, XFCC, and one keep-alive connection to the app."""
 
     def __init__(self, proxy: InboundProxy, caller: Caller, port: int) -> None:

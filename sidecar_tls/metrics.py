@@ -30,7 +30,7 @@ from meshward_common import telemetry
 from meshward_common.errors import ConfigError, SpiffeIdError
 from meshward_common.spiffe_id import SpiffeId, parse_workload_id
 from sidecar_tls.admin import HttpServer, Reply, Route, serve_app
-from sidecar_tls.observe import Hop, HopSpan
+from sidecar_tls.observe import BoundHop, Hop, HopSpan
 
 # Istio's default buckets for istio_request_duration_milliseconds (stats filter, v1.x).
 DURATION_BUCKETS_MS: Final[tuple[float, ...]] = (
@@ -211,7 +211,7 @@ class SidecarMetrics:
         )
 
 
-class _BoundMetrics:
+class _BoundMetrics(BoundHop):
     """The metrics of one connection's HTTP requests: its labels, fixed once, and its series
     per response code, looked up once each."""
 
@@ -239,7 +239,7 @@ class _BoundMetrics:
         series.observe(elapsed_ms)
 
 
-class _HttpHop:
+class _HttpHop(HopSpan):
     __slots__ = ("_bound", "_started")
 
     def __init__(self, bound: _BoundMetrics, started: float) -> None:
@@ -258,7 +258,7 @@ class _HttpHop:
         bound.count(status, response_flags(status, error), elapsed_ms)
 
 
-class _TcpHop:
+class _TcpHop(HopSpan):
     __slots__ = ("_done", "_labels", "_metrics")
 
     def __init__(self, metrics: SidecarMetrics, labels: tuple[str, ...]) -> None:

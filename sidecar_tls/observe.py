@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from mypy_extensions import mypyc_attr
+
 Direction = Literal["inbound", "outbound"]
 Protocol_ = Literal["http", "tcp"]
 
@@ -40,24 +42,28 @@ class Hop:
     mutual_tls: bool = False  # connection_security_policy: mutual_tls / none
 
 
-class HopSpan(Protocol):
+# HopSpan and BoundHop are called on every request: base classes rather than Protocols, so the
+# compiled data path calls their implementations directly instead of looking methods up by name.
+@mypyc_attr(allow_interpreted_subclasses=True)
+class HopSpan:
     def inject(self) -> Sequence[tuple[str, str]]:
         """Headers to set (replacing same-named ones) on the request sent onward:
         traceparent/tracestate, b3 headers, x-request-id when it was missing."""
-        ...
+        raise NotImplementedError
 
     def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
         """Once, when the response has been relayed (status 0 for TCP)."""
-        ...
+        raise NotImplementedError
 
 
-class BoundHop(Protocol):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class BoundHop:
     def request(
         self, method: str, path: str, authority: str, headers: Mapping[str, str]
     ) -> HopSpan:
         """One HTTP request on the bound connection. `headers`: the incoming request headers by
         lowercase name (first value of each); read lazily, so look up only what is needed."""
-        ...
+        raise NotImplementedError
 
 
 class HopObserver(Protocol):
@@ -70,7 +76,7 @@ class HopObserver(Protocol):
         ...
 
 
-class _NoopSpan:
+class _NoopSpan(HopSpan):
     def inject(self) -> Sequence[tuple[str, str]]:
         return ()
 
@@ -81,7 +87,7 @@ class _NoopSpan:
 NOOP_SPAN: HopSpan = _NoopSpan()  # records nothing, injects nothing
 
 
-class _NoopBound:
+class _NoopBound(BoundHop):
     def request(
         self, method: str, path: str, authority: str, headers: Mapping[str, str]
     ) -> HopSpan:
@@ -115,7 +121,7 @@ class CompositeObserver:
         return _CompositeBound(bound)
 
 
-class _PairBound:
+class _PairBound(BoundHop):
     __slots__ = ("_first", "_second")
 
     def __init__(self, first: BoundHop, second: BoundHop) -> None:
@@ -131,7 +137,7 @@ class _PairBound:
         )
 
 
-class _PairSpan:
+class _PairSpan(HopSpan):
     __slots__ = ("_first", "_second")
 
     def __init__(self, first: HopSpan, second: HopSpan) -> None:
@@ -149,7 +155,7 @@ class _PairSpan:
         self._second.finish(status, response_bytes, error)
 
 
-class _CompositeBound:
+class _CompositeBound(BoundHop):
     __slots__ = ("_bound",)
 
     def __init__(self, bound: Sequence[BoundHop]) -> None:
@@ -161,7 +167,7 @@ class _CompositeBound:
         return _CompositeSpan([b.request(method, path, authority, headers) for b in self._bound])
 
 
-class _CompositeSpan:
+class _CompositeSpan(HopSpan):
     __slots__ = ("_spans",)
 
     def __init__(self, spans: Sequence[HopSpan]) -> None:

@@ -24,7 +24,7 @@ from sidecar_tls.http1 import (
     rewrite_request,
     simple_response,
 )
-from sidecar_tls.http_relay import HttpRelay, Prepared, UpstreamLink, run_relay
+from sidecar_tls.http_relay import HttpRelay, Prepared, RelayHooks, UpstreamLink, run_relay
 from sidecar_tls.net import (
     Streams,
     close,
@@ -169,7 +169,7 @@ def fixed_destination(dest_for_request: Callable[[], Destination | None]) -> Des
     return lambda _sock: dest_for_request()
 
 
-class _OutboundHooks:
+class _OutboundHooks(RelayHooks):
     """Per app connection: how the relay rewrites requests and finds pooled peer connections."""
 
     def __init__(self, proxy: OutboundProxy, dest: Destination, downstream: str) -> None:

@@ -47,10 +47,12 @@ from sidecar_tls.http1 import HeaderView
 from sidecar_tls.observe import NOOP_BOUND, BoundHop, Hop, HopSpan
 from sidecar_tls.sampling import (
     CONTEXT_HEADERS,
+    FORCE_HEADERS,
     Lookup,
     decide,
     fresh_ids,
     new_span_id,
+    parse_traceparent,
     unsampled_headers,
 )
 
@@ -145,7 +147,7 @@ def _port_of(address: str) -> str:
     return port if sep and host and port.isdigit() else ""
 
 
-class _HttpSpan:
+class _HttpSpan(HopSpan):
     """One hop's span; `finish` is idempotent so a data-path double call cannot corrupt a trace."""
 
     __slots__ = ("_done", "_inject", "_span")
@@ -172,7 +174,7 @@ class _HttpSpan:
         span.end()
 
 
-class _UnsampledSpan:
+class _UnsampledSpan(HopSpan):
     """A request not sampled: context headers to forward, nothing to record."""
 
     __slots__ = ("_inject",)
@@ -185,6 +187,9 @@ class _UnsampledSpan:
 
     def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
         return None
+
+
+_AS_IT_CAME: Final = _UnsampledSpan(())  # not sampled, the caller's context forwarded unchanged
 
 
 def request_id() -> str:
@@ -215,7 +220,7 @@ def _sampled_parent(ctx: Context | None) -> Context | None:
     return trace.set_span_in_context(NonRecordingSpan(flagged), ctx)
 
 
-class _BoundTracing:
+class _BoundTracing(BoundHop):
     """One connection's hops: what a span needs that does not change per request, made once."""
 
     __slots__ = ("_attrs", "_base", "_kind", "_observer")
@@ -237,16 +242,24 @@ class _BoundTracing:
             # Every header read here is one the parser picked out already (C-level lookups).
             wanted = headers.wanted
             get: Lookup = wanted.get
-            if (
-                wanted.keys().isdisjoint(CONTEXT_HEADERS)
-                and draw * 100.0 >= self._observer.sampling
-            ):
-                # The usual request: no context, not sampled. What `decide` would conclude.
-                trace_id, span_id, rid_hex = fresh_ids()
-                out = unsampled_headers(trace_id, span_id, b3_single=False)
-                if not get("x-request-id"):
-                    out.append(("x-request-id", format_request_id(rid_hex)))
-                return _UnsampledSpan(out)
+            names = wanted.keys()
+            if names.isdisjoint(CONTEXT_HEADERS):
+                if draw * 100.0 >= self._observer.sampling:
+                    # The usual first hop: no context, not sampled. What `decide` would conclude.
+                    trace_id, span_id, rid_hex = fresh_ids()
+                    out = unsampled_headers(trace_id, span_id, b3_single=False)
+                    if not get("x-request-id"):
+                        out.append(("x-request-id", format_request_id(rid_hex)))
+                    return _UnsampledSpan(out)
+            elif "traceparent" in names and names.isdisjoint(FORCE_HEADERS):
+                parent = parse_traceparent(wanted["traceparent"])
+                if parent is not None and not parent[2]:
+                    # The usual later hop: the caller's W3C context says not sampled, and it
+                    # wins over any B3 headers. What `decide` would conclude: the context goes
+                    # on as it came.
+                    if get("x-request-id"):
+                        return _AS_IT_CAME
+                    return _UnsampledSpan([("x-request-id", request_id())])
         else:
             get = headers.get
         decision = decide(get, self._observer.sampling, draw)

@@ -94,17 +94,35 @@ def test_response_framing_depends_on_status_and_method(
 @pytest.mark.parametrize(
     ("raw", "why"),
     [
-        (b"HTTP/1.1 200 OK\r\nNo colon\r\n\r\n", "malformed HTTP header line"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length : 3\r\n\r\n", "malformed HTTP header name"),
         (b"HTTP/1.1 200 OK\r\nX: a\nContent-Length: 3\r\n\r\n", "bare CR"),
         (b"HTTP/1.1 200 OK\r\nX: \x00\r\n\r\n", "NUL"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", "conflicting"),
         (b"HTTP/1.1 2000 OK\r\n\r\n", "status line"),
+        (b"HTTP/1.2 200 OK\r\n\r\n", "status line"),
+        (b"HTTP/1.1 2x0 OK\r\n\r\n", "status line"),
+        (b"HTTP/1.1  200 OK\r\n\r\n", "status line"),
+        (b"HTTP/1.1 20\r\n\r\n", "status line"),
+        (b"HTTP/2.0 200 OK\r\n\r\n", "status line"),
+        (b"http/1.1 200 OK\r\n\r\n", "status line"),
     ],
 )
 def test_malformed_responses_are_refused(raw: bytes, why: str) -> None:
     with pytest.raises(InvalidRequest, match=why):
         parse_response_head(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "version", "status", "reason"),
+    [
+        (b"HTTP/1.1 200 OK\r\n\r\n", "1.1", 200, "OK"),
+        (b"HTTP/1.0 404 Not Found\r\n\r\n", "1.0", 404, "Not Found"),
+        (b"HTTP/1.1 204\r\n\r\n", "1.1", 204, ""),
+        (b"HTTP/1.1 500 \r\n\r\n", "1.1", 500, ""),
+    ],
+)
+def test_status_lines(raw: bytes, version: str, status: int, reason: str) -> None:
+    head = parse_response_head(raw)
+    assert (head.version, head.status, head.reason) == (version, status, reason)
 
 
 def test_header_names_are_remembered_lowercased_only_when_valid_and_boundedly() -> None:

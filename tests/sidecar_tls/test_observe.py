@@ -11,7 +11,7 @@ from sidecar_tls.observe import BoundHop, CompositeObserver, Hop, HopSpan
 BASE = Hop(direction="outbound", protocol="http", destination_service="b.default")
 
 
-class _Span:
+class _Span(HopSpan):
     def __init__(self, log: list[tuple[object, ...]], name: str, inject: list[tuple[str, str]]):
         self._log, self._name, self._inject = log, name, inject
 
@@ -22,7 +22,7 @@ class _Span:
         self._log.append((self._name, "finish", status, response_bytes, error))
 
 
-class _Bound:
+class _Bound(BoundHop):
     def __init__(self, obs: _Recorder) -> None:
         self._obs = obs
 

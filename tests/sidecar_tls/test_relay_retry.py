@@ -7,8 +7,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from sidecar_tls.http1 import simple_response
-from sidecar_tls.http_relay import HttpRelay, Prepared, UpstreamLink
+from sidecar_tls.http1 import RequestHead, simple_response
+from sidecar_tls.http_relay import HttpRelay, Prepared, RelayHooks, UpstreamLink
 from sidecar_tls.observe import Hop, NoopObserver
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -48,7 +48,7 @@ async def _server(handler: Handler) -> AsyncIterator[int]:
 _HOP = Hop(direction="outbound", protocol="http")
 
 
-class _Hooks:
+class _Hooks(RelayHooks):
     """The first request goes out on a reused link to `stale_port`; fresh ones to `fresh_port`."""
 
     def __init__(self, stale: UpstreamLink, fresh_port: int) -> None:
@@ -56,7 +56,7 @@ class _Hooks:
         self.fresh_port = fresh_port
         self.opened = 0
 
-    def prepare(self, raw: bytes, head: object) -> Prepared:
+    def prepare(self, raw: bytes, head: RequestHead) -> Prepared:
         return Prepared(NoopObserver().start(_HOP, {}), raw)
 
     def take_upstream(self) -> UpstreamLink | None:
@@ -83,7 +83,7 @@ async def _exchange(stale_port: int, fresh_port: int, request: bytes) -> tuple[b
     hooks = _Hooks(stale, fresh_port)
 
     def relay() -> HttpRelay:
-        r = HttpRelay(hooks)  # type: ignore[arg-type]
+        r = HttpRelay(hooks)
         r.state = "head"  # started at once: no caller to verify here
         return r
 

@@ -211,6 +211,53 @@ def test_parsed_requests_without_context_take_the_same_decision(exported) -> Non
         always.shutdown()
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"",
+        b"X-Request-Id: r-1\r\n",
+        b"X-B3-Sampled: 1\r\n",  # the W3C context wins over B3
+        b"b3: 1\r\n",
+        b"x-client-trace-id: debug-1\r\n",  # forced: sampled whatever the parent says
+        b"x-envoy-force-trace: 1\r\n",
+    ],
+)
+def test_parsed_requests_with_an_unsampled_parent_take_the_same_decision(
+    exported, extra: bytes
+) -> None:
+    """The shortcut for a caller whose traceparent says "not sampled" concludes what `decide`
+    does on the same headers given as a plain mapping."""
+    raw = b"GET / HTTP/1.1\r\nHost: b\r\ntraceparent: " + NOT_SAMPLED["traceparent"].encode()
+    head = parse_request_head(raw + b"\r\n" + extra + b"\r\n")
+    never = _observer(exported, 0.0)
+    try:
+        results = []
+        for headers in (head.lower_map(), dict(head.all_lower())):
+            span = never.start(HOP, headers)
+            injected = dict(span.inject())
+            span.finish(200, 1)
+            assert never.force_flush()
+            rid = injected.pop("x-request-id", None)
+            # a sampled hop's own span id is new each time: keep the trace id, drop the span id
+            context = {k: v.split("-")[1] if k == "traceparent" else v for k, v in injected.items()}
+            forced = b"force" in extra or b"client-trace" in extra
+            if forced:
+                context.pop("x-b3-spanid", None)
+                context.pop("x-b3-parentspanid", None)
+            results.append((context, rid is None, len(exported.get_finished_spans())))
+            exported.clear()
+        assert results[0] == results[1]
+        injected, kept_request_id, spans = results[0]
+        assert spans == (1 if forced else 0)
+        assert kept_request_id == (b"Request-Id" in extra)
+        if forced:
+            assert injected["traceparent"] == TRACE  # the caller's trace, continued
+        else:
+            assert injected == {}  # the caller's context goes on as it came
+    finally:
+        never.shutdown()
+
+
 def test_fresh_ids_are_valid_and_distinct() -> None:
     ids = {fresh_ids() for _ in range(200)}
     assert len(ids) == 200
