@@ -17,6 +17,8 @@ import re
 import shutil
 import signal
 import socket
+import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,13 @@ from cryptography.hazmat.primitives import serialization
 REPO = Path(__file__).resolve().parents[1]
 CONNECTIONS = 32
 DURATION_S = 5
+# This machine's speed drifts by tens of percent from minute to minute: every path runs once per
+# round, and the report gives medians and the per-round mesh/nginx ratios.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+MESH = "meshward sidecars"
+BARE = "  same, telemetry off"  # no metrics, no tracing: what telemetry costs
+RELAY = "uvloop TLS byte relay"  # the floor for Python: mTLS both hops, no HTTP at all
+NGINX = "nginx mTLS pair"
 CLIENT_ID = "spiffe://cluster.local/ns/bench/sa/client"
 SERVER_ID = "spiffe://cluster.local/ns/bench/sa/server"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -175,7 +184,6 @@ def main() -> None:
             raise RuntimeError(f"{tool} is not installed (make system-deps)")
     tmp = Path(tempfile.mkdtemp(prefix="mwsc-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
-    results: list[Result] = []
     try:
         _write_pki(tmp)
         backend = _free_port()
@@ -188,24 +196,42 @@ def main() -> None:
             )
         )
         _wait_port(backend, procs[-1])
-        results.append(_wrk("direct", backend, []))
+        # Every path is up for the whole run; the rounds take turns (see ROUNDS).
+        paths: list[tuple[str, int, list[int]]] = [("direct", backend, [])]
+        for name, roles in (
+            (MESH, ("inbound", "outbound")),
+            (BARE, ("inbound-bare", "outbound-bare")),
+            (RELAY, ("relay-in", "relay-out")),
+        ):
+            inbound, outbound = _free_port(), _free_port()
+            pair = [
+                _sidecar_proc(roles[0], tmp, inbound, backend),
+                _sidecar_proc(roles[1], tmp, outbound, inbound),
+            ]
+            procs.extend(pair)
+            _wait_port(inbound, pair[0])
+            _wait_port(outbound, pair[1])
+            paths.append((name, outbound, [p.pid for p in pair]))
+        n_out = _start_nginx_pair(tmp, backend, procs)
+        paths.append((NGINX, n_out, _nginx_workers(tmp, ("nginx-in", "nginx-out"))))
+        rounds: list[dict[str, Result]] = []
+        for i in range(ROUNDS):
+            # Each round in another order, so a slow spell of the machine hits every path.
+            order = paths[i % len(paths) :] + paths[: i % len(paths)]
+            rounds.append({name: _wrk(name, port, pids) for name, port, pids in order})
+    finally:
+        _stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
+    _report(rounds)
 
-        inbound, outbound = _free_port(), _free_port()
-        sidecars = [
-            _sidecar_proc("inbound", tmp, inbound, backend),
-            _sidecar_proc("outbound", tmp, outbound, inbound),
-        ]
-        procs.extend(sidecars)
-        _wait_port(inbound, sidecars[0])
-        _wait_port(outbound, sidecars[1])
-        results.append(_wrk("meshward sidecars", outbound, [p.pid for p in sidecars]))
-        _stop(sidecars)
 
-        n_in, n_out = _free_port(), _free_port()
-        server_nginx = _nginx(
-            tmp,
-            "nginx-in",
-            f"""
+def _start_nginx_pair(tmp: Path, backend: int, procs: list[subprocess.Popen[bytes]]) -> int:
+    """nginx-out (plain in, mTLS out) -> nginx-in (mTLS in) -> backend; returns nginx-out's port."""
+    n_in, n_out = _free_port(), _free_port()
+    server_nginx = _nginx(
+        tmp,
+        "nginx-in",
+        f"""
   upstream app {{ server 127.0.0.1:{backend}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{n_in} ssl; keepalive_requests 100000;
@@ -215,11 +241,11 @@ def main() -> None:
     location / {{ proxy_pass http://app; proxy_http_version 1.1;
       proxy_set_header Connection ""; proxy_set_header x-forwarded-client-cert $ssl_client_s_dn; }}
   }}""",
-        )
-        client_nginx = _nginx(
-            tmp,
-            "nginx-out",
-            f"""
+    )
+    client_nginx = _nginx(
+        tmp,
+        "nginx-out",
+        f"""
   upstream peer {{ server 127.0.0.1:{n_in}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{n_out}; keepalive_requests 100000;
@@ -229,16 +255,11 @@ def main() -> None:
       proxy_ssl_trusted_certificate {tmp}/root.pem; proxy_ssl_verify on;
       proxy_ssl_name server; proxy_ssl_session_reuse on; }}
   }}""",
-        )
-        procs.extend([server_nginx, client_nginx])
-        _wait_port(n_in, server_nginx)
-        _wait_port(n_out, client_nginx)
-        worker_pids = _nginx_workers(tmp, ("nginx-in", "nginx-out"))
-        results.append(_wrk("nginx mTLS pair", n_out, worker_pids))
-    finally:
-        _stop(procs)
-        shutil.rmtree(tmp, ignore_errors=True)
-    _report(results)
+    )
+    procs.extend([server_nginx, client_nginx])
+    _wait_port(n_in, server_nginx)
+    _wait_port(n_out, client_nginx)
+    return n_out
 
 
 def _nginx_workers(tmp: Path, names: tuple[str, ...]) -> list[int]:
@@ -250,27 +271,45 @@ def _nginx_workers(tmp: Path, names: tuple[str, ...]) -> list[int]:
     return pids
 
 
-def _report(results: list[Result]) -> None:
-    print(f"wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s keep-alive, backend nginx 'ok\\n' (loopback)")
-    print(f"{'path':<20}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}   CPU us/req per proxy   RSS MB")
-    for r in results:
-        cpu = " + ".join(f"{c:.0f}" for c in r.cpu_us_per_req) or "-"
-        rss = " / ".join(f"{m:.1f}" for m in r.rss_mb) or "-"
-        print(f"{r.name:<20}{r.rps:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}   {cpu:<22} {rss}")
-    by = {r.name: r for r in results}
-    mesh, ref = by.get("meshward sidecars"), by.get("nginx mTLS pair")
-    if mesh and ref:
-        print(
-            f"mesh/nginx throughput {mesh.rps / ref.rps:.0%} (target >= 75%), "
-            f"p99 {mesh.p99_ms / ref.p99_ms:.2f}x (target <= 1.5x), "
-            f"max sidecar RSS {max(mesh.rss_mb):.1f} MB (target <= 35 MB)"
+def _report(rounds: list[dict[str, Result]]) -> None:
+    print(
+        f"wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s keep-alive, backend nginx 'ok\\n' (loopback); "
+        f"{len(rounds)} rounds, each path once per round in turn; medians"
+    )
+    print(f"{'path':<26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}   CPU us/req per proxy   RSS MB")
+    for name in rounds[0]:
+        runs = [r[name] for r in rounds]
+        cpu = " + ".join(
+            f"{statistics.median(r.cpu_us_per_req[i] for r in runs):.0f}"
+            for i in range(len(runs[0].cpu_us_per_req))
         )
+        rss = " / ".join(
+            f"{max(r.rss_mb[i] for r in runs):.1f}" for i in range(len(runs[0].rss_mb))
+        )
+        print(
+            f"{name:<26}{statistics.median(r.rps for r in runs):>9.0f}"
+            f"{statistics.median(r.p50_ms for r in runs):>9.2f}"
+            f"{statistics.median(r.p99_ms for r in runs):>9.2f}   {cpu or '-':<22} {rss or '-'}"
+        )
+    # Ratios within each round (the same minutes of the machine), then their median and range.
+    throughput = sorted(r[MESH].rps / r[NGINX].rps for r in rounds)
+    latency = sorted(r[MESH].p99_ms / r[NGINX].p99_ms for r in rounds)
+    rss_max = max(max(r[MESH].rss_mb) for r in rounds)
+    print(
+        f"mesh/nginx throughput {statistics.median(throughput):.0%} "
+        f"(rounds {throughput[0]:.0%}-{throughput[-1]:.0%}; target >= 75%), "
+        f"p99 {statistics.median(latency):.2f}x ({latency[0]:.2f}-{latency[-1]:.2f}x; "
+        f"target <= 1.5x), max sidecar RSS {rss_max:.1f} MB (target <= 35 MB)"
+    )
 
 
 # --- the sidecar processes -------------------------------------------------------------
 
 
 def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
+    if role.startswith("relay-"):
+        _serve_relay(role, tmp, listen, target)
+        return
     # What `meshward sidecar run` imports, so the RSS measured is the real process's.
     import uvloop
     from cryptography import x509
@@ -285,7 +324,7 @@ def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
     from sidecar_tls.sidecar import build_observer
     from sidecar_tls.state import SidecarState
 
-    name = "server" if role == "inbound" else "client"
+    name = "server" if role.startswith("inbound") else "client"
     identity = WorkloadIdentity(
         chain=(x509.load_pem_x509_certificate((tmp / f"{name}.pem").read_bytes()),),
         key=serialization.load_pem_private_key((tmp / f"{name}-key.pem").read_bytes(), None),  # type: ignore[arg-type]
@@ -302,6 +341,10 @@ def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
     observer, _, tracing = build_observer(
         name, "bench", name, "127.0.0.1", None, float(os.environ.get("BENCH_TRACE_SAMPLING", "1"))
     )
+    if role.endswith("-bare"):
+        from sidecar_tls.observe import NoopObserver
+
+        observer, tracing = NoopObserver(), None
     authorizer = InboundAuthorizer("bench", {"app": name})
     authorizer.update([], "istio-system")
 
@@ -317,7 +360,7 @@ def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
                 observer=observer,
                 original_dst=lambda _s: ("127.0.0.1", target),
             ).handle
-            if role == "inbound"
+            if role.startswith("inbound")
             else OutboundProxy(
                 state,
                 workload=name,
@@ -333,6 +376,70 @@ def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
         task.cancel()
         if tracing is not None:
             tracing.shutdown()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
+
+
+def _serve_relay(role: str, tmp: Path, listen: int, target: int) -> None:
+    """A TLS byte relay with uvloop: "relay-in" terminates mTLS, "relay-out" originates it."""
+    import uvloop
+
+    if role == "relay-in":
+        server_ctx: ssl.SSLContext | None = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(tmp / "server.pem", tmp / "server-key.pem")
+        server_ctx.load_verify_locations(tmp / "root.pem")
+        server_ctx.verify_mode = ssl.CERT_REQUIRED
+        client_ctx = None
+    else:
+        server_ctx = None
+        client_ctx = ssl.create_default_context(cafile=str(tmp / "root.pem"))
+        client_ctx.load_cert_chain(tmp / "client.pem", tmp / "client-key.pem")
+        client_ctx.check_hostname = False
+
+    class Side(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.peer: Side | None = None
+            self.transport: asyncio.Transport | None = None
+            self.pending: list[bytes] = []
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport  # type: ignore[assignment]
+
+        def data_received(self, data: bytes) -> None:
+            if self.peer is not None and self.peer.transport is not None:
+                self.peer.transport.write(data)
+            else:
+                self.pending.append(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.peer is not None and self.peer.transport is not None:
+                self.peer.transport.close()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def connect(down: Side) -> None:
+            _, up = await loop.create_connection(Side, "127.0.0.1", target, ssl=client_ctx)
+            up.peer, down.peer = down, up
+            for data in down.pending:
+                assert up.transport is not None
+                up.transport.write(data)
+
+        connecting: set[asyncio.Task[None]] = set()
+
+        def accepted() -> Side:
+            down = Side()
+            task = loop.create_task(connect(down))
+            connecting.add(task)
+            task.add_done_callback(connecting.discard)
+            return down
+
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        server = await loop.create_server(accepted, "127.0.0.1", listen, ssl=server_ctx)
+        await stop.wait()
+        server.close()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run())
