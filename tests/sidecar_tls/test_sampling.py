@@ -85,11 +85,24 @@ def test_forcing_headers_sample_even_against_an_unsampled_parent(force) -> None:
 @pytest.mark.parametrize(
     "value",
     ["garbage", f"00-{'0' * 32}-{PARENT}-01", f"00-{TRACE}-{'0' * 16}-01",
-     f"ff-{TRACE}-{PARENT}-01", f"00-{TRACE}-{PARENT}-01-extra", f"00-{TRACE.upper()}-{PARENT}-01"],
+     f"ff-{TRACE}-{PARENT}-01", f"00-{TRACE}-{PARENT}-01-extra", f"00-{TRACE.upper()}-{PARENT}-01",
+     f"00-{TRACE}-{PARENT}-0g", f"0g-{TRACE}-{PARENT}-01", f"00-{TRACE}-{PARENT}-1",
+     f"00-{TRACE}+{PARENT}-01", f"01-{TRACE}-{PARENT}-01x", f"00-{TRACE[:-1]}-{PARENT}-01",
+     f"00-{TRACE} -{PARENT}-01", ""],
 )  # fmt: skip
 def test_invalid_traceparent_is_no_parent(value) -> None:
     assert parse_traceparent(value) is None
     assert _decide({"traceparent": value}, 0.0, 0.5) == Decision(False, None)
+
+
+@pytest.mark.parametrize(
+    ("value", "sampled"),
+    [(f"00-{TRACE}-{PARENT}-01", True), (f"00-{TRACE}-{PARENT}-00", False),
+     (f" 00-{TRACE}-{PARENT}-03 ", True), (f"01-{TRACE}-{PARENT}-00-future-fields", False),
+     (f"01-{TRACE}-{PARENT}-01", True)],
+)  # fmt: skip
+def test_valid_traceparents(value: str, sampled: bool) -> None:
+    assert parse_traceparent(value) == (TRACE, PARENT, sampled)
 
 
 def test_unsampled_headers_continue_the_trace_with_flags_00() -> None:
