@@ -127,10 +127,11 @@ def _rss_mb(pid: int) -> float:
 
 
 def _ms(value: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", value)
+    """wrk's latency figures ("812.00us", "4.10ms", "1.02s", "1.50m") in milliseconds."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", value)
     if not m:
-        return float("nan")
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+        raise ValueError(f"unreadable wrk latency {value!r}")
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}[m.group(2)]
     return float(m.group(1)) * scale
 
 
@@ -154,8 +155,9 @@ def _wrk(name: str, port: int, pids: list[int]) -> Result:
     if errors:
         print(f"   {name}: {errors.group(0)}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # The latency distribution's own lines: "89.99%" in the thread stats must not match.
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     cpu = [(a - b) / CLK_TCK * 1e6 / max(requests, 1) for a, b in zip(after, before, strict=True)]
     return Result(name, rps, p50, p99, requests, cpu, rss)
 
