@@ -1,4 +1,35 @@
 """Suite-wide setup."""
 
+from __future__ import annotations
+
+import fcntl
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 # Imported early: a late import by the pytest plugin crashed Python 3.11.7 at session end.
 import hypothesis  # noqa: F401
+import pytest
+
+# The netns tests name their namespaces, links and subnets by a fixed prefix per test module, and
+# clean up that prefix's leftovers before they start. Two runs at once on one machine would tear
+# down each other's pods: a run that has netns tests holds this lock, and a second one waits.
+NETNS_LOCK = Path("/run/lock/meshward-netns-tests.lock")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_netns_run_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    if not any(item.get_closest_marker("netns") for item in request.session.items):
+        yield
+        return
+    NETNS_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with NETNS_LOCK.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"\nwaiting for another meshward test run ({NETNS_LOCK})", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
