@@ -169,7 +169,8 @@ def test_node_svid_is_renewed_over_mtls_at_half_life(tmp_path):
         assert renewed.subject == first.subject
         assert renewed.public_key() == first.public_key()  # same node key, new certificate
         assert cert_path.stat().st_mode & 0o777 == 0o600
-        assert "node SVID renewed" in agent.log()
+        # the agent writes the certificate, then logs: the line may trail the file a little
+        wait_until(lambda: "node SVID renewed" in agent.log(), 5, "the renewal logged")
         # and workloads still get SVIDs with the renewed node credential
         source = X509Source(socket_path=agent.endpoint, timeout_in_seconds=20)
         try:
