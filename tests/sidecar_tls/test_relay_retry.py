@@ -4,14 +4,11 @@ closed: once, on a fresh connection, and only for a request without a body."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 
 from sidecar_tls.http1 import RequestHead, simple_response
 from sidecar_tls.http_relay import HttpRelay, Prepared, RelayHooks, UpstreamLink
 from sidecar_tls.observe import Hop, NoopObserver
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+from tests.sidecar_tls.loopback import Handler, serve_app
 
 
 async def _dropper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -34,15 +31,6 @@ def _answering(seen: list[bytes]) -> Handler:
             writer.close()
 
     return app
-
-
-@asynccontextmanager
-async def _server(handler: Handler) -> AsyncIterator[int]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
 
 
 _HOP = Hop(direction="outbound", protocol="http")
@@ -105,7 +93,7 @@ GET = b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"
 
 async def test_request_on_a_connection_the_server_closed_is_sent_once_more() -> None:
     seen: list[bytes] = []
-    async with _server(_dropper) as stale_port, _server(_answering(seen)) as fresh_port:
+    async with serve_app(_dropper) as stale_port, serve_app(_answering(seen)) as fresh_port:
         answer, hooks = await _exchange(stale_port, fresh_port, GET)
     assert answer.startswith(b"HTTP/1.1 200 OK")
     assert answer.endswith(b"ok")
@@ -114,7 +102,7 @@ async def test_request_on_a_connection_the_server_closed_is_sent_once_more() -> 
 
 
 async def test_the_retry_happens_once_only() -> None:
-    async with _server(_dropper) as stale_port, _server(_dropper) as fresh_port:
+    async with serve_app(_dropper) as stale_port, serve_app(_dropper) as fresh_port:
         answer, hooks = await _exchange(stale_port, fresh_port, GET)
     assert answer.startswith(b"HTTP/1.1 503 ")
     assert b"upstream reset before responding" in answer
@@ -124,7 +112,7 @@ async def test_the_retry_happens_once_only() -> None:
 async def test_a_request_with_a_body_is_not_sent_twice() -> None:
     seen: list[bytes] = []
     post = b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc"
-    async with _server(_dropper) as stale_port, _server(_answering(seen)) as fresh_port:
+    async with serve_app(_dropper) as stale_port, serve_app(_answering(seen)) as fresh_port:
         answer, hooks = await _exchange(stale_port, fresh_port, post)
     assert answer.startswith(b"HTTP/1.1 503 ")
     assert seen == []
