@@ -487,30 +487,25 @@ class HttpRelay:
 
     def _fail_response(self, reason: str) -> None:
         log.info("bad response from upstream: %s", reason)
-        if self.up is not None:
-            self.up.owner = None
-            self.up.close()
-            self.up = None
-        if self._span is not None:
-            self._span.finish(502, 0, reason)
-            self._span = None
-        if self.down is not None and self._resp_head is None and self.state != "closed":
-            self.down.write(simple_response(502, "Bad Gateway", f"{reason}\n", close=True))
-        self._close_down()
+        self._abandon(502, "Bad Gateway", reason)
 
     def _bad_request_body(self, reason: str) -> None:
-        """A request body whose end cannot be told (bad chunking): neither connection can carry
-        another message, so both close; the client gets a 400 unless a response began."""
+        """A request body whose end cannot be told (bad chunking)."""
         log.info("bad request body from downstream: %s", reason)
+        self._abandon(400, "Bad Request", reason)
+
+    def _abandon(self, status: int, phrase: str, reason: str) -> None:
+        """Neither connection can carry another message: the upstream is dropped, the span ends
+        with `status`, the client gets `status` unless a response began, and it is closed."""
         if self.up is not None:
             self.up.owner = None
             self.up.close()
             self.up = None
         if self._span is not None:
-            self._span.finish(400, 0, reason)
+            self._span.finish(status, 0, reason)
             self._span = None
-        if self._resp_head is None:
-            self._answer_and_close(400, "Bad Request", reason)
+        if self._resp_head is None and self.state != "closed":
+            self._answer_and_close(status, phrase, reason)
         else:
             self._close_down()
 
