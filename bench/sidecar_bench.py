@@ -322,6 +322,7 @@ def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
     from sidecar_tls.identity import StaticSvidSource, WorkloadIdentity
     from sidecar_tls.inbound import InboundProxy
     from sidecar_tls.net import listen_socket, serve_accepts
+    from sidecar_tls.observe import HopObserver, NoopObserver
     from sidecar_tls.outbound import OutboundProxy
     from sidecar_tls.sidecar import build_observer
     from sidecar_tls.state import SidecarState
@@ -340,13 +341,18 @@ def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
     state = SidecarState(StaticSvidSource(identity), snapshot)
     # The observers `meshward sidecar run` builds: metrics and tracing at the default sampling
     # (no collector: sampled spans are made, then dropped), and the (empty) authorization policy.
-    observer, _, tracing = build_observer(
-        name, "bench", name, "127.0.0.1", None, float(os.environ.get("BENCH_TRACE_SAMPLING", "1"))
-    )
-    if role.endswith("-bare"):
-        from sidecar_tls.observe import NoopObserver
-
-        observer, tracing = NoopObserver(), None
+    # The "-bare" roles observe nothing: what telemetry costs.
+    observer: HopObserver = NoopObserver()
+    tracing = None
+    if not role.endswith("-bare"):
+        observer, _, tracing = build_observer(
+            name,
+            "bench",
+            name,
+            "127.0.0.1",
+            None,
+            float(os.environ.get("BENCH_TRACE_SAMPLING", "1")),
+        )
     authorizer = InboundAuthorizer("bench", {"app": name})
     authorizer.update([], "istio-system")
 
