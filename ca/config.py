@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from ca.durations import parse_duration
-from ca.mesh_state import DEFAULT_ROOT_NAMESPACE
 from ca.rate_limit import DEFAULT_BURST, DEFAULT_RATE
 from meshward_common import ports
 from meshward_common.errors import ConfigError, SpiffeIdError
 from meshward_common.spiffe_id import DEFAULT_TRUST_DOMAIN, validate_name, validate_trust_domain
 from meshward_common.yaml_lines import LineDict, load_file
+from policy.model import DEFAULT_ROOT_NAMESPACE
 
 DEFAULT_LISTEN = f"127.0.0.1:{ports.CONTROL_PLANE}"
 DEFAULT_STATE_DIR = "/var/lib/meshward/ca"

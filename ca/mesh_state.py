@@ -10,20 +10,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from meshward_common.errors import ConfigError
 from meshward_common.protos import meshward_discovery_pb2 as pb
 from meshward_common.registry import Registry, load_registry
+from policy import parse_text
+from policy.model import DEFAULT_ROOT_NAMESPACE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROOT_NAMESPACE = "istio-system"
 POLL_INTERVAL = 0.25
-
-Validator = Callable[[str, str], object]
 
 
 def build_mesh_state(
@@ -61,16 +60,6 @@ def build_mesh_state(
     return state
 
 
-def _load_validator() -> Validator | None:
-    # The policy engine is another component's package; take it if it is installed.
-    try:
-        from policy import validate_text
-    except ImportError:
-        log.warning("policy package not importable: policy files are served unvalidated")
-        return None
-    return validate_text
-
-
 @dataclass(frozen=True)
 class _Stamp:
     mtime_ns: int
@@ -103,7 +92,6 @@ class MeshStateSource:
         self.registry = Registry()
         self._policies: dict[str, str] = {}
         self._stamps: dict[Path, _Stamp | None] = {}
-        self._validator = _load_validator() if policy_dir is not None else None
         self.changed = asyncio.Condition()
         self.state = build_mesh_state(self.registry, {}, trust_domain, root_namespace)
 
@@ -151,8 +139,7 @@ class MeshStateSource:
             self._stamps[path] = stamp
             try:
                 text = path.read_text()
-                if self._validator is not None:
-                    self._validator(text, str(path))
+                parse_text(text, str(path))
             except ConfigError as exc:
                 log.error("policy refused, keeping the last good version: %s", exc)
                 continue

@@ -1,15 +1,16 @@
 """policy: Istio AuthorizationPolicy and PeerAuthentication, parsed and decided purely.
 
-`validate_text` is what the control plane calls on every file of its policy directory before it
+`parse_text` is what the control plane calls on every file of its policy directory before it
 streams the file to the mesh; the sidecar's adapter (`sidecar_tls.authz`) and `meshward authz`
-build on `policy.engine` and `policy.peer_auth`.
+decide with `policy.engine` on a `policy.request.Request`, and resolve mTLS modes with
+`policy.peer_auth`.
 """
 
 from __future__ import annotations
 
-from policy.engine import Decision, PolicySet, Request, Workload, decide
-from policy.model import Resource
+from policy.engine import Decision, PolicySet, Workload, decide
 from policy.parse import PolicyFileError, Problem, parse_text
+from policy.request import Request
 
 __all__ = [
     "Decision",
@@ -20,11 +21,4 @@ __all__ = [
     "Workload",
     "decide",
     "parse_text",
-    "validate_text",
 ]
-
-
-def validate_text(text: str, source: str) -> tuple[Resource, ...]:
-    """The policies in `text`, or PolicyFileError (a ConfigError) whose message is every
-    `source:line: field: reason`, `; `-joined, and whose `.problems` lists them one by one."""
-    return parse_text(text, source)

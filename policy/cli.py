@@ -13,10 +13,11 @@ from typing import Any
 
 import click
 
-from policy.engine import Decision, PolicySet, Request, RuleMatch, Workload, decide
+from policy.engine import Decision, PolicySet, RuleMatch, Workload, decide
 from policy.loader import load_paths
 from policy.model import DEFAULT_ROOT_NAMESPACE
 from policy.peer_auth import resolve_mtls
+from policy.request import Request
 
 EXIT_ALLOW, EXIT_DENY, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -108,11 +109,10 @@ def check(
     policy_set = PolicySet.of(loaded.resources, root_namespace)
     workload = Workload(namespace, _pairs(labels, "=", "KEY=VALUE"))
     request = Request(
-        workload=workload,
-        source_principal=principal,
-        source_ip=source_ip,
-        destination_ip=destination_ip,
-        destination_port=port,
+        principal,
+        source_ip,
+        destination_ip,
+        port,
         is_http=not tcp,
         method="" if tcp else method,
         path="" if tcp else path_,
@@ -120,7 +120,7 @@ def check(
         headers={} if tcp else _pairs(headers, ":", "'Name: value'"),
         sni=sni,
     )
-    decision = decide(policy_set, request)
+    decision = decide(policy_set, workload, request)
     mtls = resolve_mtls(
         policy_set.peer_authentication,
         namespace,

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from policy.matchers import Attributes, Predicate, compile_constraint, normalize_path, parse_ip
+from policy.matchers import Attributes, Predicate, compile_constraint
 from policy.model import (
     DEFAULT_ROOT_NAMESPACE,
     Action,
@@ -24,32 +24,13 @@ from policy.model import (
     Rule,
     selects,
 )
-
-SPIFFE_PREFIX = "spiffe://"
+from policy.request import Request, attributes
 
 
 @dataclass(frozen=True)
 class Workload:
     namespace: str
     labels: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Request:
-    """One request (HTTP) or connection (TCP) arriving at `workload`."""
-
-    workload: Workload
-    source_principal: str = ""  # caller's verified SPIFFE ID, with or without spiffe://
-    source_ip: str = ""
-    remote_ip: str = ""  # original client; "" means the same as source_ip (no trusted proxies)
-    destination_ip: str = ""
-    destination_port: int = 0
-    is_http: bool = True
-    method: str = ""
-    path: str = ""
-    host: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    sni: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,36 +58,10 @@ class Decision:
     def policy(self) -> str | None:
         return self.match.policy if self.match else None
 
-
-def attributes(request: Request) -> Attributes:
-    """Normalise a request once: principal without scheme, namespace from it, parsed IPs."""
-    principal = request.source_principal
-    if principal.startswith(SPIFFE_PREFIX):
-        principal = principal[len(SPIFFE_PREFIX) :]
-    source_ip = parse_ip(request.source_ip)
-    return Attributes(
-        principal=principal,
-        source_namespace=namespace_of(principal),
-        source_ip=source_ip,
-        remote_ip=parse_ip(request.remote_ip) if request.remote_ip else source_ip,
-        destination_ip=parse_ip(request.destination_ip),
-        destination_port=request.destination_port,
-        sni=request.sni,
-        is_http=request.is_http,
-        method=request.method,
-        path=normalize_path(request.path),
-        host=request.host.lower(),
-        headers={k.lower(): v for k, v in request.headers.items()},
-    )
-
-
-def namespace_of(principal: str) -> str:
-    """The namespace in an Istio identity `<td>/ns/<namespace>/sa/<sa>`, or ""."""
-    parts = principal.split("/")
-    for i in range(1, len(parts) - 1):
-        if parts[i] == "ns":
-            return parts[i + 1]
-    return ""
+    @property
+    def audit(self) -> bool:
+        """Whether an AUDIT policy matched."""
+        return bool(self.audits)
 
 
 @dataclass(frozen=True)
@@ -231,7 +186,8 @@ class PolicySet:
         return WorkloadPolicies(self.selecting(workload))
 
 
-def decide(policies: PolicySet, request: Request) -> Decision:
-    """Istio's decision for one request. Pure; compiles the selected policies each call, so
-    per-request callers should keep `policies.for_workload(...)` and call its `decide`."""
-    return policies.for_workload(request.workload).decide(attributes(request))
+def decide(policies: PolicySet, workload: Workload, request: Request) -> Decision:
+    """Istio's decision for one request arriving at `workload`. Pure; compiles the selected
+    policies each call, so per-request callers (the sidecar) keep `policies.for_workload(...)`
+    and call its `decide` with `attributes(request)`."""
+    return policies.for_workload(workload).decide(attributes(request))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from meshward_common.errors import ConfigError
 from meshward_common.yaml_lines import yaml_files
-from policy.model import Resource
+from policy.model import Resource, first_of_each
 from policy.parse import PolicyFileError, Problem, parse_text
 
 
@@ -42,31 +42,17 @@ def load_paths(paths: Iterable[Path]) -> Loaded:
                 out.resources.extend(parse_text(text, str(file)))
             except PolicyFileError as exc:
                 out.problems.extend(exc.problems)
-    _report_duplicates(out)
-    return out
-
-
-def _report_duplicates(loaded: Loaded) -> None:
-    """The same kind/namespace/name in two files: Kubernetes would keep one object; we refuse the
-    later one, since which of the two the user meant is a guess."""
-    first: dict[tuple[str, str], Resource] = {}
-    kept: list[Resource] = []
-    for r in loaded.resources:
-        ident = (type(r).__name__, r.key)
-        if ident in first:
-            earlier = first[ident]
-            loaded.problems.append(
-                Problem(
-                    r.source,
-                    r.line,
-                    "metadata.name",
-                    f"{ident[0]} {r.key} is already defined at {earlier.source}:{earlier.line}",
-                )
+    out.resources, repeats = first_of_each(out.resources)
+    for repeat, first in repeats:
+        out.problems.append(
+            Problem(
+                repeat.source,
+                repeat.line,
+                "metadata.name",
+                f"{repeat.kind} {repeat.key} is already defined at {first.source}:{first.line}",
             )
-            continue
-        first[ident] = r
-        kept.append(r)
-    loaded.resources = kept
+        )
+    return out
 
 
 def load_strict(paths: Iterable[Path]) -> list[Resource]:

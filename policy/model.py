@@ -7,7 +7,7 @@ three, and the same attribute written as `principals` or as `when: source.princi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -90,6 +90,10 @@ class AuthorizationPolicy:
     line: int = 0
 
     @property
+    def kind(self) -> str:
+        return "AuthorizationPolicy"
+
+    @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
@@ -105,6 +109,10 @@ class PeerAuthentication:
     line: int = 0
 
     @property
+    def kind(self) -> str:
+        return "PeerAuthentication"
+
+    @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
@@ -117,3 +125,24 @@ def selects(match_labels: Mapping[str, str] | None, labels: Mapping[str, str]) -
     if not match_labels:
         return True
     return all(labels.get(k) == v for k, v in match_labels.items())
+
+
+def first_of_each(
+    resources: Iterable[Resource],
+) -> tuple[list[Resource], list[tuple[Resource, Resource]]]:
+    """The resources with each kind/namespace/name kept once, the first seen (Kubernetes has one
+    object per name; which of two the user meant is a guess, so the later one is refused), and
+    every later one paired with the one it repeats. Callers say what a repeat means: a problem of
+    the file (parse, lint) or one line of log (the sidecar keeps serving)."""
+    first: dict[tuple[str, str], Resource] = {}
+    kept: list[Resource] = []
+    repeats: list[tuple[Resource, Resource]] = []
+    for r in resources:
+        ident = (r.kind, r.key)
+        earlier = first.get(ident)
+        if earlier is not None:
+            repeats.append((r, earlier))
+            continue
+        first[ident] = r
+        kept.append(r)
+    return kept, repeats

@@ -22,6 +22,7 @@ from policy.model import (
     PeerMode,
     Resource,
     Rule,
+    first_of_each,
 )
 from policy.vocabulary import (
     API_VERSIONS,
@@ -74,16 +75,12 @@ def parse_text(text: str, source: str) -> tuple[Resource, ...]:
         resource = parser.document(doc, index)
         if resource is not None:
             resources.append(resource)
-    seen: dict[tuple[str, str], int] = {}
-    for r in resources:
-        ident = (type(r).__name__, r.key)
-        if ident in seen:
-            parser.problem(
-                r.line,
-                "metadata.name",
-                f"{ident[0]} {r.key} is defined twice (first at line {seen[ident]})",
-            )
-        seen[ident] = r.line
+    for repeat, first in first_of_each(resources)[1]:
+        parser.problem(
+            repeat.line,
+            "metadata.name",
+            f"{repeat.kind} {repeat.key} is defined twice (first at line {first.line})",
+        )
     if parser.problems:
         raise PolicyFileError(sorted(parser.problems, key=lambda p: p.line))
     return tuple(resources)

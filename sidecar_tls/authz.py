@@ -1,6 +1,9 @@
 """The sidecar's enforcement adapter: Istio authorization and PeerAuthentication for one workload.
 
-The sidecar calls `update()` with the policy files of every MeshState it receives and `check()`
+What is the sidecar's own lives here: the last good version of every policy document of the
+MeshStates it receives, and the per-request call. The request type, its attributes, the decision
+and duplicate detection are `policy`'s, the same code `meshward authz check` and the decision
+tests run. The sidecar calls `update()` with the policy files of every MeshState and `check()`
 per inbound HTTP request or TCP connection. `update()` does all the work (parse, select, compile)
 so that `check()` only normalises the request and runs precompiled predicates. A document that
 fails to parse is logged once and its last good version stays in force, so a bad edit never opens
@@ -10,49 +13,19 @@ or closes anything by itself.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import KW_ONLY, dataclass, field
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from meshward_common.errors import ConfigError
-from policy.engine import PolicySet, Workload, WorkloadPolicies, namespace_of
-from policy.matchers import Attributes, normalize_path, parse_ip
-from policy.model import DEFAULT_ROOT_NAMESPACE, Resource
+from policy.engine import Decision, PolicySet, Workload, WorkloadPolicies
+from policy.model import DEFAULT_ROOT_NAMESPACE, MtlsMode, Resource, first_of_each
 from policy.parse import parse_text
 from policy.peer_auth import resolve_mtls
+from policy.request import Request, attributes
 
 log = logging.getLogger(__name__)
 
-MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
-SPIFFE_PREFIX = "spiffe://"
-
-
-@dataclass(frozen=True)
-class AuthzRequest:
-    source_principal: str  # full "spiffe://..." or "" if plaintext
-    source_ip: str
-    destination_ip: str
-    destination_port: int
-    _: KW_ONLY
-    is_http: bool
-    sni: str = ""
-    method: str = ""
-    path: str = ""
-    host: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class AuthzDecision:
-    allowed: bool
-    reason: str
-    policy: str | None  # namespace/name of the policy that decided, if one did
-    audit: bool  # an AUDIT policy matched (and was logged)
-
-
-_NO_POLICY = AuthzDecision(
-    True, "allowed: no authorization policy selects the workload", None, False
-)
+_NO_POLICY = Decision(True, "allowed: no authorization policy selects the workload")
 
 
 @dataclass(frozen=True)
@@ -91,7 +64,15 @@ class InboundAuthorizer:
                 if previous is not None:
                     good[source] = previous
         self._good = good
-        resources = _without_duplicates(r for _, parsed in good.values() for r in parsed)
+        resources, repeats = first_of_each(r for _, parsed in good.values() for r in parsed)
+        for repeat, first in repeats:
+            log.warning(
+                "%s %s in %s ignored: already defined in %s",
+                repeat.kind,
+                repeat.key,
+                repeat.source,
+                first.source,
+            )
         policy_set = PolicySet.of(resources, root)
         # One assignment swaps the whole state, so a concurrent check() sees old or new, never half.
         self._state = _State(policy_set.for_workload(self.workload), policy_set)
@@ -101,30 +82,11 @@ class InboundAuthorizer:
         allows everything, so callers may skip building the request."""
         return not self._state.policies.empty
 
-    def check(self, req: AuthzRequest) -> AuthzDecision:
+    def check(self, req: Request) -> Decision:
         state = self._state
         if state.policies.empty:
             return _NO_POLICY
-        principal = req.source_principal
-        if principal.startswith(SPIFFE_PREFIX):
-            principal = principal[len(SPIFFE_PREFIX) :]
-        source_ip = parse_ip(req.source_ip)
-        attrs = Attributes(
-            principal=principal,
-            source_namespace=namespace_of(principal) if principal else "",
-            source_ip=source_ip,
-            remote_ip=source_ip,  # no trusted proxies in front of a sidecar
-            destination_ip=parse_ip(req.destination_ip),
-            destination_port=req.destination_port,
-            sni=req.sni,
-            is_http=req.is_http,
-            method=req.method,
-            path=normalize_path(req.path) if req.is_http else "",
-            host=req.host.lower(),
-            # Lowercased on first use: only a rule on request.headers pays for it.
-            headers=_LowerHeaders(req.headers),
-        )
-        decision = state.policies.decide(attrs)
+        decision = state.policies.decide(attributes(req))
         for audit in decision.audits:
             log.info(
                 "AUDIT %s matched: from %r %s %s %s -> %s",
@@ -135,9 +97,7 @@ class InboundAuthorizer:
                 req.destination_port,
                 "allowed" if decision.allowed else "denied",
             )
-        return AuthzDecision(
-            decision.allowed, decision.reason, decision.policy, bool(decision.audits)
-        )
+        return decision
 
     def mtls_mode(self, port: int) -> MtlsMode:
         state = self._state
@@ -154,45 +114,3 @@ class InboundAuthorizer:
             )
             state.modes[port] = mode
         return mode
-
-
-class _LowerHeaders(Mapping[str, str]):
-    """A request's headers by lowercase name, built on first lookup."""
-
-    __slots__ = ("_lower", "_raw")
-
-    def __init__(self, raw: Mapping[str, str]) -> None:
-        self._raw = raw
-        self._lower: dict[str, str] | None = None
-
-    def _map(self) -> dict[str, str]:
-        if self._lower is None:
-            self._lower = {k.lower(): v for k, v in self._raw.items()}
-        return self._lower
-
-    def __getitem__(self, name: str) -> str:
-        return self._map()[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._map()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._map())
-
-    def __len__(self) -> int:
-        return len(self._map())
-
-
-def _without_duplicates(resources: Iterable[Resource]) -> list[Resource]:
-    seen: dict[tuple[str, str], str] = {}
-    out: list[Resource] = []
-    for r in resources:
-        ident = (type(r).__name__, r.key)
-        if ident in seen:
-            log.warning(
-                "%s %s in %s ignored: already defined in %s", ident[0], r.key, r.source, seen[ident]
-            )
-            continue
-        seen[ident] = r.source
-        out.append(r)
-    return out

@@ -18,7 +18,8 @@ from typing import Final
 
 from meshward_common import ports
 from meshward_common.errors import Unauthenticated
-from sidecar_tls.authz import AuthzRequest, InboundAuthorizer
+from policy.request import Request
+from sidecar_tls.authz import InboundAuthorizer
 from sidecar_tls.http1 import (
     RequestHead,
     looks_like_http,
@@ -181,7 +182,7 @@ class InboundProxy:
 
     async def _tcp(self, down: Streams, caller: Caller, port: int) -> None:
         decision = self.authorizer.check(
-            AuthzRequest(
+            Request(
                 _principal(caller),
                 caller.ip,
                 self.pod_ip,
@@ -249,7 +250,7 @@ class _InboundHooks(RelayHooks):
         # request to build per request.
         decision = (
             authorizer.check(
-                AuthzRequest(
+                Request(
                     self.principal,
                     caller.ip,
                     proxy.pod_ip,

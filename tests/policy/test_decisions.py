@@ -6,11 +6,13 @@ and the expected decision with the policy that decided it (None: no rule decided
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import pytest
 
-from policy import PolicySet, Request, Workload, decide, parse_text
+from policy import Decision, PolicySet, Request, Workload, decide, parse_text
+from sidecar_tls.authz import InboundAuthorizer
 
 HTTPBIN = Workload("foo", {"app": "httpbin", "version": "v1"})
 TCP_ECHO = Workload("foo", {"app": "tcp-echo"})
@@ -191,18 +193,32 @@ POLICIES: dict[str, str] = {
 }
 
 
-def _req(workload: Workload = HTTPBIN, **kw: Any) -> Request:
+class Case(NamedTuple):
+    """A request and the workload it arrives at."""
+
+    workload: Workload
+    request: Request
+
+
+def _req(workload: Workload = HTTPBIN, **kw: Any) -> Case:
     defaults: dict[str, Any] = {
         "source_principal": SLEEP,
+        "source_ip": "",
+        "destination_ip": "",
+        "destination_port": 8000,
+        "is_http": True,
         "method": "GET",
         "path": "/",
-        "destination_port": 8000,
     }
-    return Request(workload=workload, **{**defaults, **kw})
+    return Case(workload, Request(**{**defaults, **kw}))
+
+
+def _decide(policies: PolicySet, case: Case) -> Decision:
+    return decide(policies, case.workload, case.request)
 
 
 # (id, policies, request, expected decision, deciding policy)
-VECTORS: list[tuple[str, list[str], Request, str, str | None]] = [
+VECTORS: list[tuple[str, list[str], Case, str, str | None]] = [
     ("no policies allow", [], _req(), "ALLOW", None),
     ("allow-nothing denies", ["allow-nothing"], _req(), "DENY", None),
     (
@@ -652,16 +668,32 @@ VECTORS: list[tuple[str, list[str], Request, str, str | None]] = [
 ]
 
 
+def _by_policy_decide(names: list[str], case: Case) -> Decision:
+    resources = [r for n in names for r in parse_text(POLICIES[n], f"{n}.yaml")]
+    return _decide(PolicySet.of(resources), case)
+
+
+def _by_sidecar(names: list[str], case: Case) -> Decision:
+    """The code the sidecar enforces with: policy documents as a MeshState carries them."""
+    authorizer = InboundAuthorizer(case.workload.namespace, case.workload.labels)
+    authorizer.update([(f"{n}.yaml", POLICIES[n]) for n in names], "istio-system")
+    return authorizer.check(case.request)
+
+
+@pytest.mark.parametrize("via", [_by_policy_decide, _by_sidecar], ids=["decide", "sidecar"])
 @pytest.mark.parametrize(
-    ("names", "request_", "expected", "policy"),
+    ("names", "case", "expected", "policy"),
     [v[1:] for v in VECTORS],
     ids=[v[0] for v in VECTORS],
 )
 def test_decision_vector(
-    names: list[str], request_: Request, expected: str, policy: str | None
+    via: Callable[[list[str], Case], Decision],
+    names: list[str],
+    case: Case,
+    expected: str,
+    policy: str | None,
 ) -> None:
-    resources = [r for n in names for r in parse_text(POLICIES[n], f"{n}.yaml")]
-    decision = decide(PolicySet.of(resources), request_)
+    decision = via(names, case)
     assert ("ALLOW" if decision.allowed else "DENY") == expected, decision.reason
     assert decision.policy == policy, decision.reason
 
@@ -670,16 +702,16 @@ def test_audit_match_is_reported_and_names_the_rule() -> None:
     resources = parse_text(
         POLICIES["audit-admin"] + "---\n" + POLICIES["deny-method-get"], "p.yaml"
     )
-    decision = decide(PolicySet.of(resources), _req(path="/admin/users"))
+    decision = _decide(PolicySet.of(resources), _req(path="/admin/users"))
     assert not decision.allowed
     assert [a.policy for a in decision.audits] == ["foo/audit-admin"]
     assert decision.audits[0].rule == 0
-    quiet = decide(PolicySet.of(resources), _req(path="/public"))
+    quiet = _decide(PolicySet.of(resources), _req(path="/public"))
     assert quiet.audits == ()
 
 
 def test_decision_explains_policy_rule_and_why() -> None:
-    decision = decide(
+    decision = _decide(
         PolicySet.of(parse_text(POLICIES["httpbin"], "httpbin.yaml")),
         _req(method="POST", path="/data"),
     )
@@ -691,18 +723,18 @@ def test_decision_explains_policy_rule_and_why() -> None:
     )
     assert "methods=['POST']" in decision.match.description
     assert "foo/httpbin rule 0" in decision.reason
-    denied = decide(PolicySet.of(parse_text(POLICIES["httpbin"], "h.yaml")), _req(method="PUT"))
+    denied = _decide(PolicySet.of(parse_text(POLICIES["httpbin"], "h.yaml")), _req(method="PUT"))
     assert "no rule of the ALLOW policies (foo/httpbin) matched" in denied.reason
 
 
 def test_root_namespace_is_configurable() -> None:
     resources = parse_text(_ap("allow-nothing", "", namespace="mesh-root"), "root.yaml")
-    assert decide(PolicySet.of(resources, "mesh-root"), _req(BAR)).allowed is False
+    assert _decide(PolicySet.of(resources, "mesh-root"), _req(BAR)).allowed is False
     # With the default root (istio-system) the same policy is only mesh-root's own.
-    assert decide(PolicySet.of(resources), _req(BAR)).allowed is True
+    assert _decide(PolicySet.of(resources), _req(BAR)).allowed is True
 
 
 def test_v1beta1_is_accepted_like_v1() -> None:
     text = POLICIES["deny-all"].replace("security.istio.io/v1\n", "security.istio.io/v1beta1\n")
     assert "v1beta1" in text
-    assert decide(PolicySet.of(parse_text(text, "b.yaml")), _req()).allowed is False
+    assert _decide(PolicySet.of(parse_text(text, "b.yaml")), _req()).allowed is False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshward_common.errors import ConfigError
-from policy import PolicyFileError, validate_text
+from policy import PolicyFileError, parse_text
 from policy.model import AuthorizationPolicy, PeerAuthentication
 
 GOOD = """\
@@ -72,7 +72,7 @@ spec:
 
 
 def test_every_supported_field_parses_from_a_multi_document_file() -> None:
-    resources = validate_text(GOOD, "good.yaml")
+    resources = parse_text(GOOD, "good.yaml")
     assert len(resources) == 2
     policy, peer = resources
     assert isinstance(policy, AuthorizationPolicy)
@@ -97,7 +97,7 @@ def test_every_supported_field_parses_from_a_multi_document_file() -> None:
 
 
 def test_defaults_namespace_default_and_action_allow() -> None:
-    (policy,) = validate_text(
+    (policy,) = parse_text(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\n",
         "a.yaml",
     )
@@ -111,8 +111,8 @@ def test_defaults_namespace_default_and_action_allow() -> None:
 
 
 def test_empty_text_is_no_policies() -> None:
-    assert validate_text("", "empty.yaml") == ()
-    assert validate_text("---\n---\n", "empty.yaml") == ()
+    assert parse_text("", "empty.yaml") == ()
+    assert parse_text("---\n---\n", "empty.yaml") == ()
 
 
 def _doc(spec: str, kind: str = "AuthorizationPolicy") -> str:
@@ -377,7 +377,7 @@ def test_refusal_names_file_line_field_and_reason(
     text: str, line: int, field: str, reason: str
 ) -> None:
     with pytest.raises(PolicyFileError) as info:
-        validate_text(text, "policies/p.yaml")
+        parse_text(text, "policies/p.yaml")
     problems = info.value.problems
     assert any(p.line == line and p.field == field and reason in p.reason for p in problems), (
         problems
@@ -390,7 +390,7 @@ def test_one_bad_document_refuses_the_whole_file_and_lists_every_problem() -> No
     good = _doc("  action: DENY\n  rules:\n  - {}\n")
     bad = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b}\nspec:\n  action: NOPE\n  rulez: []\n"
     with pytest.raises(PolicyFileError) as info:
-        validate_text(good + "---\n" + bad, "mixed.yaml")
+        parse_text(good + "---\n" + bad, "mixed.yaml")
     fields = [p.field for p in info.value.problems]
     assert fields == ["spec.action", "spec.rulez"]
     assert [p.line for p in info.value.problems] == [14, 15]

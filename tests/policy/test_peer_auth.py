@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from policy import validate_text
+from policy import parse_text
 from policy.model import PeerAuthentication
 from policy.peer_auth import resolve_mtls
 
@@ -26,7 +26,7 @@ def _pa(name: str, namespace: str, mode: str | None, selector: str = "", ports: 
 def _load(*docs: str) -> list[PeerAuthentication]:
     out = []
     for d in docs:
-        for r in validate_text(d, "pa.yaml"):
+        for r in parse_text(d, "pa.yaml"):
             assert isinstance(r, PeerAuthentication)
             out.append(r)
     return out

@@ -6,10 +6,13 @@ actually meet), including wildcards, negations and HTTP-only fields on TCP reque
 
 from __future__ import annotations
 
+import dataclasses
+from typing import NamedTuple
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy import PolicySet, Request, Workload, decide
+from policy import Decision, PolicySet, Request, Workload, decide
 from policy.model import Action, AuthorizationPolicy, Constraint, Rule
 from policy.vocabulary import OPERATION_FIELDS, SOURCE_FIELDS
 
@@ -78,26 +81,39 @@ def policies(draw: st.DrawFn, actions: list[Action]) -> AuthorizationPolicy:
 
 
 @st.composite
-def requests(draw: st.DrawFn) -> Request:
+def requests(draw: st.DrawFn) -> Case:
     principal = draw(
         st.sampled_from(
             ["", "spiffe://cluster.local/ns/foo/sa/a", "spiffe://cluster.local/ns/bar/sa/b"]
         )
     )
     headers = draw(st.sampled_from([{}, {"Version": "v1"}, {"version": "v2"}, {"version": ""}]))
-    return Request(
-        workload=Workload(
-            draw(st.sampled_from(NAMESPACES[:2])), {"app": draw(st.sampled_from(["a", "b"]))}
-        ),
-        source_principal=principal,
-        source_ip=draw(st.sampled_from(["10.0.0.5", "10.0.1.1", "192.168.0.1"])),
-        destination_port=draw(st.sampled_from([80, 9000, 8080])),
-        is_http=draw(st.booleans()),
-        method=draw(st.sampled_from(["GET", "POST", "PUT"])),
-        path=draw(st.sampled_from(["/", "/admin/x", "/img.png", "/other"])),
-        host=draw(st.sampled_from(["httpbin.foo", "a.foo", "x.bar"])),
-        headers=headers,
+    workload = Workload(
+        draw(st.sampled_from(NAMESPACES[:2])), {"app": draw(st.sampled_from(["a", "b"]))}
     )
+    return Case(
+        workload,
+        Request(
+            principal,
+            draw(st.sampled_from(["10.0.0.5", "10.0.1.1", "192.168.0.1"])),
+            "",
+            draw(st.sampled_from([80, 9000, 8080])),
+            is_http=draw(st.booleans()),
+            method=draw(st.sampled_from(["GET", "POST", "PUT"])),
+            path=draw(st.sampled_from(["/", "/admin/x", "/img.png", "/other"])),
+            host=draw(st.sampled_from(["httpbin.foo", "a.foo", "x.bar"])),
+            headers=headers,
+        ),
+    )
+
+
+class Case(NamedTuple):
+    workload: Workload
+    request: Request
+
+
+def _decide(policies: PolicySet, case: Case) -> Decision:
+    return decide(policies, case.workload, case.request)
 
 
 ANY: list[Action] = ["ALLOW", "DENY", "AUDIT"]
@@ -107,12 +123,12 @@ SETTINGS = settings(max_examples=100, deadline=None)
 @SETTINGS
 @given(st.lists(policies(ANY), max_size=5), policies(["DENY"]), requests())
 def test_a_deny_match_always_denies(
-    others: list[AuthorizationPolicy], deny: AuthorizationPolicy, request: Request
+    others: list[AuthorizationPolicy], deny: AuthorizationPolicy, request: Case
 ) -> None:
-    alone = decide(PolicySet.of([deny]), request)
+    alone = _decide(PolicySet.of([deny]), request)
     if alone.allowed:
         return  # the DENY policy does not match this request; nothing to prove here
-    combined = decide(PolicySet.of([*others, deny]), request)
+    combined = _decide(PolicySet.of([*others, deny]), request)
     assert not combined.allowed
     assert combined.match is not None
     assert combined.match.action == "DENY"
@@ -121,10 +137,10 @@ def test_a_deny_match_always_denies(
 @SETTINGS
 @given(st.lists(policies(["DENY", "AUDIT"]), max_size=6), requests())
 def test_without_allow_policies_only_a_deny_match_denies(
-    policy_list: list[AuthorizationPolicy], request: Request
+    policy_list: list[AuthorizationPolicy], request: Case
 ) -> None:
-    decision = decide(PolicySet.of(policy_list), request)
-    any_deny_matches = any(not decide(PolicySet.of([p]), request).allowed for p in policy_list)
+    decision = _decide(PolicySet.of(policy_list), request)
+    any_deny_matches = any(not _decide(PolicySet.of([p]), request).allowed for p in policy_list)
     assert decision.allowed is (not any_deny_matches)
     if decision.allowed:
         assert decision.match is None
@@ -135,10 +151,10 @@ def test_without_allow_policies_only_a_deny_match_denies(
 @SETTINGS
 @given(st.lists(policies(ANY), max_size=5), policies(["ALLOW"]), requests())
 def test_adding_an_allow_policy_never_allows_more(
-    base: list[AuthorizationPolicy], added: AuthorizationPolicy, request: Request
+    base: list[AuthorizationPolicy], added: AuthorizationPolicy, request: Case
 ) -> None:
-    before = decide(PolicySet.of(base), request)
-    after = decide(PolicySet.of([*base, added]), request)
+    before = _decide(PolicySet.of(base), request)
+    after = _decide(PolicySet.of([*base, added]), request)
     selected = added in PolicySet.of([added]).selecting(request.workload)
     if not selected:
         # Another workload's ALLOW policy changes nothing here.
@@ -152,22 +168,22 @@ def test_adding_an_allow_policy_never_allows_more(
 @SETTINGS
 @given(st.lists(policies(ANY), max_size=5), requests())
 def test_audit_policies_never_change_the_decision(
-    policy_list: list[AuthorizationPolicy], request: Request
+    policy_list: list[AuthorizationPolicy], request: Case
 ) -> None:
     without_audit = [p for p in policy_list if p.action != "AUDIT"]
     assert (
-        decide(PolicySet.of(policy_list), request).allowed
-        == decide(PolicySet.of(without_audit), request).allowed
+        _decide(PolicySet.of(policy_list), request).allowed
+        == _decide(PolicySet.of(without_audit), request).allowed
     )
 
 
 @SETTINGS
 @given(st.lists(policies(["ALLOW"]), min_size=1, max_size=4), requests())
 def test_tcp_never_matches_an_allow_rule_that_needs_http(
-    policy_list: list[AuthorizationPolicy], request: Request
+    policy_list: list[AuthorizationPolicy], request: Case
 ) -> None:
-    tcp = Request(**{**request.__dict__, "is_http": False})
-    decision = decide(PolicySet.of(policy_list), tcp)
+    tcp = Case(request.workload, dataclasses.replace(request.request, is_http=False))
+    decision = _decide(PolicySet.of(policy_list), tcp)
     if decision.match is not None:
         rule = next(p for p in policy_list if p.key == decision.match.policy).rules[
             decision.match.rule

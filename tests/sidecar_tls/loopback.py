@@ -10,6 +10,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from policy.engine import Decision, RuleMatch
 from sidecar_tls.authz import InboundAuthorizer
 from sidecar_tls.destinations import MeshSnapshot, MeshWorkload, resolve_destination
 from sidecar_tls.identity import StaticSvidSource, WorkloadIdentity
@@ -104,11 +105,9 @@ class ModeAuthorizer(InboundAuthorizer):
         return bool(self._deny)  # as the real one: no policy, no check
 
     def check(self, req):  # type: ignore[no-untyped-def]
-        from sidecar_tls.authz import AuthzDecision
-
         if req.path in self._deny:
-            return AuthzDecision(False, "denied by test", "test", False)
-        return AuthzDecision(True, "allowed", None, False)
+            return Decision(False, "denied by test", RuleMatch("test", "DENY", 0, "test"))
+        return Decision(True, "allowed")
 
 
 def snapshot(server_id: str = SERVER_ID, address: str = "127.0.0.1") -> MeshSnapshot:

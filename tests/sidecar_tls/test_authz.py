@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from sidecar_tls.authz import AuthzRequest, InboundAuthorizer
+from policy import Request
+from sidecar_tls.authz import InboundAuthorizer
 
 SLEEP = "spiffe://cluster.local/ns/foo/sa/sleep"
 OTHER = "spiffe://cluster.local/ns/bar/sa/other"
@@ -48,8 +49,8 @@ def http(
     path: str = "/",
     port: int = 8000,
     headers: dict[str, str] | None = None,
-) -> AuthzRequest:
-    return AuthzRequest(
+) -> Request:
+    return Request(
         principal,
         "10.213.80.2",
         "10.213.80.3",
@@ -62,8 +63,8 @@ def http(
     )
 
 
-def tcp(principal: str = SLEEP, port: int = 8000) -> AuthzRequest:
-    return AuthzRequest(principal, "10.213.80.2", "10.213.80.3", port, is_http=False)
+def tcp(principal: str = SLEEP, port: int = 8000) -> Request:
+    return Request(principal, "10.213.80.2", "10.213.80.3", port, is_http=False)
 
 
 @pytest.fixture
@@ -215,9 +216,9 @@ def test_mtls_mode_is_strict_unless_a_peer_authentication_says_otherwise() -> No
 
 def test_is_http_is_required_and_fields_after_port_are_keyword_only() -> None:
     with pytest.raises(TypeError):
-        AuthzRequest(SLEEP, "1.1.1.1", "2.2.2.2", 80)  # type: ignore[call-arg]
+        Request(SLEEP, "1.1.1.1", "2.2.2.2", 80)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
-        AuthzRequest(SLEEP, "1.1.1.1", "2.2.2.2", 80, True)  # type: ignore[call-arg]
+        Request(SLEEP, "1.1.1.1", "2.2.2.2", 80, True)  # type: ignore[call-arg]
 
 
 def test_applies_says_whether_any_policy_selects_the_workload() -> None:
@@ -262,3 +263,19 @@ def test_headers_are_not_read_unless_a_rule_uses_them(authorizer: InboundAuthori
     )
     assert by_header.check(http(headers=headers)).allowed
     assert headers.reads == 1
+
+
+def test_a_policy_defined_in_two_documents_is_enforced_once_from_the_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a = InboundAuthorizer("foo", {"app": "httpbin"})
+    allow_all = _ap("same", "  rules:\n  - {}\n")
+    deny_all = _ap("same", "  action: DENY\n  rules:\n  - {}\n")
+    with caplog.at_level(logging.WARNING, logger="sidecar_tls.authz"):
+        a.update([("a.yaml", allow_all), ("b.yaml", deny_all)], "")
+    assert a.check(http()).allowed  # b.yaml's foo/same (a DENY) is the repeat, ignored
+    assert [r.getMessage() for r in caplog.records] == [
+        "AuthorizationPolicy foo/same in b.yaml ignored: already defined in a.yaml"
+    ]
+    a.update([("b.yaml", deny_all)], "")  # a.yaml gone: b.yaml's is the only one, enforced
+    assert not a.check(http()).allowed
