@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,9 @@ from typing import Any
 import click
 
 from ca.config import DEFAULT_STATE_DIR, CaConfig, build_config, read_config_file
-from ca.durations import parse_duration
 from meshward_common import logs
+from meshward_common.clock import utc_now
+from meshward_common.durations import parse_duration
 from meshward_common.errors import ConfigError, MeshwardError
 from meshward_common.spiffe_id import DEFAULT_TRUST_DOMAIN
 
@@ -82,7 +82,7 @@ def join_token(node: str, state_dir: str, ttl: str) -> None:
         lifetime = parse_duration(ttl, "--ttl")
         path = Path(state_dir)
         ensure_state_dir(path)
-        token = JoinTokenStore(path).create(node, lifetime, dt.datetime.now(dt.UTC))
+        token = JoinTokenStore(path).create(node, lifetime, utc_now())
     except MeshwardError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(token)
@@ -97,7 +97,7 @@ def dev_certs(out: Path, trust_domain: str, cluster: str) -> None:
     from ca.dev_certs import write_dev_certs
 
     try:
-        for path in write_dev_certs(out, trust_domain, cluster, dt.datetime.now(dt.UTC)):
+        for path in write_dev_certs(out, trust_domain, cluster, utc_now()):
             click.echo(f"wrote {path}")
     except (MeshwardError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from exc

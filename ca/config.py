@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ca.durations import parse_duration
 from ca.rate_limit import DEFAULT_BURST, DEFAULT_RATE
 from meshward_common import ports
+from meshward_common.addresses import join_host_port, parse_host_port
+from meshward_common.durations import parse_duration
 from meshward_common.errors import ConfigError, SpiffeIdError
 from meshward_common.spiffe_id import DEFAULT_TRUST_DOMAIN, validate_name, validate_trust_domain
 from meshward_common.yaml_lines import LineDict, load_file
@@ -66,20 +67,17 @@ class CaConfig:
 
     @property
     def listen(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port_text = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise ConfigError(f"listen: {value!r} is not HOST:PORT (e.g. 127.0.0.1:15012)")
+    host, port = parse_host_port(value, "listen")
     if host != "localhost":
         try:
             ipaddress.ip_address(host)
         except ValueError as exc:
             raise ConfigError(f"listen: {host!r} is not an IP address") from exc
-    return host, int(port_text)
+    return host, port
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -17,6 +17,8 @@ import ssl
 from dataclasses import dataclass
 from typing import cast
 
+from meshward_common.tls_files import load_cert_chain_pem
+
 log = logging.getLogger(__name__)
 
 # Pause reading from one side while the other side has this much unsent data.
@@ -54,11 +56,11 @@ class PeerTable:
         return len(self._by_port)
 
 
-def server_ssl_context(cert_file: str, key_file: str, bundle_pem: str) -> ssl.SSLContext:
+def server_ssl_context(chain_pem: bytes, key_pem: bytes, bundle_pem: str) -> ssl.SSLContext:
     """TLS 1.2+, ALPN h2, client certificate requested and verified against the bundle if sent."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
+    load_cert_chain_pem(ctx, chain_pem, key_pem)
     ctx.load_verify_locations(cadata=bundle_pem)
     ctx.verify_mode = ssl.CERT_OPTIONAL
     ctx.set_alpn_protocols(["h2"])  # gRPC clients insist on h2

@@ -21,13 +21,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshward_common.errors import InvalidRequest
 from meshward_common.spiffe_id import SpiffeId
+from meshward_common.svid import key_problem
 
 # A P-256 CSR is ~500 bytes and an RSA-4096 one ~1.7 kB in PEM; anything far larger is abuse.
 MAX_CSR_BYTES = 8 * 1024
 # Clocks on nodes drift: a leaf is valid from a little before it was issued.
 BACKDATE = dt.timedelta(seconds=60)
-_ALLOWED_CURVES = ("secp256r1", "secp384r1")
-MIN_RSA_BITS = 2048
 
 
 @dataclass(frozen=True)
@@ -99,15 +98,10 @@ def _load_checked_csr(
 
 
 def check_public_key(key: CertificatePublicKeyTypes) -> None:
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name not in _ALLOWED_CURVES:
-            raise InvalidRequest(f"CSR key is EC on {key.curve.name}; P-256 or P-384 required")
-        return
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise InvalidRequest(f"CSR key is RSA-{key.key_size}; at least RSA-{MIN_RSA_BITS}")
-        return
-    raise InvalidRequest(f"CSR key type {type(key).__name__} is not allowed; use EC P-256 or RSA")
+    """The SVID key rule (`meshward_common.svid.key_problem`), as a refusal of the request."""
+    problem = key_problem(key)
+    if problem:
+        raise InvalidRequest(f"CSR key: {problem}")
 
 
 def effective_ttl(

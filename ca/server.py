@@ -10,13 +10,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 import signal
 import ssl
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,10 +27,12 @@ from ca.join_tokens import JoinTokenStore
 from ca.mesh_state import MeshStateSource
 from ca.metrics import CaMetrics, start_metrics_server
 from ca.rate_limit import RateLimiter
-from ca.service import CertificateService, DiscoveryService, PeerAuthenticator, utc_now
+from ca.service import CertificateService, DiscoveryService, PeerAuthenticator
+from meshward_common.clock import Clock, utc_now
 from meshward_common.protos import istio_ca_pb2_grpc
 from meshward_common.protos import meshward_discovery_pb2_grpc as discovery_pb2_grpc
 from meshward_common.spiffe_id import control_plane_id
+from meshward_common.tls_files import load_cert_chain_pem
 
 log = logging.getLogger(__name__)
 
@@ -74,33 +73,10 @@ def issue_server_cert(
     )
 
 
-@contextlib.contextmanager
-def _key_files(cert: ServerCert, state_dir: Path) -> Iterator[tuple[str, str]]:
-    """ssl loads key material only from files: write them 0600 in a 0700 dir, remove at once."""
-    with tempfile.TemporaryDirectory(dir=state_dir, prefix=".server-cert-") as tmp:
-        os.chmod(tmp, 0o700)
-        cert_file, key_file = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
-        cert_file.write_bytes(cert.cert_pem)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(cert.key_pem)
-        yield str(cert_file), str(key_file)
-
-
-def load_server_cert(ctx: ssl.SSLContext, cert: ServerCert, state_dir: Path) -> None:
-    with _key_files(cert, state_dir) as (cert_file, key_file):
-        ctx.load_cert_chain(cert_file, key_file)
-
-
-def new_ssl_context(cert: ServerCert, bundle_pem: str, state_dir: Path) -> ssl.SSLContext:
-    with _key_files(cert, state_dir) as (cert_file, key_file):
-        return server_ssl_context(cert_file, key_file, bundle_pem)
-
-
 class ControlPlane:
     """The running control plane. `start()` returns once it accepts connections."""
 
-    def __init__(self, config: CaConfig, clock: Callable[[], dt.datetime] = utc_now) -> None:
+    def __init__(self, config: CaConfig, clock: Clock = utc_now) -> None:
         self.config = config
         self.clock = clock
         self._tasks: list[asyncio.Task[None]] = []
@@ -120,7 +96,7 @@ class ControlPlane:
         self._audit = audit.AuditLog(cfg.state_dir / AUDIT_LOG)
         bundle_pem = cert_pem(*authority.roots).decode()
         server_cert = issue_server_cert(authority, cfg.trust_domain, now)
-        ssl_ctx = new_ssl_context(server_cert, bundle_pem, cfg.state_dir)
+        ssl_ctx = server_ssl_context(server_cert.cert_pem, server_cert.key_pem, bundle_pem)
         self.server_cert = server_cert
 
         self._grpc = grpc.aio.server(
@@ -176,7 +152,7 @@ class ControlPlane:
                 continue
             cert = issue_server_cert(authority, self.config.trust_domain, now)
             # New handshakes use the new certificate; open connections keep theirs.
-            load_server_cert(ctx, cert, self.config.state_dir)
+            load_cert_chain_pem(ctx, cert.cert_pem, cert.key_pem)
             self.server_cert = cert
             log.info("server certificate rotated, valid until %s", cert.not_after.isoformat())
 

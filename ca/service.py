@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -25,6 +25,7 @@ from ca.join_tokens import JoinTokenStore
 from ca.mesh_state import MeshStateSource
 from ca.metrics import CaMetrics, IdentityKind
 from ca.rate_limit import RateLimiter
+from meshward_common.clock import Clock, utc_now
 from meshward_common.errors import (
     InvalidRequest,
     MeshwardError,
@@ -42,13 +43,8 @@ from meshward_common.svid import verify_x509_svid
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], dt.datetime]
 _BEARER = "bearer "
 _CACHE_LIMIT = 50_000
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)

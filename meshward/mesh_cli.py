@@ -7,7 +7,6 @@ $MESHWARD_STATE_DIR); everything but `up` reads the rest from the mesh started t
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ from meshward.mesh import components as cmd
 from meshward.mesh.launcher import Launcher, UpReport, require_net_admin
 from meshward.mesh.network import command_in_pod
 from meshward.mesh.spec import MeshOptions, MeshSpec
+from meshward_common.clock import utc_now
 from meshward_common.errors import MeshwardError
 
 DEFAULT_STATE_DIR = "/var/run/meshward"
@@ -52,10 +52,6 @@ state_dir_option = click.option(
     show_default=True,
     help="Where the mesh keeps its state, sockets and logs.",
 )
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 @click.command("up")
@@ -138,7 +134,7 @@ def down(state_dir: Path, prefix: str, subnet: str) -> None:
 @_one_line_errors
 def status(state_dir: Path) -> None:
     """Nodes, pods, their identities, certificate expiry and readiness, in one table."""
-    click.echo(status_table(MeshView.open(state_dir), _now()))
+    click.echo(status_table(MeshView.open(state_dir), utc_now()))
 
 
 @click.command("logs")
@@ -195,7 +191,7 @@ def proxy_config() -> None:
 @_one_line_errors
 def secret(state_dir: Path, pod: str, output: str) -> None:
     """The pod's SVID: SPIFFE ID, serial, validity, chain and trust bundle."""
-    view = pod_secret(MeshView.open(state_dir), pod, _now())
+    view = pod_secret(MeshView.open(state_dir), pod, utc_now())
     if output == "json":
         click.echo(json.dumps(view.as_json(), indent=2))
     else:
@@ -207,7 +203,7 @@ def secret(state_dir: Path, pod: str, output: str) -> None:
 @_one_line_errors
 def check(state_dir: Path) -> None:
     """Control plane reachable, CA validity, every sidecar's chain and expiry, policy files."""
-    results = run_checks(MeshView.open(state_dir), _now())
+    results = run_checks(MeshView.open(state_dir), utc_now())
     click.echo(render(results))
     if not all(r.ok for r in results):
         sys.exit(1)

@@ -123,15 +123,32 @@ def signing_cert_problems(cert: x509.Certificate) -> list[str]:
     return problems
 
 
-def _key_problems(cert: x509.Certificate) -> list[str]:
-    key = cert.public_key()
+ALLOWED_CURVES = frozenset({"secp256r1", "secp384r1"})
+MIN_RSA_BITS = 2048
+
+
+def key_problem(key: object) -> str:
+    """Why an SVID may not carry `key` (a public key), or "" when it may.
+
+    The mesh's one key rule, for every SVID it issues, serves or accepts: ECDSA on P-256 (the
+    default) or P-384, or RSA of at least 2048 bits: what Istio's CA signs and its agents
+    generate. Ed25519 and other curves are refused everywhere alike, so a key one component
+    accepts is never refused by another.
+    """
     if isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name not in ("secp256r1", "secp384r1"):
-            return [f"EC key on curve {key.curve.name}; P-256 or P-384 required"]
-        return []
+        if key.curve.name not in ALLOWED_CURVES:
+            return f"EC key on curve {key.curve.name}; P-256 or P-384 required"
+        return ""
     if isinstance(key, rsa.RSAPublicKey):
-        return [] if key.key_size >= 2048 else [f"RSA key of {key.key_size} bits; >= 2048 required"]
-    return [f"unsupported key type {type(key).__name__}"]
+        if key.key_size < MIN_RSA_BITS:
+            return f"RSA-{key.key_size} key; at least RSA-{MIN_RSA_BITS} required"
+        return ""
+    return f"{type(key).__name__} keys are not allowed; use EC P-256 or P-384, or RSA"
+
+
+def _key_problems(cert: x509.Certificate) -> list[str]:
+    problem = key_problem(cert.public_key())
+    return [problem] if problem else []
 
 
 def _ee_policy() -> ExtensionPolicy:
@@ -226,6 +243,7 @@ __all__ = [
     "ExtensionOID",
     "der_chain",
     "fingerprint_sha256",
+    "key_problem",
     "leaf_problems",
     "load_pem_chain",
     "pem_of",

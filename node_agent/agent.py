@@ -7,12 +7,12 @@ import contextlib
 import datetime as dt
 import logging
 import random
-from collections.abc import Callable
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from meshward_common.clock import Clock, utc_now
 from meshward_common.errors import (
     ConfigError,
     MeshwardError,
@@ -37,7 +37,7 @@ from node_agent.metrics import AgentMetrics
 from node_agent.rotation import RotationSchedule, effective_start, seconds_until
 from node_agent.state import AgentState, WorkloadRef
 from node_agent.workload_api import Guard, MeshStateRelay, WorkloadApiServicer, add_servicers
-from node_agent.workload_svids import WorkloadSvidManager, utcnow
+from node_agent.workload_svids import WorkloadSvidManager
 
 log = logging.getLogger("node_agent")
 
@@ -48,7 +48,7 @@ class NodeAgent:
     def __init__(
         self,
         config: AgentConfig,
-        clock: Callable[[], dt.datetime] = utcnow,
+        clock: Clock = utc_now,
         metrics: AgentMetrics | None = None,
     ) -> None:
         self.config = config

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import struct_pb2
 
+from meshward_common.addresses import parse_host_port
 from meshward_common.errors import (
     InvalidRequest,
     MeshwardError,
@@ -75,16 +76,14 @@ def _map_rpc_error(exc: grpc.aio.AioRpcError, what: str) -> MeshwardError:
 
 async def verify_control_plane(address: str, bundle_pem: bytes, wait: float = 5.0) -> SpiffeId:
     """Handshake with the CA, check its certificate names the control plane; return that ID."""
-    host, _, port = address.rpartition(":")
+    host, port = parse_host_port(address, "CA address", port_zero=False)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False  # SPIFFE IDs are URI SANs; checked below
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=bundle_pem.decode())
     ctx.set_alpn_protocols(["h2"])
     try:
-        _reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host.strip("[]"), int(port), ssl=ctx), wait
-        )
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ctx), wait)
     except (OSError, TimeoutError, ValueError) as exc:
         raise NotReady(f"CA at {address} unreachable or TLS failed: {exc}") from exc
     try:

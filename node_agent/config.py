@@ -6,7 +6,6 @@ Flags win over the file. Every problem is one `ConfigError` line naming the opti
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,30 +14,15 @@ from typing import Any
 import yaml
 
 from meshward_common import ports
+from meshward_common.addresses import parse_host_port
+from meshward_common.durations import parse_duration
 from meshward_common.errors import ConfigError, SpiffeIdError
 from meshward_common.spiffe_id import validate_name
-
-_DURATION_RE = re.compile(r"(\d+)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 CONFIG_KEYS = {
     "node", "ca_address", "state_dir", "socket", "trust_bundle", "join_token", "join_token_file",
     "workload_ttl", "log_level", "metrics_listen",
 }  # fmt: skip
-
-
-def parse_duration(text: str, option: str) -> dt.timedelta:
-    """'30s', '5m', '24h', '1h30m' -> timedelta."""
-    value = text.strip()
-    pos, total = 0, 0.0
-    for match in _DURATION_RE.finditer(value):
-        if match.start() != pos:
-            break
-        total += int(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(value) or not value or total <= 0:
-        raise ConfigError(f"{option}: {text!r} is not a positive duration like 30s, 5m or 24h")
-    return dt.timedelta(seconds=total)
 
 
 def default_socket(node: str) -> Path:
@@ -82,14 +66,6 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return out
 
 
-def _check_address(address: str, option: str = "--ca-address", port_zero: bool = False) -> str:
-    host, sep, port = address.rpartition(":")
-    low = 0 if port_zero else 1
-    if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
-        raise ConfigError(f"{option}: {address!r} is not HOST:PORT")
-    return address
-
-
 def build_config(flags: Mapping[str, Any], file_values: Mapping[str, Any]) -> AgentConfig:
     """Merge flags over file values, apply defaults, validate everything."""
     merged: dict[str, Any] = dict(file_values)
@@ -101,7 +77,8 @@ def build_config(flags: Mapping[str, Any], file_values: Mapping[str, Any]) -> Ag
         validate_name("node name", str(node))
     except SpiffeIdError as exc:
         raise ConfigError(f"--node: {exc}") from exc
-    address = _check_address(str(merged.get("ca_address") or f"127.0.0.1:{ports.CONTROL_PLANE}"))
+    address = str(merged.get("ca_address") or f"127.0.0.1:{ports.CONTROL_PLANE}")
+    parse_host_port(address, "--ca-address", port_zero=False)
     state_dir = merged.get("state_dir")
     if not state_dir:
         raise ConfigError("--state-dir is required (where the node key and SVID live)")
@@ -126,8 +103,7 @@ def build_config(flags: Mapping[str, Any], file_values: Mapping[str, Any]) -> Ag
     metrics = merged.get("metrics_listen")
     metrics_listen = None
     if metrics:
-        host, _, port = _check_address(str(metrics), "--metrics-listen", True).rpartition(":")
-        metrics_listen = (host, int(port))
+        metrics_listen = parse_host_port(str(metrics), "--metrics-listen")
     return AgentConfig(
         node=str(node),
         ca_address=address,

@@ -22,6 +22,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
+from meshward_common.clock import Clock, utc_now
 from meshward_common.errors import MeshwardError, NotReady
 from meshward_common.grpc_status import status_for
 from meshward_common.protos import meshward_discovery_pb2 as mdpb
@@ -32,7 +33,6 @@ from node_agent.attestation import ProcReader, attest
 from node_agent.front_door import PeerTable
 from node_agent.metrics import AgentMetrics, Stream
 from node_agent.state import AgentState, WorkloadRef, WorkloadSvid
-from node_agent.workload_svids import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         state: AgentState,
         guard: Guard,
         ensure_svid: Callable[[WorkloadRef], None],
-        clock: Callable[[], dt.datetime] = utcnow,
+        clock: Clock = utc_now,
         metrics: AgentMetrics | None = None,
     ) -> None:
         self.state = state

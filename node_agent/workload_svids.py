@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from meshward_common.clock import Clock, utc_now
 from meshward_common.errors import MeshwardError, SvidError
 from meshward_common.spiffe_id import SpiffeId
 from meshward_common.svid import verify_x509_svid
@@ -30,11 +31,6 @@ log = logging.getLogger(__name__)
 
 # (identity, CSR PEM, requested TTL) -> chain as the CA returned it (leaf first, root last)
 Issuer = Callable[[SpiffeId, str, dt.timedelta], Awaitable[list[x509.Certificate]]]
-Clock = Callable[[], dt.datetime]
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def accept_chain(
@@ -67,7 +63,7 @@ class WorkloadSvidManager:
         issuer: Issuer,
         ttl: dt.timedelta,
         schedule: RotationSchedule | None = None,
-        clock: Clock = utcnow,
+        clock: Clock = utc_now,
         rand: Callable[[], float] = random.random,
         metrics: AgentMetrics | None = None,
     ) -> None:

@@ -10,8 +10,9 @@ from typing import Any
 import click
 
 from meshward_common import logs
+from meshward_common.addresses import parse_host_port
 from meshward_common.errors import ConfigError
-from sidecar_tls.sidecar import Ingress, IngressConfig, Sidecar, SidecarConfig, parse_host_port
+from sidecar_tls.sidecar import Ingress, IngressConfig, Sidecar, SidecarConfig
 
 # Shared by `run` and `ingress`.
 _trace_sampling = click.option(

@@ -16,12 +16,12 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from meshward_common.errors import NotReady, SpiffeIdError, SvidError
 from meshward_common.spiffe_id import SpiffeId
-from meshward_common.svid import leaf_problems, spiffe_id_of
+from meshward_common.svid import key_problem, leaf_problems, spiffe_id_of
 from sidecar_tls.grpc_stream import WORKLOAD_API_METADATA, follow_stream
 from sidecar_tls.x509svid_wire import (
     X509SVID_REQUEST,
@@ -178,8 +178,10 @@ def identity_from_response(response: X509SvidResponse) -> WorkloadIdentity:
         UnsupportedAlgorithm,
     ) as exc:  # cryptography's and the splitter's
         raise SvidError([f"X509SVIDResponse for {svid.spiffe_id!r}: {exc}"]) from exc
-    if not isinstance(key, _SVID_KEY_TYPES):
-        raise SvidError([f"X509SVIDResponse for {svid.spiffe_id!r}: unsupported key type"])
+    # The mesh's one key rule; the isinstance only narrows: key_problem passes EC and RSA alone.
+    problem = key_problem(key.public_key())
+    if problem or not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise SvidError([f"X509SVIDResponse for {svid.spiffe_id!r}: {problem}"])
     if not chain:
         raise SvidError([f"X509SVIDResponse for {svid.spiffe_id!r}: empty certificate chain"])
     if _spki(key.public_key()) != _spki(chain[0].public_key()):
@@ -192,9 +194,6 @@ def identity_from_response(response: X509SvidResponse) -> WorkloadIdentity:
         raise SvidError([f"X509SVIDResponse names {svid.spiffe_id!r} but the leaf is {leaf_id}"])
     own_td = leaf_id.trust_domain
     return WorkloadIdentity(chain=chain, key=key, bundles={**federated, own_td: roots})
-
-
-_SVID_KEY_TYPES = (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
 
 
 def _spki(public_key: Any) -> bytes:

@@ -313,10 +313,3 @@ async def _stop(tasks: list[asyncio.Task[None]], runners: list[HttpServer]) -> N
     for runner in runners:
         await runner.cleanup()
     runners.clear()
-
-
-def parse_host_port(value: str, what: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"{what} {value!r} is not HOST:PORT")
-    return host, int(port)

@@ -3,14 +3,14 @@ current mesh snapshot (replaced on every MeshState). Proxies read it per connect
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Callable
 
+from meshward_common.clock import Clock, utc_now
 from meshward_common.errors import NotReady
 from sidecar_tls.destinations import MeshSnapshot
 from sidecar_tls.identity import SvidSource, WorkloadIdentity
-from sidecar_tls.tls import TlsMaterial, build_material, utcnow
+from sidecar_tls.tls import TlsMaterial, build_material
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class SidecarState:
         self,
         svids: SvidSource,
         snapshot: MeshSnapshot | None = None,
-        now: Callable[[], dt.datetime] = utcnow,
+        now: Clock = utc_now,
     ) -> None:
         self.now = now
         self.svids = svids

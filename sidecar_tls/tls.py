@@ -8,9 +8,7 @@ applies the X.509-SVID leaf rules, the validity window and the identity check to
 from __future__ import annotations
 
 import datetime as dt
-import os
 import ssl
-import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from meshward_common.errors import PermissionDenied, SvidError, Unauthenticated
 from meshward_common.spiffe_id import SpiffeId
 from meshward_common.svid import leaf_problems, pem_of, spiffe_id_of
+from meshward_common.tls_files import load_cert_chain_pem
 from sidecar_tls.identity import WorkloadIdentity
 
 # Modern suites only: forward secrecy and AEAD (TLS 1.3 suites are always AEAD).
@@ -48,24 +47,12 @@ def _base_context(purpose: ssl.Purpose, identity: WorkloadIdentity) -> ssl.SSLCo
 
 
 def _load_own_svid(ctx: ssl.SSLContext, identity: WorkloadIdentity) -> None:
-    # ssl can only load a key from a file: write it into a private 0700 directory as 0600, load it,
-    # and remove it at once (tmpfs when available, so it never reaches a disk).
-    shm = "/dev/shm"  # noqa: S108 - mkdtemp below makes a private 0700 directory inside it
-    base = shm if os.path.isdir(shm) else None
-    with tempfile.TemporaryDirectory(prefix="mwsc-", dir=base) as tmp:
-        cert_path = os.path.join(tmp, "chain.pem")
-        key_path = os.path.join(tmp, "key.pem")
-        key_pem = identity.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key_pem)
-        with open(cert_path, "wb") as f:
-            f.write(pem_of(identity.chain))
-        ctx.load_cert_chain(cert_path, key_path)
+    key_pem = identity.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    load_cert_chain_pem(ctx, pem_of(identity.chain), key_pem)
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,7 +146,3 @@ def verify_peer_leaf(
             f"peer presented {sid}, expected {' or '.join(sorted(expected)) or 'nothing'}"
         )
     return PeerIdentity(sid, der)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)

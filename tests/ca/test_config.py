@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from ca.config import build_config, parse_listen, read_config_file
-from ca.durations import format_duration, parse_duration
 from meshward_common.errors import ConfigError
 
 
@@ -72,30 +71,3 @@ def test_unknown_config_key_names_file_and_line(tmp_path: Path) -> None:
 
 def test_listen_accepts_ipv6() -> None:
     assert parse_listen("[::1]:15012") == ("::1", 15012)
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("30s", 30),
-        ("10m", 600),
-        ("24h", 86400),
-        ("1h30m", 5400),
-        ("2d", 172800),
-        ("45", 45),
-        ("500ms", 0.5),
-    ],
-)
-def test_durations(text: str, seconds: float) -> None:
-    assert parse_duration(text).total_seconds() == seconds
-
-
-@pytest.mark.parametrize("text", ["", "h", "1x", "-5s", "1h 30m", "0"])
-def test_bad_durations(text: str) -> None:
-    with pytest.raises(ConfigError):
-        parse_duration(text)
-
-
-def test_format_duration_round_trips() -> None:
-    for text in ("30s", "10m", "24h"):
-        assert format_duration(parse_duration(text)) == text

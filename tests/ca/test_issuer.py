@@ -210,7 +210,7 @@ TTL_VECTORS = [
 
 @pytest.mark.parametrize(("requested", "default", "maximum", "expected"), TTL_VECTORS)
 def test_ttl_rules(requested: int, default: str, maximum: str, expected: object) -> None:
-    from ca.durations import parse_duration
+    from meshward_common.durations import parse_duration
 
     args = (requested, parse_duration(default), parse_duration(maximum))
     if isinstance(expected, str):

@@ -118,7 +118,7 @@ class ControlPlane(LoggedProcess):
 
 
 def _longer_of(a: str, b: str) -> str:
-    from ca.durations import parse_duration
+    from meshward_common.durations import parse_duration
 
     return a if parse_duration(a) >= parse_duration(b) else b
 

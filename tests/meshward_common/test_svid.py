@@ -141,7 +141,7 @@ LEAF_VECTORS: list[tuple[str, Spec, str]] = [
     (
         "RSA-1024 key",
         replace(VALID_LEAF, key=lambda: rsa.generate_private_key(65537, 1024)),  # noqa: S505
-        ">= 2048",
+        "at least RSA-2048",
     ),
 ]
 

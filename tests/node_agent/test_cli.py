@@ -142,7 +142,7 @@ def test_socket_path_in_use_is_one_line_and_left_alone(tmp_path, ca, sock_path):
 @pytest.mark.parametrize(
     ("args", "phrase"),
     [
-        (["--workload-ttl", "soon"], "--workload-ttl: 'soon' is not a positive duration"),
+        (["--workload-ttl", "soon"], "--workload-ttl: 'soon' is not a duration"),
         (["--ca-address", "nowhere"], "--ca-address: 'nowhere' is not HOST:PORT"),
         (["--node", "Node_1"], "--node: node name 'Node_1' is not a valid name"),
         (

@@ -1,4 +1,4 @@
-"""Agent options: durations, defaults, flags over file values, validation."""
+"""Agent options: defaults, flags over file values, validation."""
 
 from __future__ import annotations
 
@@ -8,21 +8,7 @@ from pathlib import Path
 import pytest
 
 from meshward_common.errors import ConfigError
-from node_agent.config import build_config, default_socket, load_config_file, parse_duration
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("30s", 30), ("5m", 300), ("24h", 86400), ("1h30m", 5400), ("2d", 172800), ("1500ms", 1.5)],
-)
-def test_durations(text, seconds):
-    assert parse_duration(text, "--x") == dt.timedelta(seconds=seconds)
-
-
-@pytest.mark.parametrize("text", ["", "0s", "30", "s", "1x", "-5s", "5s ago", "1.5h"])
-def test_bad_durations(text):
-    with pytest.raises(ConfigError, match="--x"):
-        parse_duration(text, "--x")
+from node_agent.config import build_config, default_socket, load_config_file
 
 
 def test_defaults():
