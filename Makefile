@@ -64,4 +64,5 @@ down:
 	@bash scripts/mesh_up.sh down
 
 clean:
-	rm -rf .venv build *.egg-info .pytest_cache .mypy_cache .ruff_cache sidecar_tls/*.so
+	rm -rf .venv build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find sidecar_tls -name "*.so" -delete

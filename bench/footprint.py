@@ -23,11 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("asyncio + ssl + uvloop", ("asyncio", "ssl", "uvloop")),
     ("cryptography (x509, keys)", ("cryptography.x509", "cryptography.hazmat.primitives.asymmetric.ec")),
-    ("h2 + agent streams", ("h2.connection", "sidecar_tls.mesh_state", "sidecar_tls.identity")),
-    ("opentelemetry sdk + OTLP/HTTP", ("opentelemetry.sdk.trace", "sidecar_tls.otlp_http")),
+    ("h2 + agent streams", ("h2.connection", "sidecar_tls.workload_api.mesh_state", "sidecar_tls.identity")),
+    ("opentelemetry sdk + OTLP/HTTP", ("opentelemetry.sdk.trace", "sidecar_tls.telemetry.otlp_http")),
     ("prometheus_client", ("prometheus_client",)),
-    ("sidecar_tls.metrics", ("sidecar_tls.metrics",)),
-    ("sidecar_tls.tracing", ("sidecar_tls.tracing",)),
+    ("sidecar_tls.telemetry.metrics", ("sidecar_tls.telemetry.metrics",)),
+    ("sidecar_tls.telemetry.tracing", ("sidecar_tls.telemetry.tracing",)),
     ("sidecar_tls.sidecar (data path)", ("sidecar_tls.sidecar",)),
     ("sidecar_tls.cli (click)", ("sidecar_tls.cli",)),
 )  # fmt: skip

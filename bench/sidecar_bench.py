@@ -320,12 +320,12 @@ def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
     from sidecar_tls.authz import InboundAuthorizer
     from sidecar_tls.destinations import MeshSnapshot, MeshWorkload, resolve_destination
     from sidecar_tls.identity import StaticSvidSource, WorkloadIdentity
-    from sidecar_tls.inbound import InboundProxy
-    from sidecar_tls.net import listen_socket, serve_accepts
-    from sidecar_tls.observe import HopObserver, NoopObserver
-    from sidecar_tls.outbound import OutboundProxy
+    from sidecar_tls.proxy.inbound import InboundProxy
+    from sidecar_tls.proxy.net import listen_socket, serve_accepts
+    from sidecar_tls.proxy.outbound import OutboundProxy
     from sidecar_tls.sidecar import build_observer
     from sidecar_tls.state import SidecarState
+    from sidecar_tls.telemetry.observe import HopObserver, NoopObserver
 
     name = "server" if role.startswith("inbound") else "client"
     identity = WorkloadIdentity(

@@ -29,16 +29,16 @@ DIGEST_FILE = ROOT / "build" / "hot_path.sha256"
 
 # Per request: parse, relay, observe. Per-connection and control-plane code stays interpreted.
 HOT_PATH = (
-    "body_tracker",
-    "http1",
-    "http_relay",
-    "inbound",
-    "metrics",
-    "observe",
-    "outbound",
-    "pool",
-    "sampling",
-    "tracing",
+    "http1/body",
+    "http1/head",
+    "http1/relay",
+    "proxy/inbound",
+    "telemetry/metrics",
+    "telemetry/observe",
+    "proxy/outbound",
+    "proxy/pool",
+    "telemetry/sampling",
+    "telemetry/tracing",
     "xfcc",
 )
 
@@ -53,14 +53,14 @@ def sources() -> list[Path]:
 def digest() -> str:
     h = hashlib.sha256()
     for path in sources():
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        h.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
 def compiled_files() -> list[Path]:
     """The compiled module files on disk (any of the interpreter's extension suffixes)."""
     found = []
-    for name in (*HOT_PATH, RUNTIME.rpartition(".")[2] + "__mypyc"):
+    for name in (*HOT_PATH, RUNTIME.rpartition(".")[2] + "__mypyc"):  # paths below the package
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
             path = PACKAGE_DIR / f"{name}{suffix}"
             if path.exists():

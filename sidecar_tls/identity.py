@@ -2,7 +2,7 @@
 (SVID chain, key, trust bundles) and tells subscribers when it rotates.
 
 `StaticSvidSource` serves tests and fixed files; `WorkloadApiSvidSource` follows the node agent's
-SPIFFE Workload API stream on the event loop (sidecar_tls.grpc_stream: no grpc, no spiffe package).
+SPIFFE Workload API stream on the event loop (sidecar_tls.workload_api.grpc_stream: no grpc, no spiffe package).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from meshward_common.errors import NotReady, SpiffeIdError, SvidError
 from meshward_common.spiffe_id import SpiffeId
 from meshward_common.svid import key_problem, leaf_problems, spiffe_id_of
-from sidecar_tls.grpc_stream import WORKLOAD_API_METADATA, follow_stream
-from sidecar_tls.x509svid_wire import (
+from sidecar_tls.workload_api.grpc_stream import WORKLOAD_API_METADATA, follow_stream
+from sidecar_tls.workload_api.x509svid_wire import (
     X509SVID_REQUEST,
     X509SvidResponse,
     decode_x509svid_response,

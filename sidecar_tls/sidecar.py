@@ -21,12 +21,12 @@ from sidecar_tls.admin import HttpServer, admin_app, health_app, serve_app
 from sidecar_tls.authz import InboundAuthorizer
 from sidecar_tls.destinations import Destination, MeshSnapshot, OutboundPolicy, resolve_destination
 from sidecar_tls.identity import SvidSource, WorkloadApiSvidSource, WorkloadIdentity
-from sidecar_tls.inbound import InboundProxy
-from sidecar_tls.mesh_state import follow_mesh_state
-from sidecar_tls.net import listen_socket, serve_accepts
-from sidecar_tls.observe import CompositeObserver, HopObserver, NoopObserver
-from sidecar_tls.outbound import OutboundProxy
+from sidecar_tls.proxy.inbound import InboundProxy
+from sidecar_tls.proxy.net import listen_socket, serve_accepts
+from sidecar_tls.proxy.outbound import OutboundProxy
 from sidecar_tls.state import SidecarState
+from sidecar_tls.telemetry.observe import CompositeObserver, HopObserver, NoopObserver
+from sidecar_tls.workload_api.mesh_state import follow_mesh_state
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,14 @@ def build_observer(
     observers: list[HopObserver] = []
     metrics = tracing = None
     try:
-        from sidecar_tls.metrics import MetricsObserver
+        from sidecar_tls.telemetry.metrics import MetricsObserver
 
         metrics = MetricsObserver()
         observers.append(metrics)
     except ImportError as exc:  # telemetry not installed: the data path still runs
         log.warning("metrics disabled: %s", exc)
     try:
-        from sidecar_tls.tracing import TracingObserver
+        from sidecar_tls.telemetry.tracing import TracingObserver
 
         tracing = TracingObserver(
             service,
@@ -191,7 +191,7 @@ class Sidecar:
         )
         self._runners.append(self.admin_server)
         if self._metrics is not None and c.metrics_port:
-            from sidecar_tls.metrics import serve
+            from sidecar_tls.telemetry.metrics import serve
 
             self._runners.append(await serve(c.bind, c.metrics_port, self._metrics.registry))
         outbound_sock = _listen(c.bind, c.outbound_port)

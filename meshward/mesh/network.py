@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from meshward.mesh.spec import MeshSpec, PodSpec
 from meshward.pods import NETNS_ETC, Pod, PodNetwork, list_links, list_netns
-from sidecar_tls.interception import InterceptionOptions, apply_rules
+from sidecar_tls.interception.iptables import InterceptionOptions, apply_rules
 
 
 def pod_network(spec: MeshSpec) -> PodNetwork:

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from meshward.pods import Pod, PodNetwork
-from sidecar_tls.interception import InterceptionOptions, apply_rules
+from sidecar_tls.interception.iptables import InterceptionOptions, apply_rules
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,7 @@ from ca.issuer import parse_csr
 from meshward_common.errors import InvalidRequest, SvidError
 from meshward_common.svid import key_problem, leaf_problems
 from sidecar_tls.identity import identity_from_response
-from sidecar_tls.x509svid_wire import X509SvidMessage, X509SvidResponse
+from sidecar_tls.workload_api.x509svid_wire import X509SvidMessage, X509SvidResponse
 from tests.harness.pki import ca_cert, svid_leaf
 
 ID = "spiffe://cluster.local/ns/default/sa/reviews"

@@ -14,11 +14,11 @@ from policy.engine import Decision, RuleMatch
 from sidecar_tls.authz import InboundAuthorizer
 from sidecar_tls.destinations import MeshSnapshot, MeshWorkload, resolve_destination
 from sidecar_tls.identity import StaticSvidSource, WorkloadIdentity
-from sidecar_tls.inbound import InboundProxy
-from sidecar_tls.net import listen_socket, serve_accepts
-from sidecar_tls.observe import HopObserver
-from sidecar_tls.outbound import OutboundProxy
+from sidecar_tls.proxy.inbound import InboundProxy
+from sidecar_tls.proxy.net import listen_socket, serve_accepts
+from sidecar_tls.proxy.outbound import OutboundProxy
 from sidecar_tls.state import SidecarState
+from sidecar_tls.telemetry.observe import HopObserver
 
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
 SERVER_ID = "spiffe://cluster.local/ns/default/sa/server"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from meshward_common.errors import InvalidRequest
-from sidecar_tls.body_tracker import BodyTracker
-from sidecar_tls.http1 import Framing
+from sidecar_tls.http1.body import BodyTracker
+from sidecar_tls.http1.head import Framing
 
 NEXT = b"GET /next HTTP/1.1\r\n\r\n"
 CASES = [

@@ -1,5 +1,5 @@
 """The sidecar process must not load the heavy packages it has no use for (issue 4, RSS budget):
-grpc and the spiffe package (~20 MB: the agent streams use sidecar_tls.grpc_stream), the grpc OTLP
+grpc and the spiffe package (~20 MB: the agent streams use sidecar_tls.workload_api.grpc_stream), the grpc OTLP
 exporter, requests. Checked in a fresh interpreter that imports and builds what `sidecar run` does."""
 
 from __future__ import annotations

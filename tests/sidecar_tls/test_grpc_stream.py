@@ -19,7 +19,10 @@ from meshward_common.errors import SvidError
 from meshward_common.protos import meshward_discovery_pb2 as mdpb
 from meshward_common.registry import Selector, Workload
 from sidecar_tls.destinations import MeshSnapshot
-from sidecar_tls.grpc_stream import (
+from sidecar_tls.identity import WorkloadApiSvidSource, WorkloadIdentity
+from sidecar_tls.sidecar import Sidecar, SidecarConfig
+from sidecar_tls.telemetry.observe import NoopObserver
+from sidecar_tls.workload_api.grpc_stream import (
     WORKLOAD_API_METADATA,
     GrpcCallError,
     MessageReader,
@@ -27,11 +30,8 @@ from sidecar_tls.grpc_stream import (
     frame_message,
     server_stream,
 )
-from sidecar_tls.identity import WorkloadApiSvidSource, WorkloadIdentity
-from sidecar_tls.mesh_state import STREAM_MESH_STATE, follow_mesh_state
-from sidecar_tls.observe import NoopObserver
-from sidecar_tls.sidecar import Sidecar, SidecarConfig
-from sidecar_tls.x509svid_wire import decode_x509svid_response, split_der_certificates
+from sidecar_tls.workload_api.mesh_state import STREAM_MESH_STATE, follow_mesh_state
+from sidecar_tls.workload_api.x509svid_wire import decode_x509svid_response, split_der_certificates
 from tests.node_agent.inprocess import InProcessAgent
 from tests.sidecar_tls.fake_grpc import Script, fake_grpc_server
 from tests.sidecar_tls.testca import MiniCA

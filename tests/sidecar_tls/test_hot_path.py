@@ -12,9 +12,9 @@ from sidecar_tls import hot_path
 
 @pytest.mark.parametrize("name", hot_path.HOT_PATH)
 def test_hot_path_module_is_compiled(name: str) -> None:
-    module = importlib.import_module(f"sidecar_tls.{name}")
+    module = importlib.import_module("sidecar_tls." + name.replace("/", "."))
     assert hot_path.is_compiled(module), (
-        f"sidecar_tls.{name} runs interpreted from {module.__file__}; `make install` compiles it"
+        f"sidecar_tls/{name} runs interpreted from {module.__file__}; `make install` compiles it"
     )
 
 
@@ -41,6 +41,7 @@ def test_the_digest_covers_every_hot_source(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in hot_path.HOT_PATH:
+        (tmp_path / f"{name}.py").parent.mkdir(exist_ok=True)
         (tmp_path / f"{name}.py").write_text(f"# {name}\n")
     monkeypatch.setattr(hot_path, "PACKAGE_DIR", tmp_path)
     before = hot_path.digest()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from meshward_common.errors import InvalidRequest
-from sidecar_tls import http1
-from sidecar_tls.http1 import (
+from sidecar_tls.http1 import head as http1
+from sidecar_tls.http1.head import (
     Framing,
     looks_like_http,
     parse_chunk_size,

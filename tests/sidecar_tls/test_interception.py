@@ -13,7 +13,7 @@ import pytest
 
 from meshward.pods import Pod, PodNetwork
 from meshward_common.errors import ConfigError
-from sidecar_tls.interception import (
+from sidecar_tls.interception.iptables import (
     ISTIO_CHAINS,
     InterceptionError,
     InterceptionOptions,

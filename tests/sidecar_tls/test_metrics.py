@@ -11,8 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshward_common.errors import ConfigError
-from sidecar_tls.metrics import DURATION_BUCKETS_MS, MetricsObserver, bound_port, serve
-from sidecar_tls.observe import Hop
+from sidecar_tls.telemetry.metrics import DURATION_BUCKETS_MS, MetricsObserver, bound_port, serve
+from sidecar_tls.telemetry.observe import Hop
 
 A_ID = "spiffe://cluster.local/ns/default/sa/a"
 B_ID = "spiffe://cluster.local/ns/default/sa/b"

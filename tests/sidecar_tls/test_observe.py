@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from sidecar_tls.observe import BoundHop, CompositeObserver, Hop, HopSpan
+from sidecar_tls.telemetry.observe import BoundHop, CompositeObserver, Hop, HopSpan
 
 BASE = Hop(direction="outbound", protocol="http", destination_service="b.default")
 

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from meshward_common.errors import ConfigError
-from sidecar_tls.otlp_http import OtlpHttpSpanExporter
+from sidecar_tls.telemetry.otlp_http import OtlpHttpSpanExporter
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from sidecar_tls.http1 import RequestHead, simple_response
-from sidecar_tls.http_relay import HttpRelay, Prepared, RelayHooks, UpstreamLink
-from sidecar_tls.observe import Hop, NoopObserver
+from sidecar_tls.http1.head import RequestHead, simple_response
+from sidecar_tls.http1.relay import HttpRelay, Prepared, RelayHooks, UpstreamLink
+from sidecar_tls.telemetry.observe import Hop, NoopObserver
 from tests.sidecar_tls.loopback import Handler, serve_app
 
 

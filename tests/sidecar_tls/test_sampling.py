@@ -10,16 +10,16 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from meshward_common.errors import ConfigError
-from sidecar_tls.http1 import parse_request_head
-from sidecar_tls.observe import Hop
-from sidecar_tls.sampling import (
+from sidecar_tls.http1.head import parse_request_head
+from sidecar_tls.telemetry.observe import Hop
+from sidecar_tls.telemetry.sampling import (
     Decision,
     decide,
     fresh_ids,
     parse_traceparent,
     unsampled_headers,
 )
-from sidecar_tls.tracing import TracingObserver
+from sidecar_tls.telemetry.tracing import TracingObserver
 from tests.sidecar_tls.loopback import CLIENT_ID, SERVER_ID, http_get, sidecar_pair
 from tests.sidecar_tls.testca import MiniCA
 

@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from meshward_common.errors import ConfigError
-from sidecar_tls.observe import Hop
-from sidecar_tls.tracing import TracingObserver, extract_context, resolve_endpoint
+from sidecar_tls.telemetry.observe import Hop
+from sidecar_tls.telemetry.tracing import TracingObserver, extract_context, resolve_endpoint
 
 A_ID = "spiffe://cluster.local/ns/default/sa/a"
 B_ID = "spiffe://cluster.local/ns/default/sa/b"
@@ -266,7 +266,7 @@ def test_dead_collector_never_fails_a_request_and_is_reported_once(dead_collecto
         sampling=100.0,
     )
     try:
-        with caplog.at_level(logging.INFO, logger="sidecar_tls.tracing"):
+        with caplog.at_level(logging.INFO, logger="sidecar_tls.telemetry.tracing"):
             n = 2000
             began = time.perf_counter()
             for _ in range(n):

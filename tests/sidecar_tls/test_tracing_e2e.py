@@ -25,12 +25,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar_tls.destinations import MeshSnapshot, MeshWorkload, resolve_destination
 from sidecar_tls.identity import StaticSvidSource
-from sidecar_tls.inbound import InboundProxy
-from sidecar_tls.metrics import MetricsObserver, bound_port, serve
-from sidecar_tls.observe import CompositeObserver, HopObserver, NoopObserver
-from sidecar_tls.outbound import OutboundProxy
+from sidecar_tls.proxy.inbound import InboundProxy
+from sidecar_tls.proxy.outbound import OutboundProxy
 from sidecar_tls.state import SidecarState
-from sidecar_tls.tracing import TracingObserver
+from sidecar_tls.telemetry.metrics import MetricsObserver, bound_port, serve
+from sidecar_tls.telemetry.observe import CompositeObserver, HopObserver, NoopObserver
+from sidecar_tls.telemetry.tracing import TracingObserver
 from tests.harness.jaeger import Jaeger, free_port, run_jaeger
 from tests.sidecar_tls.loopback import ModeAuthorizer, run_listener
 from tests.sidecar_tls.testca import MiniCA
@@ -174,7 +174,7 @@ async def three_services(
 @contextlib.asynccontextmanager
 async def _listen_on(addr: str, handle):  # type: ignore[no-untyped-def]
     # run_listener binds 127.0.0.1; the inbound listeners need each pod's own loopback address.
-    from sidecar_tls.net import listen_socket, serve_accepts
+    from sidecar_tls.proxy.net import listen_socket, serve_accepts
 
     sock = listen_socket(addr, 0)
     task = asyncio.create_task(serve_accepts(sock, handle))

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from meshward.traces import traces as traces_command
-from sidecar_tls.observe import Hop
-from sidecar_tls.tracing import TracingObserver
+from sidecar_tls.telemetry.observe import Hop
+from sidecar_tls.telemetry.tracing import TracingObserver
 from tests.harness.jaeger import Jaeger, run_jaeger
 
 pytestmark = pytest.mark.slow

@@ -1,12 +1,12 @@
 """The sidecar's tracing: one OpenTelemetry span per HTTP hop, reported the way Istio's Envoy does.
 
-`TracingObserver` implements `sidecar_tls.observe.HopObserver`. An inbound request gets a SERVER span,
+`TracingObserver` implements `sidecar_tls.telemetry.observe.HopObserver`. An inbound request gets a SERVER span,
 an outbound one a CLIENT span, both named `<destination service>:<port>/*` (Istio's route decorator)
 and tagged with Envoy's and Istio's tracing tags, plus the peer's SPIFFE ID. The trace context is read
 from W3C `traceparent`/`tracestate` or B3 (multi-header or single `b3`) and written back as W3C and B3
 multi-header (and single `b3` when the caller used it); a request without any starts a new trace here.
 
-Sampling is Istio's (`sidecar_tls.sampling`): a percentage for new traces, the caller's decision
+Sampling is Istio's (`sidecar_tls.telemetry.sampling`): a percentage for new traces, the caller's decision
 when it made one, forced by `x-client-trace-id`. Only sampled requests make SDK spans; the others
 get their context headers and x-request-id from a few string operations.
 
@@ -43,9 +43,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from meshward_common.errors import ConfigError
 from meshward_common.telemetry import trace_service_name
-from sidecar_tls.http1 import HeaderView
-from sidecar_tls.observe import NOOP_BOUND, BoundHop, Hop, HopSpan
-from sidecar_tls.sampling import (
+from sidecar_tls.http1.head import HeaderView
+from sidecar_tls.telemetry.observe import NOOP_BOUND, BoundHop, Hop, HopSpan
+from sidecar_tls.telemetry.sampling import (
     CONTEXT_HEADERS,
     FORCE_HEADERS,
     Lookup,
@@ -403,7 +403,7 @@ class TracingObserver:
         self._exporter: _ReportOnceExporter | None = None
         if exporter is None and self.endpoint is not None:
             # OTLP/HTTP with the stdlib: the grpc exporter alone costs ~20 MB RSS per sidecar.
-            from sidecar_tls.otlp_http import OtlpHttpSpanExporter
+            from sidecar_tls.telemetry.otlp_http import OtlpHttpSpanExporter
 
             _quiet_otel_exporter_logs()
             exporter = OtlpHttpSpanExporter(self.endpoint, timeout_s=export_timeout_s)

@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 from meshward_common.errors import MeshwardError
 from meshward_common.protos import meshward_discovery_pb2 as pb
 from sidecar_tls.destinations import MeshSnapshot, snapshot_from_proto
-from sidecar_tls.grpc_stream import WORKLOAD_API_METADATA, follow_stream
+from sidecar_tls.workload_api.grpc_stream import WORKLOAD_API_METADATA, follow_stream
 
 log = logging.getLogger(__name__)
 

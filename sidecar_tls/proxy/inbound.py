@@ -20,13 +20,13 @@ from meshward_common import ports
 from meshward_common.errors import Unauthenticated
 from policy.request import Request
 from sidecar_tls.authz import InboundAuthorizer
-from sidecar_tls.http1 import (
+from sidecar_tls.http1.head import (
     RequestHead,
     looks_like_http,
     rewrite_request,
     simple_response,
 )
-from sidecar_tls.http_relay import (
+from sidecar_tls.http1.relay import (
     HttpRelay,
     Prepared,
     RelayHooks,
@@ -34,7 +34,7 @@ from sidecar_tls.http_relay import (
     UpstreamLink,
     run_relay,
 )
-from sidecar_tls.net import (
+from sidecar_tls.proxy.net import (
     Streams,
     close,
     connect,
@@ -47,8 +47,8 @@ from sidecar_tls.net import (
     streams_over,
     wrap_accepted_protocol,
 )
-from sidecar_tls.observe import BoundHop, Hop, HopObserver, NoopObserver
 from sidecar_tls.state import SidecarState
+from sidecar_tls.telemetry.observe import BoundHop, Hop, HopObserver, NoopObserver
 from sidecar_tls.tls import ALPN_HTTP, PeerIdentity, verify_peer_leaf
 from sidecar_tls.xfcc import HEADER as XFCC_HEADER
 from sidecar_tls.xfcc import format_xfcc

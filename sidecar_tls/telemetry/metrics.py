@@ -1,6 +1,6 @@
 """The sidecar's Prometheus metrics, in Istio's standard names and labels, served on :15090.
 
-`MetricsObserver` implements `sidecar_tls.observe.HopObserver`: every HTTP request counts once in
+`MetricsObserver` implements `sidecar_tls.telemetry.observe.HopObserver`: every HTTP request counts once in
 `istio_requests_total` and `istio_request_duration_milliseconds`, every TCP connection in
 `istio_tcp_connections_opened_total`/`closed_total`. Inbound hops report as `reporter="destination"`,
 outbound as `reporter="source"`, as Envoy's stats filter does. The SVID's expiry is a gauge the sidecar
@@ -30,7 +30,7 @@ from meshward_common import telemetry
 from meshward_common.errors import ConfigError, SpiffeIdError
 from meshward_common.spiffe_id import SpiffeId, parse_workload_id
 from sidecar_tls.admin import HttpServer, Reply, Route, serve_app
-from sidecar_tls.observe import BoundHop, Hop, HopSpan
+from sidecar_tls.telemetry.observe import BoundHop, Hop, HopSpan
 
 # Istio's default buckets for istio_request_duration_milliseconds (stats filter, v1.x).
 DURATION_BUCKETS_MS: Final[tuple[float, ...]] = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 from meshward_common.errors import InvalidRequest
-from sidecar_tls.http1 import Framing, parse_chunk_size
+from sidecar_tls.http1.head import Framing, parse_chunk_size
 
 _MAX_LINE: Final = 4096
 

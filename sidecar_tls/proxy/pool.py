@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from sidecar_tls.destinations import Destination
-from sidecar_tls.http_relay import TlsUpstreamLink, UpstreamLink
-from sidecar_tls.net import Streams, close, connect, open_protocol, peer_leaf_der
+from sidecar_tls.http1.relay import TlsUpstreamLink, UpstreamLink
+from sidecar_tls.proxy.net import Streams, close, connect, open_protocol, peer_leaf_der
 from sidecar_tls.state import SidecarState
 from sidecar_tls.tls import PeerIdentity, verify_peer_leaf
 

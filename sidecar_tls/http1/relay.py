@@ -17,8 +17,8 @@ from typing import Final, cast
 from mypy_extensions import mypyc_attr
 
 from meshward_common.errors import InvalidRequest
-from sidecar_tls.body_tracker import BodyTracker
-from sidecar_tls.http1 import (
+from sidecar_tls.http1.body import BodyTracker
+from sidecar_tls.http1.head import (
     MAX_HEAD_BYTES,
     Framing,
     RequestHead,
@@ -27,7 +27,7 @@ from sidecar_tls.http1 import (
     parse_response_head,
     simple_response,
 )
-from sidecar_tls.observe import HopSpan
+from sidecar_tls.telemetry.observe import HopSpan
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,15 @@ from typing import Final
 from meshward_common import ports
 from meshward_common.errors import MeshwardError
 from sidecar_tls.destinations import Destination, OutboundPolicy, resolve_destination
-from sidecar_tls.http1 import (
+from sidecar_tls.http1.head import (
     HOP_BY_HOP,
     RequestHead,
     looks_like_http,
     rewrite_request,
     simple_response,
 )
-from sidecar_tls.http_relay import HttpRelay, Prepared, RelayHooks, UpstreamLink, run_relay
-from sidecar_tls.net import (
+from sidecar_tls.http1.relay import HttpRelay, Prepared, RelayHooks, UpstreamLink, run_relay
+from sidecar_tls.proxy.net import (
     Streams,
     close,
     connect,
@@ -35,9 +35,9 @@ from sidecar_tls.net import (
     wrap_accepted,
     wrap_accepted_protocol,
 )
-from sidecar_tls.observe import BoundHop, Hop, HopObserver, NoopObserver
-from sidecar_tls.pool import ConnectionPool
+from sidecar_tls.proxy.pool import ConnectionPool
 from sidecar_tls.state import SidecarState
+from sidecar_tls.telemetry.observe import BoundHop, Hop, HopObserver, NoopObserver
 from sidecar_tls.tls import ALPN_TCP
 
 log = logging.getLogger(__name__)
