@@ -84,15 +84,15 @@ def _load_checked_csr(
         raise InvalidRequest("CSR is not PEM (no 'BEGIN CERTIFICATE REQUEST' block)")
     try:
         csr = x509.load_pem_x509_csr(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # a version other than 0 is InvalidVersion
         raise InvalidRequest(f"CSR is not a valid PKCS#10 request: {exc}") from exc
     try:
         valid = csr.is_signature_valid
+        key = csr.public_key()
     except Exception as exc:  # unsupported algorithms surface as various library errors
-        raise InvalidRequest(f"CSR signature cannot be checked: {exc}") from exc
+        raise InvalidRequest(f"CSR signature or key cannot be read: {exc}") from exc
     if not valid:
         raise InvalidRequest("CSR signature does not verify against its public key")
-    key = csr.public_key()
     check_public_key(key)
     return csr, key
 

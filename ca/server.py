@@ -14,6 +14,7 @@ import signal
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,6 +30,7 @@ from ca.metrics import CaMetrics, start_metrics_server
 from ca.rate_limit import RateLimiter
 from ca.service import CertificateService, DiscoveryService, PeerAuthenticator
 from meshward_common.clock import Clock, utc_now
+from meshward_common.grpc_boundary import StatusBoundary
 from meshward_common.protos import istio_ca_pb2_grpc
 from meshward_common.protos import meshward_discovery_pb2_grpc as discovery_pb2_grpc
 from meshward_common.spiffe_id import control_plane_id
@@ -100,13 +102,15 @@ class ControlPlane:
         self.server_cert = server_cert
 
         self._grpc = grpc.aio.server(
+            interceptors=[StatusBoundary(self._caller_source)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         upstream_port = self._grpc.add_insecure_port("127.0.0.1:0")
         door = TlsFrontDoor(ssl_ctx, "127.0.0.1", upstream_port)
+        self._door = door
         auth = PeerAuthenticator(
             authority, cfg.trust_domain, door.peers, JoinTokenStore(cfg.state_dir)
         )
@@ -133,12 +137,16 @@ class ControlPlane:
             DiscoveryService(auth, mesh, self.clock), self._grpc
         )
         await self._grpc.start()
-        self._door = door
         self.port = await door.start(cfg.host, cfg.port)
         self._tasks.append(asyncio.create_task(mesh.watch()))
         self._tasks.append(
             asyncio.create_task(self._rotate_server_cert(ssl_ctx, server_cert, authority))
         )
+
+    def _caller_source(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The TLS client's address for the refusal log, not the front door's loopback port."""
+        info = self._door.peers.lookup(context.peer()) if self._door is not None else None
+        return info.remote.rpartition(":")[0] if info is not None else str(context.peer())
 
     async def _rotate_server_cert(
         self, ctx: ssl.SSLContext, cert: ServerCert, authority: SigningAuthority

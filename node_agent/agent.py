@@ -17,6 +17,7 @@ from meshward_common.errors import (
     ConfigError,
     MeshwardError,
     NotReady,
+    RateLimited,
     SvidError,
 )
 from meshward_common.spiffe_id import node_id
@@ -36,7 +37,13 @@ from node_agent.front_door import FrontDoor, PeerTable
 from node_agent.metrics import AgentMetrics
 from node_agent.rotation import RotationSchedule, effective_start, seconds_until
 from node_agent.state import AgentState, WorkloadRef
-from node_agent.workload_api import Guard, MeshStateRelay, WorkloadApiServicer, add_servicers
+from node_agent.workload_api import (
+    Guard,
+    MeshStateRelay,
+    WorkloadApiServicer,
+    add_servicers,
+    new_server,
+)
 from node_agent.workload_svids import WorkloadSvidManager
 
 log = logging.getLogger("node_agent")
@@ -141,7 +148,7 @@ class NodeAgent:
                 self._node_received_at = self.clock()
                 log.info("bootstrapped: node SVID %s until %s", svid.spiffe_id, svid.not_after)
                 return svid
-            except NotReady as exc:
+            except (NotReady, RateLimited) as exc:  # the CA will serve us later: retry
                 last = exc
                 if attempt + 1 < BOOTSTRAP_ATTEMPTS:
                     jitter = random.random()  # noqa: S311 (jitter, not crypto)
@@ -224,7 +231,7 @@ class NodeAgent:
         guard = Guard(self.state, self.peers, proc)
         api = WorkloadApiServicer(self.state, guard, self.svids.ensure, self.clock, self.metrics)
         relay = MeshStateRelay(self.state, guard, self.metrics)
-        self._server = grpc.aio.server()
+        self._server = new_server(guard)
         add_servicers(self._server, api, relay)
         port = self._server.add_insecure_port("127.0.0.1:0")
         await self._server.start()

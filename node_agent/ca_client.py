@@ -24,13 +24,12 @@ from google.protobuf import struct_pb2
 
 from meshward_common.addresses import parse_host_port
 from meshward_common.errors import (
-    InvalidRequest,
     MeshwardError,
     NotReady,
-    PermissionDenied,
     SvidError,
     Unauthenticated,
 )
+from meshward_common.grpc_status import error_for
 from meshward_common.protos import istio_ca_pb2, istio_ca_pb2_grpc
 from meshward_common.protos import meshward_discovery_pb2 as mdpb
 from meshward_common.protos import meshward_discovery_pb2_grpc as mdpb_grpc
@@ -64,14 +63,8 @@ def make_csr(key: ec.EllipticCurvePrivateKey, spiffe_id: SpiffeId | None) -> str
 
 def _map_rpc_error(exc: grpc.aio.AioRpcError, what: str) -> MeshwardError:
     code = exc.code()
-    detail = f"{what}: CA answered {code.name}: {exc.details()}"
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return PermissionDenied(detail)
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return Unauthenticated(detail)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidRequest(detail)
-    return NotReady(detail)
+    name = code.name if code is not None else "no status"
+    return error_for(code, f"{what}: CA answered {name}: {exc.details()}")
 
 
 async def verify_control_plane(address: str, bundle_pem: bytes, wait: float = 5.0) -> SpiffeId:

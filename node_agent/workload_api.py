@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from meshward_common.clock import Clock, utc_now
-from meshward_common.errors import MeshwardError, NotReady
-from meshward_common.grpc_status import status_for
+from meshward_common.errors import InvalidRequest, MeshwardError, NotReady
+from meshward_common.grpc_boundary import StatusBoundary
 from meshward_common.protos import meshward_discovery_pb2 as mdpb
 from meshward_common.protos import meshward_discovery_pb2_grpc as mdpb_grpc
 from meshward_common.registry import Workload
@@ -73,29 +73,34 @@ class Guard:
         self.proc = proc
 
     async def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Workload:
-        metadata = dict(context.invocation_metadata() or ())
-        if metadata.get(HEADER_KEY) != HEADER_VALUE:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"security header missing from request: {HEADER_KEY}: {HEADER_VALUE}",
-            )
-        try:
-            facts = self.peers.lookup_peer(context.peer())
-            if await self.state.wait_registry(REGISTRY_WAIT_SECONDS) is None:
-                raise NotReady("registry not received from the control plane yet")
-            return attest(facts, self.state.workloads_on_node(), self.proc)
-        except MeshwardError as exc:
-            log.info("Workload API caller refused: %s", exc)
-            await abort_with(context, exc)
+        _require_header(context)
+        facts = self.peers.lookup_peer(context.peer())
+        if await self.state.wait_registry(REGISTRY_WAIT_SECONDS) is None:
+            raise NotReady("registry not received from the control plane yet")
+        return attest(facts, self.state.workloads_on_node(), self.proc)
 
     def reattest(self, context: grpc.aio.ServicerContext[Any, Any]) -> Workload:
         facts = self.peers.lookup_peer(context.peer())
         return attest(facts, self.state.workloads_on_node(), self.proc)
 
+    def source_of(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The caller as the refusal log names it: the kernel's pid and uid when known."""
+        try:
+            facts = self.peers.lookup_peer(context.peer())
+        except MeshwardError:
+            return "an unattested caller"
+        return f"pid {facts.pid} uid {facts.uid}"
 
-async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: MeshwardError) -> NoReturn:
-    await context.abort(status_for(exc), str(exc))
-    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+def _require_header(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    metadata = dict(context.invocation_metadata() or ())
+    if metadata.get(HEADER_KEY) != HEADER_VALUE:
+        raise InvalidRequest(f"security header missing from request: {HEADER_KEY}: {HEADER_VALUE}")
+
+
+def new_server(guard: Guard) -> grpc.aio.Server:
+    """The internal gRPC server behind the front door, with the one error boundary."""
+    return grpc.aio.server(interceptors=[StatusBoundary(guard.source_of)])
 
 
 class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
@@ -115,10 +120,7 @@ class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
 
     async def _identity(self, context: grpc.aio.ServicerContext[Any, Any]) -> WorkloadRef:
         workload = await self.guard.caller(context)
-        try:
-            return WorkloadRef.of(workload, self.state.trust_domain)
-        except MeshwardError as exc:
-            await abort_with(context, exc)
+        return WorkloadRef.of(workload, self.state.trust_domain)
 
     async def FetchX509SVID(
         self, request: workload_pb2.X509SVIDRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -146,13 +148,10 @@ class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         self, context: grpc.aio.ServicerContext[Any, Any], ref: WorkloadRef
     ) -> None:
         """After a registry change, end the stream if the caller is no longer this workload."""
-        try:
-            now_is = WorkloadRef.of(self.guard.reattest(context), self.state.trust_domain)
-        except MeshwardError as exc:
-            await abort_with(context, exc)
+        now_is = WorkloadRef.of(self.guard.reattest(context), self.state.trust_domain)
         if now_is != ref:
             # The client reconnects and is attested afresh.
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "caller's identity changed")
+            raise NotReady("caller's identity changed")
 
     async def FetchX509Bundles(
         self, request: workload_pb2.X509BundlesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -190,11 +189,7 @@ class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
 
 
 async def _unimplemented(context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
-    metadata = dict(context.invocation_metadata() or ())
-    if metadata.get(HEADER_KEY) != HEADER_VALUE:
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT, f"security header missing: {HEADER_KEY}"
-        )
+    _require_header(context)
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, "JWT-SVIDs are not supported yet")
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 

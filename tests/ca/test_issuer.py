@@ -25,6 +25,7 @@ from ca.issuer import (
 from meshward_common.errors import InvalidRequest
 from meshward_common.spiffe_id import SpiffeId, node_id, workload_id
 from meshward_common.svid import leaf_problems, signing_cert_problems, verify_x509_svid
+from tests.ca import wire
 from tests.ca.conftest import NOW, TD
 
 WORKLOAD = workload_id(TD, "default", "reviews")
@@ -176,6 +177,7 @@ CSR_VECTORS: list[tuple[str, object, str]] = [
     ("P-521", lambda: csr_for(ec.generate_private_key(ec.SECP521R1())), "P-256 or P-384"),
     ("P-224", lambda: csr_for(ec.generate_private_key(ec.SECP224R1())), "P-256 or P-384"),
     ("Ed25519", lambda: _ed25519_csr(), "not allowed"),
+    ("version 1", lambda: wire.csr_with_version(1), "not a valid CSR version"),
 ]
 
 

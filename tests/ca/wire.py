@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,18 @@ def make_csr(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
         )
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def csr_with_version(version: int) -> str:
+    """A valid CSR whose version field says `version` (PKCS#10 knows only 0); its signature no
+    longer verifies, but a parser must refuse the version first."""
+    der = bytearray(
+        x509.load_pem_x509_csr(make_csr().encode()).public_bytes(serialization.Encoding.DER)
+    )
+    at = der.find(b"\x02\x01\x00")  # the first INTEGER: CertificationRequestInfo.version
+    der[at + 2] = version
+    body = base64.encodebytes(bytes(der)).decode()
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n"
 
 
 def key_pem(key: CertificateIssuerPrivateKeyTypes) -> bytes:

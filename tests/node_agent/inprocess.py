@@ -15,8 +15,6 @@ from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
-
 from meshward_common.errors import NotReady
 from meshward_common.protos import meshward_discovery_pb2 as mdpb
 from meshward_common.registry import Workload
@@ -25,7 +23,13 @@ from node_agent.attestation import ProcReader
 from node_agent.front_door import FrontDoor, PeerTable
 from node_agent.rotation import RotationSchedule
 from node_agent.state import AgentState
-from node_agent.workload_api import Guard, MeshStateRelay, WorkloadApiServicer, add_servicers
+from node_agent.workload_api import (
+    Guard,
+    MeshStateRelay,
+    WorkloadApiServicer,
+    add_servicers,
+    new_server,
+)
 from node_agent.workload_svids import WorkloadSvidManager
 from tests.node_agent.certs import MiniCA
 
@@ -97,7 +101,7 @@ class InProcessAgent:
         proc = ProcReader()
         guard = Guard(self.state, self.peers, proc)
         self.api = WorkloadApiServicer(self.state, guard, self.svids.ensure)
-        self.server = grpc.aio.server()
+        self.server = new_server(guard)
         add_servicers(self.server, self.api, MeshStateRelay(self.state, guard))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()

@@ -10,9 +10,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshward_common.errors import NotReady, Unauthenticated
+from meshward_common.errors import NotReady, RateLimited, Unauthenticated
 from meshward_common.svid import pem_of
-from node_agent.ca_client import split_root, verify_control_plane
+from node_agent.ca_client import (
+    create_certificate,
+    make_channel,
+    make_csr,
+    split_root,
+    verify_control_plane,
+)
+from tests.harness.control_plane import run_control_plane
 from tests.node_agent.certs import MiniCA
 
 
@@ -75,3 +82,24 @@ def test_split_root_separates_the_self_signed_root():
         dt.timedelta(hours=1),
     )
     assert split_root([leaf, root]) == ([leaf], [root])
+
+
+async def test_the_agent_sees_a_rate_limited_ca_as_rate_limited(tmp_path):
+    # The agent's own mapping of status codes turned RESOURCE_EXHAUSTED into NotReady.
+    with run_control_plane(
+        tmp_path, "workloads: []\n", extra_args=("--rate-limit", "0.01", "--rate-burst", "1")
+    ) as cp:
+        channel = make_channel(cp.address, cp.bundle_pem(), None)
+        try:
+            key = ec.generate_private_key(ec.SECP256R1())
+            await create_certificate(
+                channel, make_csr(key, None), None, join_token=cp.join_token("node-1")
+            )
+            with pytest.raises(RateLimited, match=r"CA answered RESOURCE_EXHAUSTED: .*rate limit"):
+                await create_certificate(
+                    channel, make_csr(key, None), None, join_token=cp.join_token("node-1")
+                )
+            with pytest.raises(Unauthenticated, match="CA answered UNAUTHENTICATED"):
+                await create_certificate(channel, make_csr(key, None), None, join_token="nope")
+        finally:
+            await channel.close()

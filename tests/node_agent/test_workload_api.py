@@ -258,3 +258,13 @@ def test_stream_ends_with_permission_denied_when_the_caller_leaves_the_registry(
         with pytest.raises(grpc.RpcError) as err:
             next(stream)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_malformed_request_is_invalid_argument_not_unknown(agent):
+    agent.set_registry([ME])
+    with raw_channel(agent) as channel:
+        fetch = channel.unary_stream("/SpiffeWorkloadAPI/FetchX509SVID")
+        with pytest.raises(grpc.RpcError) as err:
+            next(iter(fetch(b"\xff\xff\xff", metadata=HEADER, timeout=10)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a valid message" in err.value.details()
