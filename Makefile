@@ -5,7 +5,7 @@ VENV_STAMP := .venv/.installed
 TOOLS := tools/bin
 JAEGER_VERSION := v1.76.0
 
-.PHONY: install system-deps protos test test-fast lint fmt bench jaeger dev-certs up down clean
+.PHONY: install system-deps protos test test-fast lint fmt bench jaeger kube dev-certs up down clean
 
 # The venv, then the data path's hot modules compiled with mypyc (rebuilt only when their
 # sources changed; sidecar_tls/hot_path.py).
@@ -30,7 +30,7 @@ system-deps:
 protos: install
 	$(PY) scripts/gen_protos.py
 
-test: install system-deps
+test: install system-deps kube
 	$(PY) -m pytest -q
 
 test-fast: install
@@ -53,6 +53,11 @@ jaeger: $(TOOLS)/jaeger
 
 $(TOOLS)/jaeger: tools/go.mod
 	bash scripts/build_jaeger.sh $(JAEGER_VERSION)
+
+# kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl v1.37.2 from the Go module
+# proxy (tools/kube) into /var/cache/meshward/kube (or $$MESHWARD_KUBE_CACHE); nothing when cached.
+kube:
+	@bash scripts/build_kube.sh >/dev/null
 
 dev-certs: install
 	.venv/bin/meshward ca dev-certs --out certs-dev

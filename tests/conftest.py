@@ -6,6 +6,7 @@ import fcntl
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # Imported early: a late import by the pytest plugin crashed Python 3.11.7 at session end.
 import hypothesis  # noqa: F401
@@ -33,3 +34,26 @@ def _one_netns_run_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real etcd + kube-apiserver (+ controllers) on loopback, once per session."""
+    from tests.harness.kube import running_cluster
+
+    with running_cluster(tmp_path_factory.mktemp("kube")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def kube(kube_cluster: Any) -> Iterator[Any]:
+    """The session's cluster for one test: its namespaces and nodes are deleted afterwards."""
+    from tests.harness.kube import Kube, admin_client
+
+    api = admin_client(kube_cluster)
+    k = Kube(kube_cluster, api)
+    try:
+        yield k
+    finally:
+        k.cleanup()
+        api.close()

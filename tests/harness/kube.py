@@ -1,0 +1,216 @@
+"""A real Kubernetes API server for the tests: one per session, namespaces per test.
+
+`kube_cluster` (session) starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler
+from `meshward.kube.cluster` (the same code `meshward kube cluster up` runs) under a temporary
+directory, with RBAC on; the binaries are built once by `scripts/build_kube.sh` into a cache
+outside the repository. `Kube` (per test) hands out fresh namespaces and deletes them afterwards,
+so tests never see each other's objects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+
+from meshward.kube.cluster import SA_ISSUER, LocalCluster, kube_bin_dir
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(root, kube_bin_dir(), controllers=True)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def admin_client(cluster: LocalCluster) -> k8s.ApiClient:
+    return k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Kube:
+    """The session's cluster as one test sees it."""
+
+    cluster: LocalCluster
+    api: k8s.ApiClient
+    namespaces: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)
+    cluster_objects: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+
+    @property
+    def core(self) -> k8s.CoreV1Api:
+        return k8s.CoreV1Api(self.api)
+
+    @property
+    def custom(self) -> k8s.CustomObjectsApi:
+        return k8s.CustomObjectsApi(self.api)
+
+    @property
+    def rbac(self) -> k8s.RbacAuthorizationV1Api:
+        return k8s.RbacAuthorizationV1Api(self.api)
+
+    @property
+    def discovery(self) -> k8s.DiscoveryV1Api:
+        return k8s.DiscoveryV1Api(self.api)
+
+    def namespace(self, prefix: str = "t") -> str:
+        name = f"{prefix}-{secrets.token_hex(3)}"
+        self.core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+        self.namespaces.append(name)
+        return name
+
+    def node(self, prefix: str = "node") -> str:
+        """A Node object (no kubelet behind it): pods bound to it are what agents attest."""
+        name = f"{prefix}-{secrets.token_hex(3)}"
+        self.core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=name)))
+        self.nodes.append(name)
+        return name
+
+    def service_account(self, namespace: str, name: str) -> None:
+        self.core.create_namespaced_service_account(
+            namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=name))
+        )
+
+    def pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        service_account: str,
+        node: str,
+        labels: dict[str, str] | None = None,
+        ip: str | None = None,
+        phase: str = "Running",
+    ) -> dict[str, Any]:
+        """A Pod bound to `node`, its status set as a kubelet would (phase, podIP, Ready)."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": labels or {}},
+            "spec": {
+                "serviceAccountName": service_account,
+                "nodeName": node,
+                "automountServiceAccountToken": False,
+                "containers": [
+                    {"name": "app", "image": "meshward/demo"},
+                    {"name": "istio-proxy", "image": "meshward/proxy"},
+                ],
+            },
+        }
+        created = self.core.create_namespaced_pod(namespace, body)
+        status: dict[str, Any] = {"phase": phase}
+        if ip is not None:
+            status["podIP"] = ip
+            status["podIPs"] = [{"ip": ip}]
+        if phase == "Running":
+            status["conditions"] = [{"type": "Ready", "status": "True"}]
+        self.core.patch_namespaced_pod_status(name, namespace, {"status": status})
+        return {"name": name, "uid": created.metadata.uid}
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        # Grace 0: no kubelet will confirm a graceful deletion, so the Pod goes at once.
+        self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+
+    def token(
+        self,
+        namespace: str,
+        service_account: str,
+        *,
+        pod: dict[str, Any] | None = None,
+        audience: str = "istio-ca",
+        seconds: int = 600,
+    ) -> str:
+        """A projected-style ServiceAccount token from the TokenRequest API (bound to `pod`)."""
+        bound = None
+        if pod is not None:
+            bound = k8s.V1BoundObjectReference(
+                kind="Pod", api_version="v1", name=pod["name"], uid=pod["uid"]
+            )
+        spec = k8s.V1TokenRequestSpec(
+            audiences=[audience], expiration_seconds=seconds, bound_object_ref=bound
+        )
+        answer = self.core.create_namespaced_service_account_token(
+            service_account, namespace, k8s.AuthenticationV1TokenRequest(spec=spec)
+        )
+        return str(answer.status.token)
+
+    def expired_token(self, namespace: str, service_account: str, pod: dict[str, Any]) -> str:
+        """A token signed by the cluster's own SA key whose `exp` has passed.
+
+        TokenRequest refuses lifetimes under 10 minutes, so the test signs one with the key the
+        API server signs with: the claims are the API server's own, only the times are old.
+        """
+        sa = self.core.read_namespaced_service_account(service_account, namespace)
+        now = int(time.time())
+        claims = {
+            "iss": SA_ISSUER,
+            "aud": ["istio-ca"],
+            "sub": f"system:serviceaccount:{namespace}:{service_account}",
+            "iat": now - 1200,
+            "nbf": now - 1200,
+            "exp": now - 600,
+            "kubernetes.io": {
+                "namespace": namespace,
+                "serviceaccount": {"name": service_account, "uid": sa.metadata.uid},
+                "pod": {"name": pod["name"], "uid": pod["uid"]},
+            },
+        }
+        key = (self.cluster.pki / "sa.key").read_bytes()
+        return jwt.encode(claims, key, algorithm="RS256")
+
+    def kubeconfig_for(self, namespace: str, service_account: str, path: Path) -> Path:
+        """A kubeconfig that authenticates as the service account (a 1 h token), written 0600."""
+        token = self.token(namespace, service_account, audience=SA_ISSUER, seconds=3600)
+        text = (
+            "apiVersion: v1\nkind: Config\n"
+            f"clusters:\n- name: c\n  cluster:\n    server: {self.cluster.server}\n"
+            f"    certificate-authority: {self.cluster.pki / 'ca.crt'}\n"
+            f"users:\n- name: u\n  user:\n    token: {token}\n"
+            "contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n"
+            "current-context: c\n"
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        return path
+
+    def cleanup(self) -> None:
+        for ns in self.namespaces:
+            with contextlib.suppress(ApiException):
+                self.core.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
+            with contextlib.suppress(ApiException):
+                self.core.delete_namespace(ns)
+        for node in self.nodes:
+            with contextlib.suppress(ApiException):
+                self.core.delete_node(node)
+        for kind, name in self.cluster_objects:
+            with contextlib.suppress(ApiException):
+                if kind == "ClusterRoleBinding":
+                    self.rbac.delete_cluster_role_binding(name)
+                elif kind == "ClusterRole":
+                    self.rbac.delete_cluster_role(name)
