@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from meshward_common.errors import InvalidRequest
+from sidecar_tls.answers import MalformedMessage
 from sidecar_tls.http1.head import Framing, parse_chunk_size
 
 _MAX_LINE: Final = 4096
@@ -26,7 +26,7 @@ class BodyTracker:
 
     def feed(self, data: bytes | bytearray | memoryview, start: int = 0) -> int:
         """Consume data[start:]; return the index just past the body's last byte (== len(data)
-        when all of it belongs to the body and more may follow). Raises InvalidRequest."""
+        when all of it belongs to the body and more may follow). Raises MalformedMessage."""
         if self.done:
             return start
         if self.framing is Framing.CLOSE:
@@ -55,7 +55,7 @@ class BodyTracker:
             if j < 0:
                 self._line += data[i:n]
                 if len(self._line) > _MAX_LINE:
-                    raise InvalidRequest("chunked body line too long")
+                    raise MalformedMessage("chunked body line too long")
                 return n
             self._line += data[i : i + j + 1]
             i += j + 1

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from typing import Final
 
-from meshward_common.errors import InvalidRequest
+from sidecar_tls.answers import BadRequest, BadResponse, LocalReply, MalformedMessage
 
 MAX_HEAD_BYTES: Final = 64 * 1024
 
@@ -221,17 +221,27 @@ def looks_like_http(first_bytes: bytes) -> bool:
 
 
 def parse_request_head(data: bytes) -> RequestHead:
-    """`data`: the head up to and including the blank line."""
+    """`data`: the head up to and including the blank line. Raises BadRequest (the sender's
+    fault: requests come from downstream)."""
+    try:
+        return _parse_request_head(data)
+    except BadRequest:
+        raise
+    except MalformedMessage as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _parse_request_head(data: bytes) -> RequestHead:
     text, line_end = _split_head(data)
     m = _REQUEST_LINE_RE.fullmatch(text, 0, line_end)
     if m is None:
-        raise InvalidRequest(f"malformed HTTP request line {text[: min(line_end, 80)]!r}")
+        raise BadRequest(f"malformed HTTP request line {text[: min(line_end, 80)]!r}")
     found = _scan(text, line_end, WANTED)
     framing, length = _framing(found)
     if framing is Framing.CLOSE and "transfer-encoding" in found:
         # A request body runs to its length or its last chunk, never to the connection's end
         # (RFC 9112 6.3): another coding last means nobody can tell where the request ends.
-        raise InvalidRequest("request Transfer-Encoding does not end with chunked")
+        raise BadRequest("request Transfer-Encoding does not end with chunked")
     version = m.group(3)
     return RequestHead(
         text,
@@ -248,7 +258,17 @@ def parse_request_head(data: bytes) -> RequestHead:
 def parse_response_head(data: bytes) -> ResponseHead:
     """A response head, scanned only for what relaying it needs: status line, framing and
     keep-alive (the sidecar forwards the head's bytes unchanged, so nothing else is parsed).
-    The framing headers are checked as strictly as a request's."""
+    The framing headers are checked as strictly as a request's. Raises BadResponse (the
+    upstream's fault, not the caller's)."""
+    try:
+        return _parse_response_head(data)
+    except BadResponse:
+        raise
+    except MalformedMessage as exc:
+        raise BadResponse(str(exc)) from None
+
+
+def _parse_response_head(data: bytes) -> ResponseHead:
     text, line_end = _split_head(data)
     # `HTTP/1.x NNN[ reason]`, read by position: a regex's fixed cost is most of this line's.
     version = text[5:8]
@@ -261,7 +281,7 @@ def parse_response_head(data: bytes) -> ResponseHead:
         or (line_end > 12 and text[12] != " ")
         or line_end < 12
     ):
-        raise InvalidRequest(f"malformed HTTP status line {text[: min(line_end, 80)]!r}")
+        raise BadResponse(f"malformed HTTP status line {text[: min(line_end, 80)]!r}")
     reason = text[13:line_end]
     found = _find_framing(text, line_end)
     framing, length = _framing(found)
@@ -311,11 +331,11 @@ def _remover(names: frozenset[str]) -> re.Pattern[bytes]:
     return pattern
 
 
-def simple_response(status: int, reason: str, body: str, close: bool = False) -> bytes:
-    """A complete small response the sidecar itself answers with (403, 502, 503)."""
-    payload = body.encode()
+def local_response(reply: LocalReply, close: bool = False) -> bytes:
+    """One of the sidecar's own answers (sidecar_tls.answers) as a complete HTTP/1.1 response."""
+    payload = reply.message.encode()
     head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\n"
+        f"HTTP/1.1 {reply.status} {reply.phrase}\r\ncontent-type: text/plain\r\n"
         f"content-length: {len(payload)}\r\n" + ("connection: close\r\n" if close else "") + "\r\n"
     )
     return head.encode() + payload
@@ -325,21 +345,21 @@ def parse_chunk_size(line: bytes) -> int:
     """The size from a chunk-size line (`1a;ext=1\\r\\n`)."""
     size = line.split(b";", 1)[0].strip()
     if not size or len(size) > 16 or not all(c in b"0123456789abcdefABCDEF" for c in size):
-        raise InvalidRequest(f"malformed chunk size line {line[:40]!r}")
+        raise MalformedMessage(f"malformed chunk size line {line[:40]!r}")
     return int(size, 16)
 
 
 def _split_head(data: bytes) -> tuple[str, int]:
     """The head as text (latin-1: one char per byte) and the end of its first line."""
     if len(data) > MAX_HEAD_BYTES:
-        raise InvalidRequest(f"HTTP head larger than {MAX_HEAD_BYTES} bytes")
+        raise MalformedMessage(f"HTTP head larger than {MAX_HEAD_BYTES} bytes")
     if not data.endswith(b"\r\n\r\n"):
-        raise InvalidRequest("HTTP head does not end with a blank line")
+        raise MalformedMessage("HTTP head does not end with a blank line")
     # Bare CR or LF and NUL are where parsers disagree: refuse them. With every CRLF pair gone,
     # no CR, LF or NUL may be left (`13 in` looks for a byte value directly, a memchr).
     rest = data.replace(b"\r\n", b"")
     if 13 in rest or 10 in rest or 0 in rest:
-        raise InvalidRequest("HTTP head has a bare CR, LF or NUL")
+        raise MalformedMessage("HTTP head has a bare CR, LF or NUL")
     text = data.decode("latin-1")
     return text, text.find("\r\n")  # found: the head ends with one
 
@@ -355,7 +375,7 @@ def _lower_name(name: str) -> str:
     lowered = _NAMES.get(name)
     if lowered is None:
         if _TOKEN_RE.fullmatch(name) is None:  # empty, or whitespace before the colon, ...
-            raise InvalidRequest(f"malformed HTTP header name {name[:80]!r}")
+            raise MalformedMessage(f"malformed HTTP header name {name[:80]!r}")
         lowered = name.lower()
         if len(_NAMES) < _NAMES_MAX:
             _NAMES[name] = lowered
@@ -372,7 +392,7 @@ def _scan(text: str, line_end: int, wanted: frozenset[str]) -> dict[str, str]:
     for line in text[line_end + 2 : -4].split("\r\n"):
         colon = line.find(":")
         if colon < 0:
-            raise InvalidRequest(f"malformed HTTP header line {line[:80]!r}")
+            raise MalformedMessage(f"malformed HTTP header line {line[:80]!r}")
         name = _lower_name(line[:colon])
         if name in wanted:
             value = line[colon + 1 :].strip(" \t")
@@ -411,7 +431,7 @@ def _add(found: dict[str, str], name: str, value: str) -> None:
     elif name in _JOINED:
         found[name] = f"{first},{value}"
     elif name == "content-length" and value != first:
-        raise InvalidRequest("message has conflicting Content-Length values")
+        raise MalformedMessage("message has conflicting Content-Length values")
 
 
 def _framing(found: dict[str, str]) -> tuple[Framing, int]:
@@ -419,12 +439,12 @@ def _framing(found: dict[str, str]) -> tuple[Framing, int]:
     cl = found.get("content-length")
     if te is not None:
         if cl is not None:
-            raise InvalidRequest("message has both Content-Length and Transfer-Encoding")
+            raise MalformedMessage("message has both Content-Length and Transfer-Encoding")
         last = te.rsplit(",", 1)[-1].strip().lower()
         return (Framing.CHUNKED if last == "chunked" else Framing.CLOSE), 0
     if cl is not None:
         if not cl.isdigit() or len(cl) > 18 or not cl.isascii():
-            raise InvalidRequest(f"Content-Length {cl!r} is not a number")
+            raise MalformedMessage(f"Content-Length {cl!r} is not a number")
         length = int(cl)
         return (Framing.LENGTH, length) if length else (Framing.NONE, 0)
     return Framing.CLOSE, 0

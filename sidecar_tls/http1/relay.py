@@ -16,16 +16,24 @@ from typing import Final, cast
 
 from mypy_extensions import mypyc_attr
 
-from meshward_common.errors import InvalidRequest
+from sidecar_tls.answers import (
+    BadRequest,
+    LocalReply,
+    MalformedMessage,
+    bad_request,
+    bad_response,
+)
+from sidecar_tls.exchange import Admission
 from sidecar_tls.http1.body import BodyTracker
 from sidecar_tls.http1.head import (
     MAX_HEAD_BYTES,
     Framing,
     RequestHead,
     ResponseHead,
+    local_response,
     parse_request_head,
     parse_response_head,
-    simple_response,
+    rewrite_request,
 )
 from sidecar_tls.telemetry.observe import HopSpan
 
@@ -113,30 +121,13 @@ class TlsUpstreamLink(UpstreamLink):
         self.data_received(_take_read(nbytes))
 
 
-class Prepared:
-    """What the hooks make of a request: bytes to send upstream with a span, or an answer."""
-
-    __slots__ = ("answer", "close_after", "request", "span")
-
-    def __init__(
-        self,
-        span: HopSpan,
-        request: bytes = b"",
-        answer: bytes = b"",
-        close_after: bool = False,
-    ) -> None:
-        self.span = span
-        self.request = request
-        self.answer = answer
-        self.close_after = close_after
-
-
 @mypyc_attr(allow_interpreted_subclasses=True)
 class RelayHooks:
     """What a relay asks its proxy, per request. A base class (not a Protocol) so the compiled
     relay calls the implementations directly."""
 
-    def prepare(self, raw: bytes, head: RequestHead) -> Prepared:
+    def prepare(self, head: RequestHead) -> Admission:
+        """The request's header edits (the relay splices them into the head), or an answer."""
         raise NotImplementedError
 
     def take_upstream(self) -> UpstreamLink | None:
@@ -148,7 +139,8 @@ class RelayHooks:
     def release_upstream(self, link: UpstreamLink, reusable: bool) -> None:
         raise NotImplementedError
 
-    def upstream_failed(self, exc: BaseException) -> bytes:
+    def upstream_failed(self, exc: BaseException) -> LocalReply:
+        """The answer when no upstream could be had, or it reset before responding."""
         raise NotImplementedError
 
 
@@ -261,26 +253,29 @@ class HttpRelay:
                 idx = self.buf.find(b"\r\n\r\n")
                 if idx < 0:
                     if len(self.buf) > MAX_HEAD_BYTES:
-                        self._answer_and_close(400, "Bad Request", "request head too large")
+                        self._answer_and_close(bad_request("request head too large"))
                     return
                 raw = bytes(self.buf[: idx + 4])
                 del self.buf[: idx + 4]
             try:
                 head = parse_request_head(raw)
-            except InvalidRequest as exc:
-                self._answer_and_close(400, "Bad Request", str(exc))
+            except BadRequest as exc:
+                self._answer_and_close(bad_request(str(exc)))
                 return
-            prepared = self.hooks.prepare(raw, head)
+            admission = self.hooks.prepare(head)
             length = head.body_length
-            if prepared.answer:
+            reply = admission.reply
+            if reply is not None:
                 assert self.down is not None
-                self.down.write(prepared.answer)
-                if prepared.close_after or length or not head.keep_alive:
+                answer = local_response(reply)
+                self.down.write(answer)
+                admission.span.finish(reply.status, len(reply.message), reply.message)
+                if length or not head.keep_alive:
                     self._close_down()
                     return
                 continue
-            self._span = prepared.span
-            self._request = prepared.request
+            self._span = admission.span
+            self._request = rewrite_request(raw, head, admission.remove, admission.set_)
             self._method = head.method
             self._client_keep_alive = head.keep_alive
             if length == 0:
@@ -307,12 +302,12 @@ class HttpRelay:
         try:
             up = await self.hooks.open_upstream()
         except Exception as exc:
-            answer = self.hooks.upstream_failed(exc)
+            reply = self.hooks.upstream_failed(exc)
             if self._span is not None:
-                self._span.finish(503, 0, str(exc) or type(exc).__name__)
+                self._span.finish(reply.status, 0, str(exc) or type(exc).__name__)
                 self._span = None
             if self.state != "closed" and self.down is not None:
-                self.down.write(answer)
+                self.down.write(local_response(reply, close=True))
                 self._close_down()
             return
         if self.state == "closed":
@@ -332,7 +327,7 @@ class HttpRelay:
         if self.buf and not self._req.done:
             try:
                 end = self._req.feed(self.buf)
-            except InvalidRequest as exc:
+            except MalformedMessage as exc:
                 up.owner = None
                 self.up = None
                 self.hooks.release_upstream(up, True)  # nothing of this request was sent on it
@@ -354,7 +349,7 @@ class HttpRelay:
         assert self.up.transport is not None
         try:
             end = self._req.feed(data)
-        except InvalidRequest as exc:
+        except MalformedMessage as exc:
             self._bad_request_body(str(exc))
             return
         self.up.transport.write(data[:end] if end < len(data) else data)
@@ -373,7 +368,7 @@ class HttpRelay:
             assert self._resp is not None
             try:
                 end = self._resp.feed(data)
-            except InvalidRequest as exc:
+            except MalformedMessage as exc:
                 self._fail_response(str(exc))
                 return
             self.down.write(data if end == len(data) else data[:end])
@@ -399,7 +394,7 @@ class HttpRelay:
             head_end = idx + 4
             try:
                 head = parse_response_head(data[start:head_end])
-            except InvalidRequest as exc:
+            except MalformedMessage as exc:
                 self._fail_response(str(exc))
                 return
             if 100 <= head.status < 200 and head.status != 101:
@@ -421,7 +416,7 @@ class HttpRelay:
         tracker = self._resp = BodyTracker(*head.framing(self._method))
         try:
             end = tracker.feed(data, head_end)
-        except InvalidRequest as exc:
+        except MalformedMessage as exc:
             self._fail_response(str(exc))
             return
         self.down.write(data if end == len(data) else data[:end])
@@ -470,12 +465,12 @@ class HttpRelay:
                 self._connect()
                 return
             reason = f"upstream reset before responding: {exc or 'connection closed'}"
-            answer = self.hooks.upstream_failed(ConnectionResetError(reason))
+            reply = self.hooks.upstream_failed(ConnectionResetError(reason))
             if self._span is not None:
-                self._span.finish(503, 0, reason)
+                self._span.finish(reply.status, 0, reason)
                 self._span = None
             if self.down is not None and self.state != "closed":
-                self.down.write(answer)
+                self.down.write(local_response(reply, close=True))
             self._close_down()
         elif self._resp is not None and self._resp.framing is Framing.CLOSE:
             self._finish_exchange(reusable=False)
@@ -487,14 +482,14 @@ class HttpRelay:
 
     def _fail_response(self, reason: str) -> None:
         log.info("bad response from upstream: %s", reason)
-        self._abandon(502, "Bad Gateway", reason)
+        self._abandon(bad_response(reason))
 
     def _bad_request_body(self, reason: str) -> None:
         """A request body whose end cannot be told (bad chunking)."""
         log.info("bad request body from downstream: %s", reason)
-        self._abandon(400, "Bad Request", reason)
+        self._abandon(bad_request(reason))
 
-    def _abandon(self, status: int, phrase: str, reason: str) -> None:
+    def _abandon(self, reply: LocalReply) -> None:
         """Neither connection can carry another message: the upstream is dropped, the span ends
         with `status`, the client gets `status` unless a response began, and it is closed."""
         if self.up is not None:
@@ -502,16 +497,16 @@ class HttpRelay:
             self.up.close()
             self.up = None
         if self._span is not None:
-            self._span.finish(status, 0, reason)
+            self._span.finish(reply.status, 0, reply.message)
             self._span = None
         if self._resp_head is None and self.state != "closed":
-            self._answer_and_close(status, phrase, reason)
+            self._answer_and_close(reply)
         else:
             self._close_down()
 
-    def _answer_and_close(self, status: int, reason: str, body: str) -> None:
+    def _answer_and_close(self, reply: LocalReply) -> None:
         if self.down is not None:
-            self.down.write(simple_response(status, reason, f"{body}\n", close=True))
+            self.down.write(local_response(reply, close=True))
         self._close_down()
 
     def _close_down(self) -> None:

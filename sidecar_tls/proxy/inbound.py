@@ -19,16 +19,12 @@ from typing import Final
 from meshward_common import ports
 from meshward_common.errors import Unauthenticated
 from policy.request import Request
+from sidecar_tls.answers import LocalReply, app_unreachable
 from sidecar_tls.authz import InboundAuthorizer
-from sidecar_tls.http1.head import (
-    RequestHead,
-    looks_like_http,
-    rewrite_request,
-    simple_response,
-)
+from sidecar_tls.exchange import Admission, InboundExchange
+from sidecar_tls.http1.head import RequestHead, looks_like_http
 from sidecar_tls.http1.relay import (
     HttpRelay,
-    Prepared,
     RelayHooks,
     TlsHttpRelay,
     UpstreamLink,
@@ -48,16 +44,14 @@ from sidecar_tls.proxy.net import (
     wrap_accepted_protocol,
 )
 from sidecar_tls.state import SidecarState
-from sidecar_tls.telemetry.observe import BoundHop, Hop, HopObserver, NoopObserver
+from sidecar_tls.telemetry.observe import Hop, HopObserver, NoopObserver, Protocol_
 from sidecar_tls.tls import ALPN_HTTP, PeerIdentity, verify_peer_leaf
-from sidecar_tls.xfcc import HEADER as XFCC_HEADER
 from sidecar_tls.xfcc import format_xfcc
 
 log = logging.getLogger(__name__)
 
 TLS_HANDSHAKE_RECORD: Final = 0x16
 APP_CONNECT_SECONDS: Final = 10.0
-DENIED_BODY: Final = "RBAC: access denied"
 FIRST_BYTES_TIMEOUT: Final = 10.0
 _NEVER_FORWARD: Final = frozenset(
     {ports.OUTBOUND, ports.INBOUND, ports.ADMIN, ports.HEALTH, ports.PROMETHEUS}
@@ -140,7 +134,7 @@ class InboundProxy:
         if relay.state == "closed":
             return
         if is_http:
-            hooks = _InboundHooks(self, caller, port)
+            hooks = _InboundHooks(self, self.exchange(caller, port, "http"), port)
             relay.hooks = hooks
             relay.start()
             try:
@@ -158,15 +152,38 @@ class InboundProxy:
         self.refused += 1
         log.warning("inbound refused: %s -> port %d: %s", downstream, port, reason)
 
+    def exchange(
+        self, caller: Caller, port: int, protocol: Protocol_, http_version: str = "1.1"
+    ) -> InboundExchange:
+        """The per-request part of one caller connection, for every codec. Who calls whom is
+        fixed for the connection: the observers take it once."""
+        peer = caller.peer
+        xfcc = (
+            format_xfcc(self.state.material.spiffe_id, peer.cert_sha256, str(peer.spiffe_id))
+            if peer
+            else None
+        )
+        return InboundExchange(
+            self.current_authorizer,
+            self.observer.bind(self._hop(protocol, caller, port, http_version)),
+            principal=_principal(caller),
+            xfcc=xfcc,
+            source_ip=caller.ip,
+            address=caller.address,
+            pod_ip=self.pod_ip,
+            port=port,
+        )
+
+    def current_authorizer(self) -> InboundAuthorizer:
+        return self.authorizer
+
     def _hop(
-        self, protocol: str, caller: Caller, port: int, head: RequestHead | None = None
+        self, protocol: Protocol_, caller: Caller, port: int, http_version: str = "1.1"
     ) -> Hop:
         return Hop(
             direction="inbound",
-            protocol="http" if protocol == "http" else "tcp",
-            method=head.method if head else "",
-            path=head.target if head else "",
-            authority=head.host if head else "",
+            protocol=protocol,
+            http_version=http_version,
             source_principal=str(caller.peer.spiffe_id) if caller.peer else "",
             destination_principal=self.state.material.spiffe_id,
             destination_workload=self.workload,
@@ -207,7 +224,7 @@ class InboundProxy:
 class _NoHooks(RelayHooks):
     """Hooks of a relay whose caller is not verified yet: it is never started with these."""
 
-    def prepare(self, raw: bytes, head: RequestHead) -> Prepared:
+    def prepare(self, head: RequestHead) -> Admission:
         raise AssertionError("relay started before the caller was verified")
 
     def take_upstream(self) -> UpstreamLink | None:
@@ -219,68 +236,21 @@ class _NoHooks(RelayHooks):
     def release_upstream(self, link: UpstreamLink, reusable: bool) -> None:
         link.close()
 
-    def upstream_failed(self, exc: BaseException) -> bytes:
-        return b""
+    def upstream_failed(self, exc: BaseException) -> LocalReply:
+        raise AssertionError("relay started before the caller was verified")
 
 
 class _InboundHooks(RelayHooks):
-    """Per caller connection: authorization, XFCC, and one keep-alive connection to the app."""
+    """Per HTTP/1.1 caller connection: its exchange, and one keep-alive connection to the app."""
 
-    def __init__(self, proxy: InboundProxy, caller: Caller, port: int) -> None:
+    def __init__(self, proxy: InboundProxy, exchange: InboundExchange, port: int) -> None:
         self.proxy = proxy
-        self.caller = caller
+        self.exchange = exchange
         self.port = port
         self.app: UpstreamLink | None = None
-        peer = caller.peer
-        self.xfcc = (
-            format_xfcc(proxy.state.material.spiffe_id, peer.cert_sha256, str(peer.spiffe_id))
-            if peer
-            else None
-        )
-        self.principal = _principal(caller)
-        # Who calls whom is fixed for the connection: the observers take it once.
-        self.observed: BoundHop = proxy.observer.bind(proxy._hop("http", caller, port))
 
-    def prepare(self, raw: bytes, head: RequestHead) -> Prepared:
-        proxy, caller = self.proxy, self.caller
-        lower = head.lower_map()
-        span = self.observed.request(head.method, head.target, head.host, lower)
-        authorizer = proxy.authorizer
-        # No policy selects the workload (the common case): everything is allowed, so no
-        # request to build per request.
-        decision = (
-            authorizer.check(
-                Request(
-                    self.principal,
-                    caller.ip,
-                    proxy.pod_ip,
-                    self.port,
-                    is_http=True,
-                    method=head.method,
-                    path=head.target,
-                    host=head.host,
-                    headers=lower,
-                )
-            )
-            if authorizer.applies()
-            else None
-        )
-        if decision is not None and not decision.allowed:
-            log.info(
-                "inbound denied: %s %s %s from %s (%s)",
-                self.principal or "plaintext",
-                head.method,
-                head.target,
-                caller.address,
-                decision.reason,
-            )
-            span.finish(403, len(DENIED_BODY), DENIED_BODY)
-            return Prepared(span, answer=simple_response(403, "Forbidden", DENIED_BODY))
-        # SANITIZE_SET: the caller's XFCC goes, ours (mTLS callers only) is set.
-        extra = span.inject()
-        if self.xfcc:
-            extra = [*extra, (XFCC_HEADER, self.xfcc)]
-        return Prepared(span, rewrite_request(raw, head, _XFCC_ONLY, extra))
+    def prepare(self, head: RequestHead) -> Admission:
+        return self.exchange.admit(head.method, head.target, head.host, head.lower_map())
 
     def take_upstream(self) -> UpstreamLink | None:
         app, self.app = self.app, None
@@ -304,18 +274,13 @@ class _InboundHooks(RelayHooks):
         else:
             link.close()
 
-    def upstream_failed(self, exc: BaseException) -> bytes:
-        return simple_response(
-            503, "Service Unavailable", f"app not reachable: {exc}\n", close=True
-        )
+    def upstream_failed(self, exc: BaseException) -> LocalReply:
+        return app_unreachable(str(exc))
 
     def close(self) -> None:
         if self.app is not None:
             self.app.close()
             self.app = None
-
-
-_XFCC_ONLY: Final = (XFCC_HEADER,)
 
 
 def _principal(caller: Caller) -> str:

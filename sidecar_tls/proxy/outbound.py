@@ -16,15 +16,11 @@ from typing import Final
 
 from meshward_common import ports
 from meshward_common.errors import MeshwardError
+from sidecar_tls.answers import LocalReply, upstream_unavailable
 from sidecar_tls.destinations import Destination, OutboundPolicy, resolve_destination
-from sidecar_tls.http1.head import (
-    HOP_BY_HOP,
-    RequestHead,
-    looks_like_http,
-    rewrite_request,
-    simple_response,
-)
-from sidecar_tls.http1.relay import HttpRelay, Prepared, RelayHooks, UpstreamLink, run_relay
+from sidecar_tls.exchange import Admission, OutboundExchange
+from sidecar_tls.http1.head import HOP_BY_HOP, RequestHead, looks_like_http
+from sidecar_tls.http1.relay import HttpRelay, RelayHooks, UpstreamLink, run_relay
 from sidecar_tls.proxy.net import (
     Streams,
     close,
@@ -37,7 +33,7 @@ from sidecar_tls.proxy.net import (
 )
 from sidecar_tls.proxy.pool import ConnectionPool
 from sidecar_tls.state import SidecarState
-from sidecar_tls.telemetry.observe import BoundHop, Hop, HopObserver, NoopObserver
+from sidecar_tls.telemetry.observe import Hop, HopObserver, NoopObserver, Protocol_
 from sidecar_tls.tls import ALPN_TCP
 
 log = logging.getLogger(__name__)
@@ -114,20 +110,27 @@ class OutboundProxy:
             "outbound refused: %s -> %s (%s): %s", downstream, dest.address, dest.service, reason
         )
 
+    def exchange(
+        self, dest: Destination, downstream: str, protocol: Protocol_, http_version: str = "1.1"
+    ) -> OutboundExchange:
+        """The per-request part of one app connection, for every codec. Who calls whom is fixed
+        for the connection: the observers take it once."""
+        return OutboundExchange(
+            self.observer.bind(self._hop(protocol, dest, downstream, True, http_version))
+        )
+
     def _hop(
         self,
-        protocol: str,
+        protocol: Protocol_,
         dest: Destination,
         downstream: str,
         mtls: bool,
-        head: RequestHead | None = None,
+        http_version: str = "1.1",
     ) -> Hop:
         return Hop(
             direction="outbound",
-            protocol="http" if protocol == "http" else "tcp",
-            method=head.method if head else "",
-            path=head.target if head else "",
-            authority=head.host if head else "",
+            protocol=protocol,
+            http_version=http_version,
             source_principal=self.state.material.spiffe_id if mtls else "",
             destination_principal=next(iter(sorted(dest.expected_ids)), ""),
             source_workload=self.workload,
@@ -177,15 +180,15 @@ class _OutboundHooks(RelayHooks):
         self.dest = dest
         self.downstream = downstream
         self.link: UpstreamLink | None = None  # idle between this connection's requests
-        # Who calls whom is fixed for the connection: the observers take it once.
-        self.observed: BoundHop = proxy.observer.bind(proxy._hop("http", dest, downstream, True))
+        self.exchange = proxy.exchange(dest, downstream, "http")
 
-    def prepare(self, raw: bytes, head: RequestHead) -> Prepared:
-        span = self.observed.request(head.method, head.target, head.host, head.lower_map())
+    def prepare(self, head: RequestHead) -> Admission:
+        admission = self.exchange.admit(head.method, head.target, head.host, head.lower_map())
         # Connection semantics are per hop: the app's `connection: close` must not close the
         # pooled sidecar-to-sidecar connection (an upgrade keeps its headers).
-        hop_by_hop = () if head.found.get("upgrade") else HOP_BY_HOP
-        return Prepared(span, rewrite_request(raw, head, hop_by_hop, span.inject()))
+        if not head.found.get("upgrade"):
+            admission.remove = HOP_BY_HOP
+        return admission
 
     def take_upstream(self) -> UpstreamLink | None:
         # The link of this connection's previous request first: no pool round trip per request.
@@ -213,9 +216,7 @@ class _OutboundHooks(RelayHooks):
         if link is not None:
             self.proxy.pool.release_link(self.dest, link)
 
-    def upstream_failed(self, exc: BaseException) -> bytes:
+    def upstream_failed(self, exc: BaseException) -> LocalReply:
         reason = str(exc) or type(exc).__name__
         self.proxy._refuse(self.dest, self.downstream, reason)
-        return simple_response(
-            503, "Service Unavailable", f"upstream connect error: {reason}\n", close=True
-        )
+        return upstream_unavailable(reason)

@@ -55,7 +55,13 @@ COMMON_LABELS: Final[tuple[str, ...]] = (
     "request_protocol",
     "connection_security_policy",
 )
-REQUEST_LABELS: Final[tuple[str, ...]] = (*COMMON_LABELS, "response_code", "response_flags")
+# grpc_response_status: the call's grpc-status for gRPC, "" for other requests (as Istio reports).
+REQUEST_LABELS: Final[tuple[str, ...]] = (
+    *COMMON_LABELS,
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+)
 UNKNOWN: Final = "unknown"  # Istio's value for a label it cannot fill
 
 
@@ -223,18 +229,19 @@ class _BoundMetrics(BoundHop):
         self._metrics = metrics
         self._labels = labels
         self.now = now
-        self._children: dict[tuple[int, str], RequestSeries] = {}
+        self._children: dict[tuple[int, int, str], RequestSeries] = {}
 
     def request(
         self, method: str, path: str, authority: str, headers: Mapping[str, str]
     ) -> HopSpan:
         return _HttpHop(self, self.now())
 
-    def count(self, status: int, flags: str, elapsed_ms: float) -> None:
-        key = (status, flags)
+    def count(self, status: int, grpc_status: int, flags: str, elapsed_ms: float) -> None:
+        key = (status, grpc_status, flags)
         series = self._children.get(key)
         if series is None:
-            series = self._metrics.requests.series((*self._labels, str(status), flags))
+            grpc = str(grpc_status) if grpc_status >= 0 else ""
+            series = self._metrics.requests.series((*self._labels, str(status), grpc, flags))
             self._children[key] = series
         series.observe(elapsed_ms)
 
@@ -249,13 +256,15 @@ class _HttpHop(HopSpan):
     def inject(self) -> Sequence[tuple[str, str]]:
         return ()
 
-    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
+    def finish(
+        self, status: int, response_bytes: int, error: str | None = None, grpc_status: int = -1
+    ) -> None:
         bound = self._bound
         if bound is None:  # counted exactly once, whatever the data path does
             return
         self._bound = None
         elapsed_ms = (bound.now() - self._started) * 1000.0
-        bound.count(status, response_flags(status, error), elapsed_ms)
+        bound.count(status, grpc_status, response_flags(status, error), elapsed_ms)
 
 
 class _TcpHop(HopSpan):
@@ -270,7 +279,9 @@ class _TcpHop(HopSpan):
     def inject(self) -> Sequence[tuple[str, str]]:
         return ()
 
-    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
+    def finish(
+        self, status: int, response_bytes: int, error: str | None = None, grpc_status: int = -1
+    ) -> None:
         if self._done:
             return
         self._done = True

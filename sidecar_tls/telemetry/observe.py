@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 from mypy_extensions import mypyc_attr
 
 Direction = Literal["inbound", "outbound"]
-Protocol_ = Literal["http", "tcp"]
+Protocol_ = Literal["http", "grpc", "tcp"]  # Istio's request_protocol
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Hop:
 
     direction: Direction  # inbound = SERVER side (reporter=destination), outbound = CLIENT side
     protocol: Protocol_
+    http_version: str = "1.1"  # "2" for HTTP/2 (gRPC is always HTTP/2)
     method: str = ""  # HTTP only
     path: str = ""  # HTTP only, with query
     authority: str = ""  # Host header, HTTP only
@@ -51,8 +52,11 @@ class HopSpan:
         traceparent/tracestate, b3 headers, x-request-id when it was missing."""
         raise NotImplementedError
 
-    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
-        """Once, when the response has been relayed (status 0 for TCP)."""
+    def finish(
+        self, status: int, response_bytes: int, error: str | None = None, grpc_status: int = -1
+    ) -> None:
+        """Once, when the response has been relayed (status 0 for TCP). `grpc_status`: the
+        call's `grpc-status` (-1: not a gRPC call, or it ended without one)."""
         raise NotImplementedError
 
 
@@ -80,7 +84,9 @@ class _NoopSpan(HopSpan):
     def inject(self) -> Sequence[tuple[str, str]]:
         return ()
 
-    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
+    def finish(
+        self, status: int, response_bytes: int, error: str | None = None, grpc_status: int = -1
+    ) -> None:
         return None
 
 
@@ -150,9 +156,11 @@ class _PairSpan(HopSpan):
             return first
         return [*first, *second] if first else second
 
-    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
-        self._first.finish(status, response_bytes, error)
-        self._second.finish(status, response_bytes, error)
+    def finish(
+        self, status: int, response_bytes: int, error: str | None = None, grpc_status: int = -1
+    ) -> None:
+        self._first.finish(status, response_bytes, error, grpc_status)
+        self._second.finish(status, response_bytes, error, grpc_status)
 
 
 class _CompositeBound(BoundHop):
@@ -181,6 +189,8 @@ class _CompositeSpan(HopSpan):
                 out = [*out, *injected] if out else injected
         return out
 
-    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
+    def finish(
+        self, status: int, response_bytes: int, error: str | None = None, grpc_status: int = -1
+    ) -> None:
         for span in self._spans:
-            span.finish(status, response_bytes, error)
+            span.finish(status, response_bytes, error, grpc_status)

@@ -125,7 +125,7 @@ def start_attributes(hop: Hop, service: str, namespace: str, node_id: str) -> di
         "istio.namespace": namespace,
         "http.method": hop.method,
         "http.url": f"http://{hop.authority or hop.destination_service}{hop.path}",
-        "http.protocol": "HTTP/1.1",
+        "http.protocol": "HTTP/2" if hop.http_version == "2" else "HTTP/1.1",
         "upstream_cluster": upstream_cluster(hop),
         "upstream_cluster.name": upstream_cluster(hop),
         "upstream_address": hop.upstream_address,
@@ -160,17 +160,29 @@ class _HttpSpan(HopSpan):
     def inject(self) -> Sequence[tuple[str, str]]:
         return self._inject
 
-    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
+    def finish(
+        self, status: int, response_bytes: int, error: str | None = None, grpc_status: int = -1
+    ) -> None:
         if self._done:
             return
         self._done = True
         span = self._span
         span.set_attribute("http.status_code", str(status))
         span.set_attribute("response_size", str(response_bytes))
-        if error or status >= 500 or status == 0:
+        failed = bool(error) or status >= 500 or status == 0
+        if grpc_status >= 0:
+            # Envoy's gRPC tags: the call's status decides, whatever the HTTP status (200).
+            span.set_attribute("grpc.status_code", str(grpc_status))
+            failed = failed or grpc_status != 0
+            if error:
+                span.set_attribute("grpc.message", error)
+        if failed:
             # Envoy marks 5xx and upstream failures with error=true; the reason is in response_flags.
             span.set_attribute("error", "true")
-            span.set_status(Status(StatusCode.ERROR, error or f"HTTP {status}"))
+            reason = error or (
+                f"gRPC status {grpc_status}" if grpc_status > 0 else f"HTTP {status}"
+            )
+            span.set_status(Status(StatusCode.ERROR, reason))
         span.end()
 
 
@@ -185,7 +197,9 @@ class _UnsampledSpan(HopSpan):
     def inject(self) -> Sequence[tuple[str, str]]:
         return self._inject
 
-    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
+    def finish(
+        self, status: int, response_bytes: int, error: str | None = None, grpc_status: int = -1
+    ) -> None:
         return None
 
 
@@ -303,6 +317,10 @@ class _BoundTracing(BoundHop):
         user_agent = headers.get("user-agent")
         if user_agent is not None:
             attrs["user_agent"] = user_agent
+        if base.protocol == "grpc":  # Envoy's gRPC request tags
+            attrs["grpc.path"] = path
+            attrs["grpc.authority"] = authority
+            attrs["grpc.content_type"] = headers.get("content-type") or ""
         span = self._observer._tracer.start_span(
             operation_name(hop),
             context=_sampled_parent(extract_context(headers)),
@@ -429,7 +447,7 @@ class TracingObserver:
         return self.bind(hop).request(hop.method, hop.path, hop.authority, headers)
 
     def bind(self, base: Hop) -> BoundHop:
-        if base.protocol != "http":
+        if base.protocol == "tcp":
             return NOOP_BOUND  # Envoy traces HTTP only; TCP connections show up in metrics
         return _BoundTracing(self, base)
 

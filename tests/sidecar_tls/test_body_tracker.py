@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshward_common.errors import InvalidRequest
+from sidecar_tls.answers import MalformedMessage
 from sidecar_tls.http1.body import BodyTracker
 from sidecar_tls.http1.head import Framing
 
@@ -48,5 +48,5 @@ def test_close_delimited_body_never_ends_by_itself() -> None:
 
 
 def test_a_malformed_chunk_size_is_refused() -> None:
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(MalformedMessage):
         BodyTracker(Framing.CHUNKED).feed(b"xyz\r\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshward_common.errors import InvalidRequest
+from sidecar_tls.answers import BadRequest, BadResponse, MalformedMessage
 from sidecar_tls.http1 import head as http1
 from sidecar_tls.http1.head import (
     Framing,
@@ -69,8 +70,10 @@ def test_request_fields_and_lowercased_map() -> None:
     ],
 )
 def test_ambiguous_or_malformed_requests_are_refused(raw: bytes, why: str) -> None:
-    with pytest.raises(InvalidRequest, match=why):
+    # The caller's fault: a BadRequest, which is an InvalidRequest (answered 400).
+    with pytest.raises(BadRequest, match=why) as refused:
         parse_request_head(raw)
+    assert isinstance(refused.value, InvalidRequest)
 
 
 @pytest.mark.parametrize(
@@ -107,8 +110,11 @@ def test_response_framing_depends_on_status_and_method(
     ],
 )
 def test_malformed_responses_are_refused(raw: bytes, why: str) -> None:
-    with pytest.raises(InvalidRequest, match=why):
+    # The upstream's fault, not the caller's (h11's Local/RemoteProtocolError): never an
+    # InvalidRequest, which the relay would answer with 400 as if the caller had erred.
+    with pytest.raises(BadResponse, match=why) as refused:
         parse_response_head(raw)
+    assert not isinstance(refused.value, InvalidRequest)
 
 
 @pytest.mark.parametrize(
@@ -175,7 +181,7 @@ def test_sniffing_http_from_the_first_bytes(first: bytes, is_http: bool) -> None
 def test_chunk_size_lines() -> None:
     assert parse_chunk_size(b"1a;ext=1\r\n") == 26
     assert parse_chunk_size(b"0\r\n") == 0
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(MalformedMessage):
         parse_chunk_size(b"zz\r\n")
 
 

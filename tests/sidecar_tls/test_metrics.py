@@ -118,6 +118,7 @@ async def test_requests_counted_exactly_with_principals_and_codes(served):
         "request_protocol": "http",
         "connection_security_policy": "mutual_tls",
         "response_code": "403",
+        "grpc_response_status": "",
         "response_flags": "-",
     }
 

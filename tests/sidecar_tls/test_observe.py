@@ -18,7 +18,9 @@ class _Span(HopSpan):
     def inject(self) -> Sequence[tuple[str, str]]:
         return self._inject
 
-    def finish(self, status: int, response_bytes: int, error: str | None = None) -> None:
+    def finish(
+        self, status: int, response_bytes: int, error: str | None = None, grpc_status: int = -1
+    ) -> None:
         self._log.append((self._name, "finish", status, response_bytes, error))
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from sidecar_tls.http1.head import RequestHead, simple_response
-from sidecar_tls.http1.relay import HttpRelay, Prepared, RelayHooks, UpstreamLink
+from sidecar_tls.answers import LocalReply, upstream_unavailable
+from sidecar_tls.exchange import Admission
+from sidecar_tls.http1.head import RequestHead
+from sidecar_tls.http1.relay import HttpRelay, RelayHooks, UpstreamLink
 from sidecar_tls.telemetry.observe import Hop, NoopObserver
 from tests.sidecar_tls.loopback import Handler, serve_app
 
@@ -44,8 +46,8 @@ class _Hooks(RelayHooks):
         self.fresh_port = fresh_port
         self.opened = 0
 
-    def prepare(self, raw: bytes, head: RequestHead) -> Prepared:
-        return Prepared(NoopObserver().start(_HOP, {}), raw)
+    def prepare(self, head: RequestHead) -> Admission:
+        return Admission(NoopObserver().start(_HOP, {}))
 
     def take_upstream(self) -> UpstreamLink | None:
         link, self.stale = self.stale, None
@@ -61,8 +63,8 @@ class _Hooks(RelayHooks):
     def release_upstream(self, link: UpstreamLink, reusable: bool) -> None:
         link.close()
 
-    def upstream_failed(self, exc: BaseException) -> bytes:
-        return simple_response(503, "Service Unavailable", f"{exc}\n", close=True)
+    def upstream_failed(self, exc: BaseException) -> LocalReply:
+        return upstream_unavailable(str(exc))
 
 
 async def _exchange(stale_port: int, fresh_port: int, request: bytes) -> tuple[bytes, _Hooks]:
