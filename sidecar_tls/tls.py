@@ -27,7 +27,8 @@ from sidecar_tls.identity import WorkloadIdentity
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 ALPN_HTTP = "http/1.1"
 ALPN_TCP = "meshward-tcp"  # raw TCP relayed after the same identity checks (Istio: "istio")
-ALPN_PROTOCOLS = (ALPN_HTTP, ALPN_TCP)
+ALPN_H2 = "h2"  # HTTP/2 (gRPC) between sidecars, one connection carrying many streams
+ALPN_PROTOCOLS = (ALPN_H2, ALPN_HTTP, ALPN_TCP)
 
 _generations = count(1)
 
@@ -63,6 +64,7 @@ class TlsMaterial:
     identity: WorkloadIdentity
     client_http: ssl.SSLContext  # offers ALPN http/1.1
     client_tcp: ssl.SSLContext  # offers ALPN meshward-tcp
+    client_h2: ssl.SSLContext  # offers ALPN h2
     server: ssl.SSLContext
     generation: int
     # Computed once per generation: both are read on every request.
@@ -81,10 +83,13 @@ def build_material(identity: WorkloadIdentity) -> TlsMaterial:
     client_http.set_alpn_protocols([ALPN_HTTP])
     client_tcp = _base_context(ssl.Purpose.SERVER_AUTH, identity)
     client_tcp.set_alpn_protocols([ALPN_TCP])
+    client_h2 = _base_context(ssl.Purpose.SERVER_AUTH, identity)
+    client_h2.set_alpn_protocols([ALPN_H2])
     return TlsMaterial(
         identity,
         client_http,
         client_tcp,
+        client_h2,
         server,
         next(_generations),
         str(identity.spiffe_id),

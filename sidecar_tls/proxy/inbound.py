@@ -9,12 +9,13 @@ app leave from 127.0.0.6, which the interception rules let through instead of lo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from meshward_common import ports
 from meshward_common.errors import Unauthenticated
@@ -30,6 +31,10 @@ from sidecar_tls.http1.relay import (
     UpstreamLink,
     run_relay,
 )
+from sidecar_tls.http2.connection import H2Side, TlsH2Side, run_side
+from sidecar_tls.http2.headers import RequestView, looks_like_h2c
+from sidecar_tls.http2.streams import Forwarder, Route
+from sidecar_tls.http2.upstreams import H2Upstreams
 from sidecar_tls.proxy.net import (
     Streams,
     close,
@@ -45,7 +50,7 @@ from sidecar_tls.proxy.net import (
 )
 from sidecar_tls.state import SidecarState
 from sidecar_tls.telemetry.observe import Hop, HopObserver, NoopObserver, Protocol_
-from sidecar_tls.tls import ALPN_HTTP, PeerIdentity, verify_peer_leaf
+from sidecar_tls.tls import ALPN_H2, ALPN_HTTP, PeerIdentity, verify_peer_leaf
 from sidecar_tls.xfcc import format_xfcc
 
 log = logging.getLogger(__name__)
@@ -126,12 +131,30 @@ class InboundProxy:
                 transport.close()
                 self._refuse(downstream, port, str(exc))
                 return
-            is_http = selected_alpn(transport) == ALPN_HTTP
+            alpn = selected_alpn(transport)
+            is_h2 = alpn == ALPN_H2
+            is_http = alpn == ALPN_HTTP
         else:
             transport = await wrap_accepted_protocol(sock, None, relay)
-            is_http = looks_like_http(first)
+            is_h2 = looks_like_h2c(first)
+            is_http = not is_h2 and looks_like_http(first)
         caller = Caller(peer, downstream, str(peer_ip))
         if relay.state == "closed":
+            return
+        if is_h2:
+            route = _InboundH2Route(self, caller, port)
+            side = (TlsH2Side if use_tls else H2Side)(client_side=False, acceptor=Forwarder(route))
+            # The relay held the transport (paused) while the caller was checked: hand it over,
+            # with what the relay had already received.
+            transport.set_protocol(cast(asyncio.BaseProtocol, side))
+            side.connection_made(transport)
+            if relay.buf:
+                side.data_received(bytes(relay.buf))
+            transport.resume_reading()
+            try:
+                await run_side(side)
+            finally:
+                route.closed()
             return
         if is_http:
             hooks = _InboundHooks(self, self.exchange(caller, port, "http"), port)
@@ -291,3 +314,49 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason)
     return str(exc) or type(exc).__name__
+
+
+class _InboundH2Route(Route):
+    """Per HTTP/2 caller connection: each stream authorized as its own request, then carried to
+    the app over h2c (as many connections as the app's stream limit needs, closed with this one)."""
+
+    def __init__(self, proxy: InboundProxy, caller: Caller, port: int) -> None:
+        self.proxy = proxy
+        self.caller = caller
+        self.port = port
+        self.upstreams = H2Upstreams(self._connect_app)
+        self._http: InboundExchange | None = None
+        self._grpc: InboundExchange | None = None
+
+    def admit(self, view: RequestView) -> Admission:
+        if view.grpc:
+            if self._grpc is None:
+                self._grpc = self.proxy.exchange(self.caller, self.port, "grpc", "2")
+            exchange = self._grpc
+        else:
+            if self._http is None:
+                self._http = self.proxy.exchange(self.caller, self.port, "http", "2")
+            exchange = self._http
+        return exchange.admit(view.method, view.path, view.authority, view.by_name)
+
+    async def _connect_app(self) -> H2Side:
+        _, side = await open_protocol(
+            lambda: H2Side(client_side=True),
+            self.proxy.app_host,
+            self.port,
+            APP_CONNECT_SECONDS,
+            local_addr=(self.proxy.passthrough_source, 0),
+        )
+        return side
+
+    def take_upstream(self) -> H2Side | None:
+        return self.upstreams.take()
+
+    async def open_upstream(self) -> H2Side:
+        return await self.upstreams.get()
+
+    def upstream_failed(self, exc: BaseException) -> LocalReply:
+        return app_unreachable(str(exc) or type(exc).__name__)
+
+    def closed(self) -> None:
+        self.upstreams.close_all()

@@ -21,6 +21,9 @@ from sidecar_tls.destinations import Destination, OutboundPolicy, resolve_destin
 from sidecar_tls.exchange import Admission, OutboundExchange
 from sidecar_tls.http1.head import HOP_BY_HOP, RequestHead, looks_like_http
 from sidecar_tls.http1.relay import HttpRelay, RelayHooks, UpstreamLink, run_relay
+from sidecar_tls.http2.connection import H2Side, run_side
+from sidecar_tls.http2.headers import RequestView, looks_like_h2c
+from sidecar_tls.http2.streams import Forwarder, Route
 from sidecar_tls.proxy.net import (
     Streams,
     close,
@@ -87,8 +90,15 @@ class OutboundProxy:
                 return
             await self._passthrough(sock, dest, downstream)
             return
-        is_http = self._http_only or looks_like_http(await peek(sock, 8, SNIFF_TIMEOUT))
-        if is_http:
+        first = b"" if self._http_only else await peek(sock, 8, SNIFF_TIMEOUT)
+        if looks_like_h2c(first):  # before HTTP/1: the preface's PRI looks like a method
+            side = H2Side(
+                client_side=False, acceptor=Forwarder(_OutboundH2Route(self, dest, downstream))
+            )
+            await wrap_accepted_protocol(sock, None, side)
+            await run_side(side)
+            return
+        if self._http_only or looks_like_http(first):
             hooks = _OutboundHooks(self, dest, downstream)
             relay = HttpRelay(hooks)
             try:
@@ -215,6 +225,44 @@ class _OutboundHooks(RelayHooks):
         link, self.link = self.link, None
         if link is not None:
             self.proxy.pool.release_link(self.dest, link)
+
+    def upstream_failed(self, exc: BaseException) -> LocalReply:
+        reason = str(exc) or type(exc).__name__
+        self.proxy._refuse(self.dest, self.downstream, reason)
+        return upstream_unavailable(reason)
+
+
+class _OutboundH2Route(Route):
+    """Per HTTP/2 app connection: each stream to a pooled HTTP/2 mTLS connection to the peer
+    sidecar (ALPN h2), with its own span and context headers."""
+
+    def __init__(self, proxy: OutboundProxy, dest: Destination, downstream: str) -> None:
+        self.proxy = proxy
+        self.dest = dest
+        self.downstream = downstream
+        self.upstreams = proxy.pool.h2_upstreams(dest)
+        self._http: OutboundExchange | None = None
+        self._grpc: OutboundExchange | None = None
+
+    def admit(self, view: RequestView) -> Admission:
+        if view.grpc:
+            if self._grpc is None:
+                self._grpc = self.proxy.exchange(self.dest, self.downstream, "grpc", "2")
+            exchange = self._grpc
+        else:
+            if self._http is None:
+                self._http = self.proxy.exchange(self.dest, self.downstream, "http", "2")
+            exchange = self._http
+        return exchange.admit(view.method, view.path, view.authority, view.by_name)
+
+    def fits(self, side: H2Side) -> bool:
+        return self.proxy.pool.h2_fits(self.dest, side)
+
+    def take_upstream(self) -> H2Side | None:
+        return self.upstreams.take(self.fits)
+
+    async def open_upstream(self) -> H2Side:
+        return await self.upstreams.get(self.fits)
 
     def upstream_failed(self, exc: BaseException) -> LocalReply:
         reason = str(exc) or type(exc).__name__

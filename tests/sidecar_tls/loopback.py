@@ -141,12 +141,16 @@ async def sidecar_pair(
     expected_server_id: str = SERVER_ID,
     deny_paths: tuple[str, ...] = (),
     observer: HopObserver | None = None,
+    app_port: int | None = None,
 ) -> AsyncIterator[Pair]:
+    """`app_port`: an app already listening there (a gRPC server) instead of `app`."""
     client_svids = StaticSvidSource(client_identity)
     server_svids = StaticSvidSource(server_identity)
     client_state = SidecarState(client_svids, snapshot(expected_server_id))
     server_state = SidecarState(server_svids, snapshot(expected_server_id))
-    async with serve_app(app) as app_port:
+    async with contextlib.AsyncExitStack() as stack:
+        if app_port is None:
+            app_port = await stack.enter_async_context(serve_app(app))
         inbound = InboundProxy(
             server_state,
             ModeAuthorizer(mode, deny_paths),

@@ -1,0 +1,5 @@
+"""The HTTP/2 codec, on the `h2` library (framing, HPACK, flow control): header blocks as pure
+functions (`headers`), one connection as an asyncio protocol (`connection`), the bridge between a
+downstream stream and an upstream one (`streams`), and the upstream connections of one
+destination with their stream slots (`upstreams`). gRPC is HTTP/2 with trailers: every stream
+kind is carried the same way."""

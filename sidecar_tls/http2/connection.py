@@ -1,0 +1,290 @@
+"""One HTTP/2 connection of the sidecar (either role), as an asyncio protocol around `h2`.
+
+`H2Side` feeds received bytes to h2's state machine and hands the events of each stream to the
+`StreamPair` that carries it (sidecar_tls.http2.streams); a new request on a server-role side goes
+to its `Acceptor`. Events on one side write frames on another (a request's DATA goes out on the
+upstream side), so every side with frames to send is flushed once at the end of each read.
+
+Flow control is per stream, end to end: received DATA is credited back to its sender only when it
+has been handed on (so a stream whose reader is slow fills its own window and stops, and no other
+stream waits for it), while the connection's window is large and credited at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import TYPE_CHECKING, Final, cast
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+if TYPE_CHECKING:
+    from sidecar_tls.http2.streams import StreamPair
+
+log = logging.getLogger(__name__)
+
+STREAM_WINDOW: Final = 1 << 20  # what one stream may have in flight towards us
+CONNECTION_WINDOW: Final = 16 << 20
+MAX_CONCURRENT_STREAMS: Final = 256  # that we accept from a downstream
+ASSUMED_PEER_STREAMS: Final = 100  # until the peer's SETTINGS say (RFC 9113 suggests >= 100)
+_DEFAULT_WINDOW: Final = 65535
+_READ_SIZE: Final = 64 * 1024
+_READ_VIEW: Final = memoryview(bytearray(_READ_SIZE))  # see http1.relay: one buffer, copied out
+
+# Sides with frames to send: flushed at the end of the read that produced them.
+_DIRTY: Final[list[H2Side]] = []
+
+
+class Acceptor:
+    """What a server-role side does with a new request stream (base class: direct calls)."""
+
+    def accept(
+        self, side: H2Side, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool
+    ) -> None:
+        raise NotImplementedError
+
+    def connection_lost(self, side: H2Side) -> None:
+        return None
+
+
+class H2Side:
+    """One HTTP/2 connection. Plain TCP reads arrive as bytes; over TLS use `TlsH2Side`."""
+
+    def __init__(self, client_side: bool, acceptor: Acceptor | None = None) -> None:
+        config = h2.config.H2Configuration(
+            client_side=client_side,
+            header_encoding=None,
+            # Malformed requests are stream errors, checked per stream (http2.headers); h2's
+            # inbound validation would make them connection errors.
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+        )
+        self.conn = h2.connection.H2Connection(config)
+        self.conn.local_settings = h2.settings.Settings(
+            client=client_side,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
+        self.client_side = client_side
+        self.acceptor = acceptor
+        self.transport: asyncio.Transport | None = None
+        self.pairs: dict[int, StreamPair] = {}
+        self.active = 0  # streams this side opened that are not finished (client role)
+        self.closed = False
+        self.draining = False  # GOAWAY seen or sent: no new streams on this connection
+        self.retired = False  # an upstream no longer fit for new streams: closes when idle
+        self.settings_received = False
+        self.generation = 0  # TLS generation it was opened with (upstreams to peer sidecars)
+        self.peer_id = ""  # the verified SPIFFE ID of the peer, when mTLS
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._conn_credit = 0
+        self._dirty = False
+
+    # asyncio protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(CONNECTION_WINDOW - _DEFAULT_WINDOW)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # A connection error (h2 has queued GOAWAY): every stream on it ends.
+            log.info("HTTP/2 connection error from peer: %s", exc)
+            self.flush()
+            self.close()
+            return
+        for event in events:
+            self._dispatch(event)
+        self.mark_dirty()
+        flush_dirty()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.draining = True
+        pairs = list(self.pairs.values())
+        self.pairs.clear()
+        for pair in pairs:
+            pair.side_lost(self)
+        if self.acceptor is not None:
+            self.acceptor.connection_lost(self)
+        if not self.done.done():
+            self.done.set_result(None)
+        flush_dirty()
+
+    def pause_writing(self) -> None:
+        return None  # bounded by the peers' flow-control windows
+
+    def resume_writing(self) -> None:
+        return None
+
+    # events
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            flow = event.flow_controlled_length or 0
+            self._conn_credit += flow
+            if self._conn_credit >= CONNECTION_WINDOW // 4:
+                self.conn.increment_flow_control_window(self._conn_credit)
+                self._conn_credit = 0
+            pair = self.pairs.get(event.stream_id or 0)
+            if pair is not None:
+                pair.data(self, event.data or b"", flow, event.stream_ended is not None)
+        elif isinstance(event, h2.events.RequestReceived):
+            sid = event.stream_id or 0
+            if self.acceptor is None or self.draining:
+                self.conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            else:
+                self.acceptor.accept(
+                    self, sid, list(event.headers or ()), event.stream_ended is not None
+                )
+        elif isinstance(event, h2.events.ResponseReceived):
+            pair = self.pairs.get(event.stream_id or 0)
+            if pair is not None:
+                pair.response(list(event.headers or ()), event.stream_ended is not None)
+        elif isinstance(event, h2.events.StreamEnded):
+            pair = self.pairs.get(event.stream_id or 0)
+            if pair is not None:
+                pair.ended(self)
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id:
+                pair = self.pairs.get(event.stream_id)
+                if pair is not None:
+                    pair.window_opened(self)
+            else:
+                for pair in list(self.pairs.values()):
+                    pair.window_opened(self)
+        elif isinstance(event, h2.events.TrailersReceived):
+            pair = self.pairs.get(event.stream_id or 0)
+            if pair is not None:
+                pair.trailers(self, list(event.headers or ()))
+        elif isinstance(event, h2.events.StreamReset):
+            pair = self.pairs.pop(event.stream_id or 0, None)
+            if pair is not None:
+                pair.reset(self, int(event.error_code or 0))
+        elif isinstance(event, h2.events.InformationalResponseReceived):
+            pair = self.pairs.get(event.stream_id or 0)
+            if pair is not None:
+                pair.informational(list(event.headers or ()))
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self.settings_received = True
+            for pair in list(self.pairs.values()):  # a new initial window opens every stream
+                pair.window_opened(self)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._goaway(int(event.last_stream_id or 0), int(event.error_code or 0))
+
+    def _goaway(self, last_stream_id: int, error_code: int) -> None:
+        """The peer sent GOAWAY: nothing new on this connection. Streams it never processed
+        (ours above `last_stream_id`) are refused downstream, so their callers retry them."""
+        self.draining = True
+        if not self.client_side:
+            return  # a client going away: its open streams still finish
+        for sid in [s for s in self.pairs if s > last_stream_id]:
+            pair = self.pairs.pop(sid)
+            pair.reset(self, h2.errors.ErrorCodes.REFUSED_STREAM)
+        if error_code != h2.errors.ErrorCodes.NO_ERROR:
+            log.info("upstream HTTP/2 connection ended with GOAWAY error %d", error_code)
+
+    # writing
+
+    def mark_dirty(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            _DIRTY.append(self)
+
+    def flush(self) -> None:
+        self._dirty = False
+        data = self.conn.data_to_send()
+        transport = self.transport
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    # streams
+
+    def capacity(self) -> int:
+        """How many more streams this (client-role) side may open now."""
+        if self.closed or self.draining:
+            return 0
+        limit = (
+            self.conn.remote_settings.max_concurrent_streams
+            if self.settings_received
+            else ASSUMED_PEER_STREAMS
+        )
+        return limit - self.active
+
+    def usable(self) -> bool:
+        return not self.closed and not self.draining and self.transport is not None
+
+    def forget(self, stream_id: int, opened_here: bool) -> None:
+        """A stream of this side is finished. A retired upstream connection (made with an older
+        certificate) closes once its last stream has."""
+        self.pairs.pop(stream_id, None)
+        if opened_here:
+            self.active -= 1
+            if self.retired and self.active <= 0:
+                self.goaway()
+                self.close()
+
+    def credit(self, stream_id: int, n: int) -> None:
+        """Let the peer send `n` more bytes on the stream (they have been handed on)."""
+        with contextlib.suppress(h2.exceptions.StreamClosedError, KeyError):
+            self.conn.increment_flow_control_window(n, stream_id)
+        self.mark_dirty()
+
+    def goaway(self) -> None:
+        """Tell the peer no new streams will be taken (the open ones finish)."""
+        if not self.closed and not self.draining:
+            self.draining = True
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.close_connection()
+            self.flush()
+
+    def close(self) -> None:
+        self.draining = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class TlsH2Side(H2Side):
+    """An HTTP/2 connection over TLS: decrypted into the shared read buffer."""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_VIEW
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(_READ_VIEW[:nbytes]))
+
+
+def flush_dirty() -> None:
+    """Write the frames every side touched since the last flush has queued."""
+    while _DIRTY:
+        _DIRTY.pop().flush()
+
+
+async def run_side(side: H2Side) -> None:
+    """Wait until the connection is gone (keeps the connection's task alive)."""
+    try:
+        await side.done
+    finally:
+        side.close()
