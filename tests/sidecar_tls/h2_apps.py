@@ -103,7 +103,7 @@ class RawH2Client:
         self.writer.write(self.conn.data_to_send())
         return sid
 
-    async def settle(self, timeout: float = 10.0) -> dict[int, Outcome]:
+    async def settle(self, within_s: float = 10.0) -> dict[int, Outcome]:
         """Read until every stream sent has ended or been reset (or the connection went)."""
 
         async def pump() -> None:
@@ -115,7 +115,7 @@ class RawH2Client:
                     self._on(event)
                 self.writer.write(self.conn.data_to_send())
 
-        await asyncio.wait_for(pump(), timeout)
+        await asyncio.wait_for(pump(), within_s)
         return self.outcomes
 
     def _on(self, event: h2.events.Event) -> None:
