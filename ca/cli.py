@@ -40,9 +40,15 @@ def ca() -> None:
 @click.option("--rate-limit", type=float, help="CSRs per second per node (default 500)")
 @click.option("--rate-burst", type=float, help="burst per node (default 1000)")
 @click.option("--metrics-listen", help="HOST:PORT for Prometheus /metrics (default: off)")
+@click.option(
+    "--workers", type=int, help="serving processes (default: the cores this process may use)"
+)
+@click.option(
+    "--mtls-listen", help="HOST:PORT of a second port for node SVIDs only (TLS in grpcio)"
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(config_file: Path | None, log_level: str, **flags: Any) -> None:
-    """Serve IstioCertificateService and MeshDiscovery over TLS."""
+    """Serve IstioCertificateService and MeshDiscovery over TLS, on every core."""
     logs.setup("ca", log_level)
     try:
         settings = read_config_file(config_file) if config_file is not None else {}
@@ -54,15 +60,15 @@ def serve(config_file: Path | None, log_level: str, **flags: Any) -> None:
             uvloop.install()
         except ImportError:  # pragma: no cover - uvloop is pinned, but the CA works without it
             pass
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, log_level))
     except MeshwardError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
-async def _serve(config: CaConfig) -> None:
-    from ca.server import serve as run
+async def _serve(config: CaConfig, log_level: str) -> None:
+    from ca.supervisor import serve as run
 
-    await run(config, _announce)
+    await run(config, _announce, log_level)
 
 
 def _announce(line: str) -> None:

@@ -11,12 +11,15 @@ max-ttl: 24h
 root-namespace: istio-system
 rate-limit: 500          # CSRs per second per node, sustained
 rate-burst: 1000
+workers: 2               # serving processes (default: the cores this process may run on)
+mtls-listen: 127.0.0.1:15013   # optional: node SVIDs only, TLS ended in grpcio (no relay)
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "rate-limit": DEFAULT_RATE,
     "rate-burst": DEFAULT_BURST,
     "metrics-listen": None,
+    "workers": None,
+    "mtls-listen": None,
 }
 
 
@@ -64,6 +69,8 @@ class CaConfig:
     rate_limit: float = DEFAULT_RATE
     rate_burst: float = DEFAULT_BURST
     metrics_listen: tuple[str, int] | None = None
+    workers: int = 1
+    mtls_listen: tuple[str, int] | None = None
 
     @property
     def listen(self) -> str:
@@ -151,14 +158,29 @@ def build_config(settings: Mapping[str, Any]) -> CaConfig:
         root_namespace=root_namespace,
         rate_limit=rate,
         rate_burst=burst,
-        metrics_listen=_metrics_listen(merged["metrics-listen"]),
+        metrics_listen=_optional_listen(merged["metrics-listen"], "metrics-"),
+        workers=_workers(merged["workers"]),
+        mtls_listen=_optional_listen(merged["mtls-listen"], "mtls-"),
     )
 
 
-def _metrics_listen(value: Any) -> tuple[str, int] | None:
+def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity, not the machine's count)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _workers(value: Any) -> int:
+    if value in (None, ""):
+        return default_workers()
+    if isinstance(value, bool) or not str(value).isdigit() or not 1 <= int(value) <= 256:
+        raise ConfigError(f"workers: {value!r} is not a number of processes from 1 to 256")
+    return int(value)
+
+
+def _optional_listen(value: Any, prefix: str) -> tuple[str, int] | None:
     if value in (None, ""):
         return None
     try:
         return parse_listen(str(value))
     except ConfigError as exc:
-        raise ConfigError(f"metrics-{exc}") from exc
+        raise ConfigError(f"{prefix}{exc}") from exc

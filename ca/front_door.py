@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import cast
@@ -172,9 +173,28 @@ class TlsFrontDoor:
         self.tasks: set[asyncio.Task[None]] = set()
         self.clients: set[_ClientSide] = set()
         self._server: asyncio.Server | None = None
+        self._listen: tuple[str, int] | socket.socket = ("127.0.0.1", 0)
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> int:
+        """Listen on host:port, or accept on `sock`, a listening socket shared with other workers
+        (the kernel hands each connection to whichever worker accepts it first)."""
+        self._listen = (host, port) if sock is None else sock
+        await self._serve()
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
+        if isinstance(self._listen, socket.socket):
+            # A duplicate: closing a server closes its socket, and replace_context needs it again.
+            self._server = await loop.create_server(
+                lambda: _ClientSide(self),
+                sock=self._listen.dup(),
+                ssl=self.ssl_context,
+                ssl_handshake_timeout=10.0,
+            )
+            return
+        host, port = self._listen
         self._server = await loop.create_server(
             lambda: _ClientSide(self),
             host,
@@ -184,7 +204,17 @@ class TlsFrontDoor:
             reuse_address=True,
             backlog=1024,
         )
-        return int(self._server.sockets[0].getsockname()[1])
+        # A port given as 0 stays the one the kernel picked when the server is rebuilt.
+        self._listen = self._server.sockets[0].dup()
+
+    async def replace_context(self, ssl_context: ssl.SSLContext) -> None:
+        """New handshakes use `ssl_context` (a trust bundle lost a root: an SSLContext can only
+        gain CAs). Open connections keep theirs; connections waiting in the kernel's accept
+        queue wait for the new server, as the listening socket itself stays open."""
+        old, self.ssl_context = self._server, ssl_context
+        await self._serve()
+        if old is not None:
+            old.close()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -193,3 +223,5 @@ class TlsFrontDoor:
                 if client.transport is not None:
                     client.transport.close()
             await self._server.wait_closed()
+        if isinstance(self._listen, socket.socket):
+            self._listen.close()

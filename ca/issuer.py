@@ -6,19 +6,21 @@ the identity in the certificate is the one the caller is entitled to, decided be
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from ca.leaf_der import LeafDer, spki_der
 from meshward_common.errors import InvalidRequest
 from meshward_common.spiffe_id import SpiffeId
 from meshward_common.svid import key_problem
@@ -134,16 +136,7 @@ def _key_usage(*, key_encipherment: bool) -> x509.KeyUsage:
     )
 
 
-def _raw(value: x509.ExtensionType, *, critical: bool) -> x509.Extension[x509.ExtensionType]:
-    """An extension pre-encoded to DER: the signer copies the bytes instead of re-encoding the
-    Python object per certificate. The issued DER is identical (tests/ca compare the parsed form).
-    """
-    raw = x509.UnrecognizedExtension(value.oid, value.public_bytes())
-    return x509.Extension(value.oid, critical, raw)
-
-
 # The fixed parts of every leaf, built once.
-_EMPTY_NAME = x509.Name([])
 _LEAF_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
 _EC_KEY_USAGE = _key_usage(key_encipherment=False)
 _RSA_KEY_USAGE = _key_usage(key_encipherment=True)  # RSA key transport in TLS 1.2
@@ -152,51 +145,81 @@ _LEAF_EKU = x509.ExtendedKeyUsage(
 )
 
 
-def _hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | hashes.SHA384:
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
-        return hashes.SHA384()
-    return hashes.SHA256()
-
-
 @dataclass(frozen=True)
 class _LeafTemplate:
-    """What every leaf of one authority shares, in the form the certificate builder takes."""
+    """What every leaf of one authority shares: its bounds, its chain, its encoded parts."""
 
-    issuer: x509.Name
     not_before: dt.datetime  # the signer's validity, aware UTC
     not_after: dt.datetime
-    hash: hashes.SHA256 | hashes.SHA384
     served_chain: tuple[x509.Certificate, ...]
-    # Leading extensions (basic constraints, key usage, EKU) for EC / RSA subject keys; the
-    # subject alternative name follows, then the authority key identifier.
-    head_ec: tuple[x509.Extension[x509.ExtensionType], ...]
-    head_rsa: tuple[x509.Extension[x509.ExtensionType], ...]
-    aki: x509.Extension[x509.ExtensionType]
+    der: LeafDer
 
     @classmethod
     def of(cls, authority: SigningAuthority, aki: x509.AuthorityKeyIdentifier) -> _LeafTemplate:
-        def head(usage: x509.KeyUsage) -> tuple[x509.Extension[x509.ExtensionType], ...]:
-            return (
-                _raw(_LEAF_BASIC_CONSTRAINTS, critical=True),
-                _raw(usage, critical=True),
-                _raw(_LEAF_EKU, critical=False),
-            )
+        # Leading extensions (basic constraints, key usage, EKU); the subject alternative name
+        # follows, then the authority key identifier.
+        def head(usage: x509.KeyUsage) -> list[tuple[x509.ExtensionType, bool]]:
+            return [(_LEAF_BASIC_CONSTRAINTS, True), (usage, True), (_LEAF_EKU, False)]
 
         return cls(
-            issuer=authority.cert.subject,
             not_before=authority.cert.not_valid_before_utc,
             not_after=authority.cert.not_valid_after_utc,
-            hash=_hash_for(authority.key),
             served_chain=authority.served_chain,
-            head_ec=head(_EC_KEY_USAGE),
-            head_rsa=head(_RSA_KEY_USAGE),
-            aki=_raw(aki, critical=False),
+            der=LeafDer.of(
+                authority.key,
+                authority.cert.subject,
+                head(_EC_KEY_USAGE),
+                head(_RSA_KEY_USAGE),
+                aki,
+            ),
         )
 
 
-def _naive_utc(when: dt.datetime) -> dt.datetime:
-    # What CertificateBuilder.not_valid_before/after store; done here once for both bounds.
-    return when.astimezone(dt.UTC).replace(tzinfo=None)
+@dataclass(frozen=True)
+class SignedLeaf:
+    """An issued leaf as the wire needs it: DER, and what the audit log records."""
+
+    der: bytes
+    serial: int
+    not_after: dt.datetime
+
+    def pem(self) -> str:
+        body = base64.b64encode(self.der).decode()
+        lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+        return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"
+
+
+def sign_leaf(
+    authority: SigningAuthority,
+    public_key: CertificatePublicKeyTypes,
+    identity: SpiffeId,
+    ttl: dt.timedelta,
+    now: dt.datetime,
+    dns_names: Sequence[str] = (),
+) -> SignedLeaf:
+    """Sign an X.509-SVID leaf for `identity` (the CA's per-request path: no parsing back)."""
+    check_public_key(public_key)
+    if not identity.path:
+        raise InvalidRequest(f"{identity} has no path; an SVID needs a workload path")
+    tpl = authority.leaf_template
+    if now >= tpl.not_after:
+        raise InvalidRequest("the CA's signing certificate has expired")
+    # Whole seconds, as X.509 times are (the signer's own bounds are whole seconds already).
+    now = now.replace(microsecond=0)
+    not_before = max(now - BACKDATE, tpl.not_before)
+    # An SVID never outlives the certificate that signed it.
+    not_after = min(now + ttl, tpl.not_after)
+    serial = x509.random_serial_number()
+    tbs = tpl.der.tbs(
+        spki_der(public_key),
+        isinstance(public_key, rsa.RSAPublicKey),
+        str(identity),
+        dns_names,
+        serial,
+        not_before,
+        not_after,
+    )
+    return SignedLeaf(tpl.der.sign(tbs), serial, not_after)
 
 
 def issue_svid(
@@ -208,33 +231,5 @@ def issue_svid(
     dns_names: Sequence[str] = (),
 ) -> list[x509.Certificate]:
     """Sign an X.509-SVID for `identity`; returns the chain leaf first, root last."""
-    check_public_key(public_key)
-    if not identity.path:
-        raise InvalidRequest(f"{identity} has no path; an SVID needs a workload path")
-    tpl = authority.leaf_template
-    if now >= tpl.not_after:
-        raise InvalidRequest("the CA's signing certificate has expired")
-    not_before = max(now - BACKDATE, tpl.not_before)
-    # An SVID never outlives the certificate that signed it.
-    not_after = min(now + ttl, tpl.not_after)
-    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(str(identity))]
-    sans.extend(x509.DNSName(name) for name in dns_names)
-    head = tpl.head_rsa if isinstance(public_key, rsa.RSAPublicKey) else tpl.head_ec
-    # The builder's constructor instead of its chained setters: each setter copies the builder
-    # and re-validates; every value here is already checked (and the times normalised) above.
-    builder = x509.CertificateBuilder(
-        # Empty subject, as Istio issues: the identity lives in the (then critical) URI SAN.
-        subject_name=_EMPTY_NAME,
-        issuer_name=tpl.issuer,
-        public_key=public_key,
-        serial_number=x509.random_serial_number(),
-        not_valid_before=_naive_utc(not_before),
-        not_valid_after=_naive_utc(not_after),
-        extensions=[
-            *head,
-            _raw(x509.SubjectAlternativeName(sans), critical=True),
-            tpl.aki,
-        ],
-    )
-    leaf = builder.sign(authority.key, tpl.hash)
-    return [leaf, *tpl.served_chain]
+    leaf = sign_leaf(authority, public_key, identity, ttl, now, dns_names)
+    return [x509.load_der_x509_certificate(leaf.der), *authority.leaf_template.served_chain]

@@ -8,6 +8,7 @@ or /stats/prometheus.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -84,3 +85,16 @@ class CaMetrics:
 def start_metrics_server(host: str, port: int, metrics: CaMetrics) -> tuple[str, int]:
     """Serve the registry over HTTP in a daemon thread; returns the bound (host, port)."""
     return serve_registry(host, port, metrics.registry)
+
+
+def start_multiprocess_metrics_server(
+    host: str, port: int, path: Path, registry: CollectorRegistry | None = None
+) -> tuple[str, int]:
+    """Serve the sum of every worker's metrics (prometheus_client's multiprocess mode: each
+    worker, started with PROMETHEUS_MULTIPROC_DIR=path, writes its values to files there), plus
+    `registry`'s own collectors (the supervisor's)."""
+    from prometheus_client import multiprocess
+
+    served = registry if registry is not None else CollectorRegistry()
+    multiprocess.MultiProcessCollector(served, path=str(path))  # type: ignore[no-untyped-call]
+    return serve_registry(host, port, served)

@@ -1,7 +1,18 @@
-"""Assembles the control plane: key material, registry/policy watcher, gRPC servicers, TLS port.
+"""One serving control plane: the gRPC servicers on the TLS port(s), fed by what the supervisor
+published (`ca.published`), with the per-call shared state in the state database (`ca.store`).
+
+`CaWorker` is what each worker process runs. `ControlPlane` runs a publisher and one worker in
+one process (tests, and anything embedding the CA); `ca.supervisor` runs the publisher and N
+worker processes (`meshward ca serve`).
+
+Ports: the TLS port (15012, Istio's) asks for a client certificate and takes a join token when
+there is none; grpcio cannot do that, so a front door ends TLS there (`ca.front_door`). The
+optional mTLS port (`mtls-listen`) requires a node SVID and ends TLS in grpcio itself, with no relay:
+node agents renew and stream the mesh state over it at less CPU per call.
 
 The server's own certificate is issued by the CA at start (URI SAN = the control plane's SPIFFE ID,
-DNS SANs `localhost` and `meshward-control-plane`) and re-issued at half-life.
+DNS SANs `localhost` and `meshward-control-plane`), re-issued at half-life and whenever the signer
+changes.
 """
 
 from __future__ import annotations
@@ -10,31 +21,34 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import signal
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca import audit
-from ca.authority import cert_pem, key_pem, load_authority
+from ca.authority import cert_pem, key_pem
 from ca.config import CaConfig
-from ca.front_door import TlsFrontDoor, server_ssl_context
+from ca.front_door import PeerInfo, TlsFrontDoor, server_ssl_context
 from ca.issuer import SigningAuthority, issue_svid
 from ca.join_tokens import JoinTokenStore
-from ca.mesh_state import MeshStateSource
-from ca.metrics import CaMetrics, start_metrics_server
+from ca.metrics import CaMetrics
+from ca.published import Publications, PublishedAuthority
+from ca.publisher import Publisher
 from ca.rate_limit import RateLimiter
 from ca.service import CertificateService, DiscoveryService, PeerAuthenticator
+from ca.store import CaStore
 from meshward_common.clock import Clock, utc_now
 from meshward_common.grpc_boundary import StatusBoundary
 from meshward_common.protos import istio_ca_pb2_grpc
 from meshward_common.protos import meshward_discovery_pb2_grpc as discovery_pb2_grpc
 from meshward_common.spiffe_id import control_plane_id
-from meshward_common.tls_files import load_cert_chain_pem
 
 log = logging.getLogger(__name__)
 
@@ -75,94 +89,212 @@ def issue_server_cert(
     )
 
 
-class ControlPlane:
-    """The running control plane. `start()` returns once it accepts connections."""
+def new_ssl_context(cert: ServerCert, bundle_pem: bytes) -> ssl.SSLContext:
+    return server_ssl_context(cert.cert_pem, cert.key_pem, bundle_pem.decode())
 
-    def __init__(self, config: CaConfig, clock: Clock = utc_now) -> None:
+
+class AuthContextPeers:
+    """Who called over the mTLS port: the client certificate grpcio verified in the handshake."""
+
+    def __init__(self) -> None:
+        self._der: dict[bytes, bytes] = {}  # PEM -> DER: a node repeats one certificate
+
+    def peer_of(self, context: grpc.aio.ServicerContext) -> PeerInfo | None:
+        pems = context.auth_context().get("x509_pem_cert")
+        if not pems:
+            return None  # cannot happen on a port that requires a client certificate
+        pem = pems[0]
+        der = self._der.get(pem)
+        if der is None:
+            if len(self._der) >= 10_000:
+                self._der.clear()
+            der = self._der[pem] = x509.load_pem_x509_certificate(pem).public_bytes(
+                serialization.Encoding.DER
+            )
+        return PeerInfo(der, context.peer())
+
+
+class _MtlsCredentials:
+    """grpcio's TLS configuration for the mTLS port, swapped when the certificate or the bundle
+    changes (grpcio asks before every handshake)."""
+
+    def __init__(self, cert: ServerCert, bundle_pem: bytes) -> None:
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self.initial = self._config(cert, bundle_pem)
+
+    @staticmethod
+    def _config(cert: ServerCert, bundle_pem: bytes) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(cert.key_pem, cert.cert_pem)], bundle_pem
+        )
+
+    def update(self, cert: ServerCert, bundle_pem: bytes) -> None:
+        self._pending = self._config(cert, bundle_pem)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        pending, self._pending = self._pending, None
+        return pending
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self.initial, self.fetch, require_client_authentication=True
+        )
+
+
+class CaWorker:
+    """Serves the CA's gRPC API. `start()` returns once it accepts connections.
+
+    `listen_sock`: a listening socket shared with other workers (else it binds config's listen).
+    `mtls_port`: the mTLS port's number when config's was 0 (all workers must share one port).
+    """
+
+    def __init__(
+        self,
+        config: CaConfig,
+        store: CaStore,
+        clock: Clock = utc_now,
+        *,
+        listen_sock: socket.socket | None = None,
+        mtls_port: int | None = None,
+    ) -> None:
         self.config = config
+        self.store = store
         self.clock = clock
+        self.listen_sock = listen_sock
+        self.mtls_port_wanted = mtls_port
+        self.publications = Publications(store, config.trust_domain)
+        self.metrics = CaMetrics()
         self._tasks: list[asyncio.Task[None]] = []
-        self._grpc: grpc.aio.Server | None = None
+        self._servers: list[grpc.aio.Server] = []
         self._door: TlsFrontDoor | None = None
         self._audit: audit.AuditLog | None = None
+        self._mtls: _MtlsCredentials | None = None
+        self._limiter: RateLimiter | None = None
+        self._auths: list[PeerAuthenticator] = []
+        self._services: list[CertificateService] = []
         self.port = 0
-        self.metrics_address: tuple[str, int] | None = None
+        self.mtls_port: int | None = None
+
+    @property
+    def authority(self) -> SigningAuthority:
+        assert self.publications.authority is not None
+        return self.publications.authority.signer
 
     async def start(self) -> None:
         cfg = self.config
-        now = self.clock()
-        authority = load_authority(cfg.state_dir, cfg.plugin_ca_dir, cfg.trust_domain, now)
-        self.authority = authority
-        mesh = MeshStateSource(cfg.registry, cfg.policy_dir, cfg.trust_domain, cfg.root_namespace)
-        mesh.load_initial()
+        await self.publications.refresh()
+        published = self.publications.authority
+        assert published is not None
         self._audit = audit.AuditLog(cfg.state_dir / AUDIT_LOG)
-        bundle_pem = cert_pem(*authority.roots).decode()
-        server_cert = issue_server_cert(authority, cfg.trust_domain, now)
-        ssl_ctx = server_ssl_context(server_cert.cert_pem, server_cert.key_pem, bundle_pem)
-        self.server_cert = server_cert
-
-        self._grpc = grpc.aio.server(
-            interceptors=[StatusBoundary(self._caller_source)],
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        upstream_port = self._grpc.add_insecure_port("127.0.0.1:0")
+        self.server_cert = issue_server_cert(published.signer, cfg.trust_domain, self.clock())
+        bundle_pem = cert_pem(*published.roots)
+        ssl_ctx = new_ssl_context(self.server_cert, bundle_pem)
+        tokens = JoinTokenStore(self.store)
+        self._limiter = limiter = RateLimiter(cfg.state_dir, cfg.rate_limit, cfg.rate_burst)
+        relayed = self._grpc_server(self._relayed_source)
+        upstream_port = relayed.add_insecure_port("127.0.0.1:0")
         door = TlsFrontDoor(ssl_ctx, "127.0.0.1", upstream_port)
         self._door = door
-        auth = PeerAuthenticator(
-            authority, cfg.trust_domain, door.peers, JoinTokenStore(cfg.state_dir)
+        self._add_services(
+            relayed, PeerAuthenticator(published, cfg.trust_domain, door.peers, tokens), limiter
         )
-        limiter = RateLimiter(cfg.rate_limit, cfg.rate_burst)
-        metrics = CaMetrics()
-        if cfg.metrics_listen is not None:
-            self.metrics_address = start_metrics_server(*cfg.metrics_listen, metrics)
-            log.info("metrics on http://%s:%d/metrics", *self.metrics_address)
-        istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            CertificateService(
-                authority,
-                auth,
-                mesh,
+        if cfg.mtls_listen is not None:
+            host, port = cfg.mtls_listen
+            if self.mtls_port_wanted is not None:
+                port = self.mtls_port_wanted
+            self._mtls = _MtlsCredentials(self.server_cert, bundle_pem)
+            native = self._grpc_server(_remote_host, reuse_port=True)
+            self.mtls_port = native.add_secure_port(_join(host, port), self._mtls.credentials())
+            self._add_services(
+                native,
+                PeerAuthenticator(published, cfg.trust_domain, AuthContextPeers(), tokens),
                 limiter,
-                self._audit,
-                cfg.workload_ttl,
-                cfg.max_ttl,
-                self.clock,
-                metrics,
-            ),
-            self._grpc,
-        )
-        discovery_pb2_grpc.add_MeshDiscoveryServicer_to_server(  # type: ignore[no-untyped-call]
-            DiscoveryService(auth, mesh, self.clock), self._grpc
-        )
-        await self._grpc.start()
-        self.port = await door.start(cfg.host, cfg.port)
-        self._tasks.append(asyncio.create_task(mesh.watch()))
-        self._tasks.append(
-            asyncio.create_task(self._rotate_server_cert(ssl_ctx, server_cert, authority))
-        )
+            )
+        for server in self._servers:
+            await server.start()
+        self._door = door
+        self.port = await door.start(cfg.host, cfg.port, sock=self.listen_sock)
+        self.publications.on_authority(self._use_authority)
+        self._tasks.append(asyncio.create_task(self.publications.follow()))
+        self._tasks.append(asyncio.create_task(self._rotate_server_cert()))
 
-    def _caller_source(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    def _relayed_source(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         """The TLS client's address for the refusal log, not the front door's loopback port."""
         info = self._door.peers.lookup(context.peer()) if self._door is not None else None
         return info.remote.rpartition(":")[0] if info is not None else str(context.peer())
 
-    async def _rotate_server_cert(
-        self, ctx: ssl.SSLContext, cert: ServerCert, authority: SigningAuthority
+    def _grpc_server(
+        self,
+        source_of: Callable[[grpc.aio.ServicerContext[Any, Any]], str],
+        *,
+        reuse_port: bool = False,
+    ) -> grpc.aio.Server:
+        server = grpc.aio.server(
+            interceptors=[StatusBoundary(source_of)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ],
+        )
+        self._servers.append(server)
+        return server
+
+    def _add_services(
+        self, server: grpc.aio.Server, auth: PeerAuthenticator, limiter: RateLimiter
     ) -> None:
+        cfg = self.config
+        assert self._audit is not None
+        mesh = self.publications.mesh
+        service = CertificateService(
+            auth,
+            mesh,
+            limiter,
+            self._audit,
+            cfg.workload_ttl,
+            cfg.max_ttl,
+            self.clock,
+            self.metrics,
+        )
+        istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            service, server
+        )
+        discovery_pb2_grpc.add_MeshDiscoveryServicer_to_server(  # type: ignore[no-untyped-call]
+            DiscoveryService(auth, mesh, self.clock), server
+        )
+        self._auths.append(auth)
+        self._services.append(service)
+
+    async def _use_authority(self, published: PublishedAuthority) -> None:
+        """A new signer or bundle: every check and signature uses it from the next call on, and
+        the server presents a certificate of the new signer."""
+        for auth in self._auths:
+            auth.use(published)
+        await self._install_server_cert(
+            issue_server_cert(published.signer, self.config.trust_domain, self.clock())
+        )
+
+    async def _install_server_cert(self, cert: ServerCert) -> None:
+        published = self.publications.authority
+        assert published is not None
+        assert self._door is not None
+        bundle_pem = cert_pem(*published.roots)
+        await self._door.replace_context(new_ssl_context(cert, bundle_pem))
+        if self._mtls is not None:
+            self._mtls.update(cert, bundle_pem)
+        self.server_cert = cert
+        log.info("server certificate valid until %s", cert.not_after.isoformat())
+
+    async def _rotate_server_cert(self) -> None:
         # Poll rather than sleep until half-life: a suspended host or a stepped clock must not
         # leave the server presenting an expired certificate.
         while True:
             await asyncio.sleep(ROTATION_CHECK_SECONDS)
-            now = self.clock()
+            cert, now = self.server_cert, self.clock()
             if now < cert.not_before + (cert.not_after - cert.not_before) / 2:
                 continue
-            cert = issue_server_cert(authority, self.config.trust_domain, now)
-            # New handshakes use the new certificate; open connections keep theirs.
-            load_cert_chain_pem(ctx, cert.cert_pem, cert.key_pem)
-            self.server_cert = cert
-            log.info("server certificate rotated, valid until %s", cert.not_after.isoformat())
+            await self._install_server_cert(
+                issue_server_cert(self.authority, self.config.trust_domain, now)
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -172,23 +304,74 @@ class ControlPlane:
                 await task
         if self._door is not None:
             await self._door.close()
-        if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
+        for server in self._servers:
+            await server.stop(grace=1.0)
         if self._audit is not None:
             self._audit.close()
+        if self._limiter is not None:
+            self._limiter.close()
 
 
-async def serve(config: CaConfig, announce: Callable[[str], None]) -> None:
-    """Run until SIGTERM/SIGINT, announcing `meshward ca: serving on HOST:PORT` when ready."""
-    plane = ControlPlane(config)
-    await plane.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    announce(f"meshward ca: serving on {host}:{plane.port}")
-    try:
-        await stop.wait()
-    finally:
-        await plane.stop()
+def _remote_host(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    return str(context.peer())
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ControlPlane:
+    """A publisher and one worker in this process: the whole control plane, for tests and for
+    embedding. `start()` returns once it accepts connections."""
+
+    def __init__(self, config: CaConfig, clock: Clock = utc_now) -> None:
+        self.config = config
+        self.clock = clock
+        self._stores: list[CaStore] = []
+        self._task: asyncio.Task[None] | None = None
+        self.worker: CaWorker | None = None
+        self.publisher: Publisher | None = None
+
+    async def start(self) -> None:
+        from ca.authority import ensure_state_dir
+
+        ensure_state_dir(self.config.state_dir)
+        publisher_store, worker_store = (
+            CaStore(self.config.state_dir),
+            CaStore(self.config.state_dir),
+        )
+        self._stores = [publisher_store, worker_store]
+        self.publisher = Publisher(self.config, publisher_store, self.clock)
+        self.publisher.start()
+        self.worker = CaWorker(self.config, worker_store, self.clock)
+        await self.worker.start()
+        self._task = asyncio.create_task(self.publisher.run())
+
+    @property
+    def port(self) -> int:
+        assert self.worker is not None
+        return self.worker.port
+
+    @property
+    def authority(self) -> SigningAuthority:
+        assert self.worker is not None
+        return self.worker.authority
+
+    @property
+    def server_cert(self) -> ServerCert:
+        assert self.worker is not None
+        return self.worker.server_cert
+
+    @property
+    def _door(self) -> TlsFrontDoor | None:
+        return None if self.worker is None else self.worker._door
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.worker is not None:
+            await self.worker.stop()
+        for store in self._stores:
+            store.close()

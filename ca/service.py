@@ -9,23 +9,24 @@ rate-limit per node, validate CSR and TTL, decide the entitled identity, sign, a
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from ca import audit
 from ca.entitlement import IMPERSONATED_IDENTITY, Caller, entitled_identity
 from ca.front_door import PeerInfo, PeerTable
-from ca.issuer import SigningAuthority, csr_public_key, effective_ttl, issue_svid
+from ca.issuer import csr_public_key, effective_ttl, sign_leaf
 from ca.join_tokens import JoinTokenStore
-from ca.mesh_state import MeshStateSource
 from ca.metrics import CaMetrics, IdentityKind
+from ca.published import PublishedAuthority
 from ca.rate_limit import RateLimiter
 from meshward_common.clock import Clock, utc_now
 from meshward_common.errors import (
@@ -40,6 +41,7 @@ from meshward_common.grpc_status import status_for
 from meshward_common.protos import istio_ca_pb2, istio_ca_pb2_grpc
 from meshward_common.protos import meshward_discovery_pb2 as discovery_pb2
 from meshward_common.protos import meshward_discovery_pb2_grpc as discovery_pb2_grpc
+from meshward_common.registry import Registry
 from meshward_common.spiffe_id import SpiffeId, parse_node_id, parse_workload_id
 from meshward_common.svid import verify_x509_svid
 
@@ -55,25 +57,47 @@ class Authenticated:
     token: str | None  # the join token to redeem once the request is valid
 
 
+class PeerSource(Protocol):
+    """What a TLS port proved about the connection a call came on (None: nothing, refuse)."""
+
+    def peer_of(self, context: grpc.aio.ServicerContext) -> PeerInfo | None: ...
+
+
+class RelayedPeers:
+    """Callers relayed by the front door, looked up by the relayed connection's port."""
+
+    def __init__(self, table: PeerTable) -> None:
+        self.table = table
+
+    def peer_of(self, context: grpc.aio.ServicerContext) -> PeerInfo | None:
+        return self.table.lookup(context.peer())
+
+
 class PeerAuthenticator:
-    """Turns what the front door saw (+ call metadata) into an authenticated node caller."""
+    """Turns what the TLS port saw (+ call metadata) into an authenticated node caller."""
 
     def __init__(
         self,
-        authority: SigningAuthority,
+        authority: PublishedAuthority,
         trust_domain: str,
-        peers: PeerTable,
+        peers: PeerSource | PeerTable,
         tokens: JoinTokenStore,
     ) -> None:
-        self.authority = authority
         self.trust_domain = trust_domain
-        self.peers = peers
+        self.peers = RelayedPeers(peers) if isinstance(peers, PeerTable) else peers
         self.tokens = tokens
         # A node renews many workload SVIDs over one connection: verify each client cert once.
         self._verified: dict[bytes, tuple[SpiffeId, dt.datetime]] = {}
+        self.use(authority)
+
+    def use(self, authority: PublishedAuthority) -> None:
+        """A new signer or trust bundle: calls from now on are checked and signed with it."""
+        self.authority = authority
+        self._intermediates = authority.intermediates()
+        self._verified = {}  # a root may have left the bundle
 
     def peer_of(self, context: grpc.aio.ServicerContext) -> PeerInfo:
-        info = self.peers.lookup(context.peer())
+        info = self.peers.peer_of(context)
         if info is None:
             raise Unauthenticated("connection did not come through the control plane's TLS port")
         return info
@@ -84,8 +108,9 @@ class PeerAuthenticator:
             return cached[0]
         try:
             leaf = x509.load_der_x509_certificate(cert_der)
-            # Python's ssl gives only the leaf; a cert this CA issued chains through our own chain.
-            sid = verify_x509_svid([leaf, *self.authority.served_chain], self.authority.roots, now)
+            # Python's ssl gives only the leaf; a certificate this CA issued chains through the
+            # signing chain in force or an earlier one still trusted.
+            sid = verify_x509_svid([leaf, *self._intermediates], self.authority.roots, now)
         except (SvidError, ValueError) as exc:
             raise Unauthenticated(
                 f"client certificate is not a valid SVID of this CA: {exc}"
@@ -150,12 +175,20 @@ def _impersonated_identity(request: istio_ca_pb2.IstioCertificateRequest) -> str
     return str(value.string_value)
 
 
+class MeshView(Protocol):
+    """The mesh state the servicers read (`ca.published.MeshStateView`)."""
+
+    trust_domain: str
+    state: discovery_pb2.MeshState
+    registry: Registry
+    changed: asyncio.Condition
+
+
 class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
     def __init__(
         self,
-        authority: SigningAuthority,
         auth: PeerAuthenticator,
-        mesh: MeshStateSource,
+        mesh: MeshView,
         limiter: RateLimiter,
         audit_log: audit.AuditLog,
         workload_ttl: dt.timedelta,
@@ -164,7 +197,6 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         metrics: CaMetrics | None = None,
     ) -> None:
         self.metrics = metrics if metrics is not None else CaMetrics()
-        self.authority = authority
         self.auth = auth
         self.mesh = mesh
         self.limiter = limiter
@@ -200,31 +232,24 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             )
             if who.token is not None:
                 self.auth.tokens.redeem(who.token, now)
-            chain = issue_svid(self.authority, public_key, identity, ttl, now)
+            signer = self.auth.authority.signer
+            leaf = sign_leaf(signer, public_key, identity, ttl, now)
         except Exception as exc:  # answered by the StatusBoundary; every refusal is audited here
             code = status_for(exc) if isinstance(exc, MeshwardError) else grpc.StatusCode.INTERNAL
             self.audit.write(audit.refused(now, caller_text, requested, f"{code.name}: {exc}"))
             self.metrics.record_refused(_kind(requested), exc, time.perf_counter() - started)
             raise
-        leaf = chain[0]
-        self.audit.write(
-            audit.issued(
-                now, caller_text, str(identity), leaf.serial_number, leaf.not_valid_after_utc
-            )
-        )
+        self.audit.write(audit.issued(now, caller_text, str(identity), leaf.serial, leaf.not_after))
         self.metrics.record_issued(
             "workload" if parse_workload_id(identity) else "node", time.perf_counter() - started
         )
-        leaf_pem = leaf.public_bytes(serialization.Encoding.PEM).decode()
         return istio_ca_pb2.IstioCertificateResponse(
-            cert_chain=[leaf_pem, *self.authority.served_chain_pem]
+            cert_chain=[leaf.pem(), *signer.served_chain_pem]
         )
 
 
 class DiscoveryService(discovery_pb2_grpc.MeshDiscoveryServicer):
-    def __init__(
-        self, auth: PeerAuthenticator, mesh: MeshStateSource, clock: Clock = utc_now
-    ) -> None:
+    def __init__(self, auth: PeerAuthenticator, mesh: MeshView, clock: Clock = utc_now) -> None:
         self.auth = auth
         self.mesh = mesh
         self.clock = clock

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshward_common import ports, registry
+from meshward_common import registry
+from meshward_common.mesh_state import registry_from_mesh_state
 from meshward_common.protos import meshward_discovery_pb2 as mdpb
 from meshward_common.spiffe_id import SpiffeId
 from meshward_common.svid import fingerprint_sha256
@@ -145,28 +146,3 @@ def _dedupe(certs: Sequence[x509.Certificate]) -> tuple[x509.Certificate, ...]:
             seen.add(fp)
             out.append(cert)
     return tuple(out)
-
-
-def registry_from_mesh_state(state: mdpb.MeshState) -> registry.Registry:
-    """The control plane's Workload messages as registry entries (selector from netns/uids)."""
-    items: list[registry.Workload] = []
-    for w in state.workloads:
-        netns = w.netns
-        uids = tuple(int(u) for u in w.uids)
-        selector = None
-        if netns:
-            selector = registry.Selector(netns=netns, uids=uids or (ports.PROXY_UID,))
-        items.append(
-            registry.Workload(
-                name=w.name,
-                namespace=w.namespace,
-                service_account=w.service_account,
-                node=w.node,
-                address=w.address,
-                service=w.service,
-                ports=tuple(int(p) for p in w.ports),
-                labels=dict(w.labels),
-                selector=selector,
-            )
-        )
-    return registry.Registry(tuple(items), state.trust_domain)

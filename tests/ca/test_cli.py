@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
 import sys
 from pathlib import Path
+
+from ca.store import CaStore, token_digest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,11 +31,14 @@ def test_join_token_prints_a_token_and_stores_only_its_digest(tmp_path: Path) ->
     assert out.returncode == 0, out.stderr
     token = out.stdout.strip()
     assert len(token) >= 40
-    data = (tmp_path / "join-tokens.json").read_text()
-    assert token not in data
-    (entry,) = json.loads(data)["tokens"]
-    assert entry["node"] == "node-1"
-    assert stat.S_IMODE(os.stat(tmp_path / "join-tokens.json").st_mode) == 0o600
+    files = sorted(tmp_path.glob("ca.db*"))
+    assert files, "the token went into the CA's state database"
+    for path in files:
+        assert token.encode() not in path.read_bytes()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+    store = CaStore(tmp_path)
+    ((digest, node, _expires, used),) = store.join_token_rows()
+    assert (digest, node, used) == (token_digest(token), "node-1", 0)
 
 
 def test_join_token_refuses_a_bad_node_name_or_ttl(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import stat
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ca.join_tokens import JoinTokenStore
+from ca.store import token_digest
 from meshward_common.errors import SpiffeIdError, Unauthenticated
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -38,14 +38,14 @@ def test_expired_and_unknown_tokens_are_refused(tmp_path: Path) -> None:
         store.redeem("guess", NOW)
 
 
-def test_file_holds_only_digests_and_is_0600(tmp_path: Path) -> None:
+def test_database_holds_only_digests_and_is_0600(tmp_path: Path) -> None:
     store = JoinTokenStore(tmp_path)
     token = store.create("node-1", HOUR, NOW)
-    text = store.path.read_text()
-    assert token not in text
-    entry = json.loads(text)["tokens"][0]
-    assert set(entry) == {"sha256", "node", "expires", "used"}
-    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    for path in tmp_path.glob("ca.db*"):
+        assert token.encode() not in path.read_bytes()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+    ((digest, node, _expires, used),) = store.store.join_token_rows()
+    assert (digest, node, used) == (token_digest(token), "node-1", 0)
 
 
 def test_a_second_store_on_the_same_dir_sees_tokens_and_their_use(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_spent_and_expired_entries_are_pruned_on_create(tmp_path: Path) -> None:
     store.redeem(store.create("node-1", HOUR, NOW), NOW)
     store.create("node-2", HOUR, NOW)
     store.create("node-3", HOUR, NOW + 2 * HOUR)
-    nodes = [e["node"] for e in json.loads(store.path.read_text())["tokens"]]
+    nodes = [row[1] for row in store.store.join_token_rows()]
     assert nodes == ["node-3"]
 
 

@@ -107,6 +107,16 @@ class ControlPlane(LoggedProcess):
         )
         return out.stdout.strip()
 
+    def worker_pids(self) -> list[int]:
+        """The supervisor's worker processes (`meshward ca serve --workers N`)."""
+        assert self.proc is not None
+        return _children(self.proc.pid)
+
+    def connections_per_worker(self) -> dict[int, int]:
+        """How many established connections to the TLS port each worker holds (from /proc)."""
+        established = _established_inodes(self.port)
+        return {pid: len(_socket_inodes(pid) & established) for pid in self.worker_pids()}
+
     def bundle_pem(self) -> bytes:
         return self.bundle_path.read_bytes()
 
@@ -115,6 +125,38 @@ class ControlPlane(LoggedProcess):
         tmp = self.registry_path.with_suffix(".tmp")
         tmp.write_text(registry_yaml)
         os.replace(tmp, self.registry_path)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out.extend(int(c) for c in (task / "children").read_text().split())
+    return sorted(out)
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def _established_inodes(port: int) -> set[str]:
+    """Inodes of ESTABLISHED TCP sockets whose local port is `port` (server sides)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == "01":
+                    inodes.add(fields[9])
+    return inodes
 
 
 def _longer_of(a: str, b: str) -> str:

@@ -1,8 +1,11 @@
-// caload keeps N IstioCertificateService/CreateCertificate calls in flight over one mTLS
-// connection and prints what it saw as JSON. It is the CA benchmark's lean client: ghz builds
-// every request from JSON through dynamic messages (~0.5 ms of CPU per call here), which on a
-// 2-core box takes CPU from the server it measures. The request is encoded by hand (field 1,
-// the PEM CSR, is all it carries), so no generated code is needed.
+// caload keeps N certificate-signing calls in flight over one or more connections and prints
+// what it saw as JSON. It is the CA benchmark's lean client: ghz builds every request from JSON
+// through dynamic messages (~0.5 ms of CPU per call here), which on a 2-core box takes CPU from
+// the server it measures. Requests are encoded by hand, so no generated code is needed:
+//
+//	-api istio  IstioCertificateService/CreateCertificate over TLS/mTLS (field 1: the PEM CSR)
+//	-api spire  SPIRE's SVID/MintX509SVID (field 1: the DER CSR, field 2: TTL seconds), the
+//	            reference row: its admin API over the server's local socket (-addr unix:///path)
 package main
 
 import (
@@ -10,6 +13,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"os"
@@ -24,7 +28,10 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-const method = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
+const (
+	istioMethod = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
+	spireMethod = "/spire.api.server.svid.v1.SVID/MintX509SVID"
+)
 
 // rawCodec sends and receives already-encoded protobuf bytes.
 type rawCodec struct{}
@@ -38,16 +45,28 @@ func (rawCodec) Name() string { return "proto" }
 
 var _ encoding.Codec = rawCodec{}
 
-// request encodes IstioCertificateRequest{csr: pem}: tag 1, wire type 2, varint length.
-func request(pem string) []byte {
-	out := []byte{0x0a}
-	n := len(pem)
+func varint(out []byte, n uint64) []byte {
 	for n >= 0x80 {
 		out = append(out, byte(n)|0x80)
 		n >>= 7
 	}
-	out = append(out, byte(n))
-	return append(out, pem...)
+	return append(out, byte(n))
+}
+
+// istioRequest encodes IstioCertificateRequest{csr: pem}: tag 1, wire type 2, length, bytes.
+func istioRequest(csrPEM string) []byte {
+	return append(varint([]byte{0x0a}, uint64(len(csrPEM))), csrPEM...)
+}
+
+// spireRequest encodes MintX509SVIDRequest{csr: der, ttl: seconds} (SPIRE wants the CSR in DER,
+// with the SPIFFE ID as its one URI SAN).
+func spireRequest(csrPEM string, ttl int) []byte {
+	block, _ := pem.Decode([]byte(csrPEM))
+	if block == nil {
+		fail("a CSR in -data is not PEM")
+	}
+	out := append(varint([]byte{0x0a}, uint64(len(block.Bytes))), block.Bytes...)
+	return varint(append(out, 0x10), uint64(ttl))
 }
 
 func fail(format string, args ...any) {
@@ -56,7 +75,10 @@ func fail(format string, args ...any) {
 }
 
 func main() {
-	addr := flag.String("addr", "", "host:port of the CA")
+	addr := flag.String("addr", "", "host:port of the CA, or unix:///path for SPIRE's local socket")
+	api := flag.String("api", "istio", "istio (CreateCertificate) or spire (MintX509SVID)")
+	ttl := flag.Int("ttl", 3600, "SVID TTL in seconds asked of SPIRE")
+	nconns := flag.Int("conns", 1, "connections; call k goes over connection k mod conns")
 	caFile := flag.String("cacert", "", "trust bundle (PEM); none: plaintext (grpcio's floor)")
 	certFile := flag.String("cert", "", "client certificate (PEM)")
 	keyFile := flag.String("key", "", "client key (PEM)")
@@ -77,9 +99,19 @@ func main() {
 	if err := json.Unmarshal(raw, &items); err != nil || len(items) == 0 {
 		fail("%s: want a non-empty JSON array of {\"csr\": ...}: %v", *data, err)
 	}
+	method := istioMethod
+	if *api == "spire" {
+		method = spireMethod
+	} else if *api != "istio" {
+		fail("-api must be istio or spire, not %q", *api)
+	}
 	reqs := make([][]byte, len(items))
 	for i, it := range items {
-		reqs[i] = request(it.CSR)
+		if *api == "spire" {
+			reqs[i] = spireRequest(it.CSR, *ttl)
+		} else {
+			reqs[i] = istioRequest(it.CSR)
+		}
 	}
 	creds := insecure.NewCredentials()
 	if *caFile != "" {
@@ -96,12 +128,20 @@ func main() {
 			RootCAs: pool, Certificates: []tls.Certificate{pair}, ServerName: *cname,
 		})
 	}
-	conn, err := grpc.Dial(*addr, grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
-	if err != nil {
-		fail("dial %s: %v", *addr, err)
+	if *nconns < 1 {
+		fail("-conns must be at least 1")
 	}
-	defer conn.Close()
+	conns := make([]*grpc.ClientConn, *nconns)
+	for k := range conns {
+		// Each Dial is its own connection (grpc-go shares nothing between ClientConns).
+		conn, err := grpc.Dial(*addr, grpc.WithTransportCredentials(creds),
+			grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
+		if err != nil {
+			fail("dial %s: %v", *addr, err)
+		}
+		defer conn.Close()
+		conns[k] = conn
+	}
 
 	var next, ok atomic.Int64
 	var counting, stop atomic.Bool
@@ -110,6 +150,7 @@ func main() {
 	var wg sync.WaitGroup
 	for w := 0; w < *conc; w++ {
 		wg.Add(1)
+		conn := conns[w%len(conns)]
 		go func() {
 			defer wg.Done()
 			var resp []byte

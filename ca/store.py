@@ -1,0 +1,137 @@
+"""The state the CA's processes share: one SQLite database in the state dir, `ca.db` (0600).
+
+The supervisor publishes snapshots (`published`: the signing authority, the mesh state) and the
+workers read them; `meshward ca join-token` adds join tokens (`join_tokens`) and the workers redeem
+them. Each change is one statement, so SQLite's write lock makes it atomic across processes: a
+token is redeemed by exactly one caller however many workers race for it. WAL mode: readers never
+wait for the writer, and a write is a short append. (The per-node rate limits change on every
+call, so they live in a lighter shared table: `ca.rate_limit`.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshward_common.errors import ConfigError
+
+DB_FILE = "ca.db"
+# A writer holds the lock for microseconds; a reader never blocks. Far beyond that, something is
+# wrong with the state dir: fail the call rather than hang it.
+BUSY_TIMEOUT_MS = 5000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS join_tokens (
+    sha256 TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    expires REAL NOT NULL,      -- unix seconds
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS published (
+    name TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class JoinTokenRow:
+    node: str
+    expires: dt.datetime
+    used: bool
+
+
+@dataclass(frozen=True)
+class Published:
+    version: str
+    data: bytes
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class CaStore:
+    """One process's connection to `ca.db`. Not shared between threads or across fork."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / DB_FILE
+        try:
+            # The database and its -wal/-shm files take this file's mode: create it 0600 first.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # The tokens and buckets must survive a crashed process, not a crashed kernel: no
+            # fsync per request.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"{self.path}: cannot open the CA's state database: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- join tokens --------------------------------------------------------------------------
+    def add_join_token(
+        self, digest: str, node: str, expires: dt.datetime, now: dt.datetime
+    ) -> None:
+        with self._db:  # one transaction: prune what can never be redeemed, add the new one
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "DELETE FROM join_tokens WHERE used = 1 OR expires <= ?", (now.timestamp(),)
+            )
+            self._db.execute(
+                "INSERT INTO join_tokens (sha256, node, expires) VALUES (?, ?, ?)",
+                (digest, node, expires.timestamp()),
+            )
+
+    def join_token(self, digest: str) -> JoinTokenRow | None:
+        row = self._db.execute(
+            "SELECT node, expires, used FROM join_tokens WHERE sha256 = ?", (digest,)
+        ).fetchone()
+        if row is None:
+            return None
+        return JoinTokenRow(str(row[0]), dt.datetime.fromtimestamp(row[1], dt.UTC), bool(row[2]))
+
+    def use_join_token(self, digest: str, now: dt.datetime) -> str | None:
+        """Mark an unused, unexpired token used and return its node: exactly one caller per
+        token gets the node, every other gets None."""
+        row = self._db.execute(
+            "UPDATE join_tokens SET used = 1 WHERE sha256 = ? AND used = 0 AND expires > ? "
+            "RETURNING node",
+            (digest, now.timestamp()),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def join_token_rows(self) -> list[tuple[str, str, float, int]]:
+        """Every stored row (sha256, node, expires, used): for tests and inspection."""
+        return list(self._db.execute("SELECT sha256, node, expires, used FROM join_tokens"))
+
+    # -- published snapshots ------------------------------------------------------------------
+    def publish(self, name: str, version: str, data: bytes) -> None:
+        self._db.execute(
+            "INSERT INTO published (name, version, data) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET version = excluded.version, data = excluded.data",
+            (name, version, data),
+        )
+
+    def published(self, name: str) -> Published | None:
+        row = self._db.execute(
+            "SELECT version, data FROM published WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else Published(str(row[0]), bytes(row[1]))
+
+    def published_version(self, name: str) -> str | None:
+        row = self._db.execute("SELECT version FROM published WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def data_version(self) -> int:
+        """Changes whenever another connection committed: a cheap "anything new?" poll."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])

@@ -1,0 +1,224 @@
+"""`meshward ca serve`: one supervisor process and N worker processes, on every core.
+
+The supervisor loads the sources of truth and publishes them (`ca.publisher`); opens the TLS
+port's listening socket, which every worker inherits, so the kernel hands each new connection to
+whichever worker accepts it first (a busy worker accepts later, an idle one takes the connection);
+reserves the mTLS port, which every worker's grpcio joins with SO_REUSEPORT; serves /metrics for
+all its processes (prometheus_client's multiprocess mode); starts the workers and restarts any that
+dies. It announces `meshward ca: serving on HOST:PORT` once every worker accepts connections.
+
+Workers run in their own session: a terminal's Ctrl-C reaches the supervisor only, which stops
+them in order. A worker whose supervisor is gone sees its stdin close and stops too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ca.authority import ensure_state_dir
+from ca.config import CaConfig
+from ca.publisher import Publisher
+from ca.rate_limit import clear_rate_limits
+from ca.store import CaStore
+from meshward_common.clock import Clock, utc_now
+from meshward_common.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+READY_SECONDS = 60.0
+STOP_SECONDS = 10.0
+RESTART_BACKOFF = (1.0, 30.0)
+METRICS_DIR = "metrics"
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """What a worker process is started with (pickled onto its stdin by its own supervisor)."""
+
+    config: CaConfig
+    listen_fd: int
+    mtls_port: int | None
+    log_level: str
+    index: int
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        raise ConfigError(f"listen: cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A bound, not listening SO_REUSEPORT socket: fixes the mTLS port's number (port 0 resolved)
+    for the workers, which join it with SO_REUSEPORT; it takes no connections itself."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"mtls-listen: cannot bind {host}:{port}: {exc.strerror}") from exc
+    return sock
+
+
+class _Worker:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+
+
+class Supervisor:
+    def __init__(self, config: CaConfig, log_level: str, clock: Clock = utc_now) -> None:
+        self.config = config
+        self.log_level = log_level
+        self.clock = clock
+        self.store: CaStore | None = None
+        self.workers = [_Worker(i) for i in range(config.workers)]
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sockets: list[socket.socket] = []
+        self.port = 0
+        self.mtls_port: int | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        ensure_state_dir(cfg.state_dir)
+        self.store = store = CaStore(cfg.state_dir)
+        clear_rate_limits(cfg.state_dir)
+        self.publisher = Publisher(cfg, store, self.clock)
+        self.publisher.start()
+        self._metrics_env = self._prepare_metrics()
+        listen = listening_socket(cfg.host, cfg.port)
+        self._sockets.append(listen)
+        self.port = int(listen.getsockname()[1])
+        if cfg.mtls_listen is not None:
+            reserved = reserve_port(*cfg.mtls_listen)
+            self._sockets.append(reserved)
+            self.mtls_port = int(reserved.getsockname()[1])
+        self._listen_fd = listen.fileno()
+        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        self._tasks = [
+            asyncio.create_task(self.publisher.run()),
+            *(asyncio.create_task(self._keep(w)) for w in self.workers),
+        ]
+
+    def _prepare_metrics(self) -> dict[str, str]:
+        """Workers write their metrics to files here; the supervisor serves their sum."""
+        if self.config.metrics_listen is None:
+            return {}
+        from ca.metrics import start_multiprocess_metrics_server
+
+        path = self.config.state_dir / METRICS_DIR
+        shutil.rmtree(path, ignore_errors=True)  # the counts of an earlier run
+        path.mkdir(mode=0o700)
+        address = start_multiprocess_metrics_server(*self.config.metrics_listen, path)
+        log.info("metrics on http://%s:%d/metrics", *address)
+        return {"PROMETHEUS_MULTIPROC_DIR": str(path)}
+
+    async def _spawn(self, worker: _Worker) -> None:
+        args = WorkerArgs(
+            self.config, self._listen_fd, self.mtls_port, self.log_level, worker.index
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ca.worker",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            pass_fds=(self._listen_fd,), start_new_session=True,
+            env={**os.environ, **self._metrics_env},
+        )  # fmt: skip
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(pickle.dumps(args))
+        await proc.stdin.drain()  # stdin stays open: its EOF tells the worker we are gone
+        worker.proc = proc
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), READY_SECONDS)
+        except TimeoutError:
+            line = b""
+        if not line.startswith(b"ready"):
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            code = await proc.wait()
+            raise ConfigError(
+                f"CA worker {worker.index} stopped before serving (exit {code}); its log is above"
+            )
+
+    async def _keep(self, worker: _Worker) -> None:
+        """Restart a worker that died (after a growing pause, so a crash loop cannot spin)."""
+        delay = RESTART_BACKOFF[0]
+        while True:
+            assert worker.proc is not None
+            started = time.monotonic()
+            code = await worker.proc.wait()
+            if self._stopping:
+                return
+            if time.monotonic() - started > RESTART_BACKOFF[1]:
+                delay = RESTART_BACKOFF[0]
+            log.error("CA worker %d exited (%s); restarting in %.0fs", worker.index, code, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_BACKOFF[1])
+            try:
+                await self._spawn(worker)
+                worker.restarts += 1
+            except ConfigError as exc:
+                log.error("%s", exc)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        procs = [w.proc for w in self.workers if w.proc is not None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_SECONDS)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        for sock in self._sockets:
+            sock.close()
+        if self.store is not None:
+            self.store.close()
+
+
+async def serve(config: CaConfig, announce: Callable[[str], None], log_level: str) -> None:
+    """Run until SIGTERM/SIGINT, announcing `meshward ca: serving on HOST:PORT` when ready."""
+    supervisor = Supervisor(config, log_level)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await supervisor.start()
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        line = f"meshward ca: serving on {host}:{supervisor.port}"
+        if config.mtls_listen is not None:
+            mtls_host = config.mtls_listen[0]
+            mtls_host = f"[{mtls_host}]" if ":" in mtls_host else mtls_host
+            line += f", mTLS on {mtls_host}:{supervisor.mtls_port}"
+        announce(f"{line} ({config.workers} workers)")
+        await stop.wait()
+    finally:
+        await supervisor.stop()
