@@ -43,7 +43,7 @@ from meshward_common.protos import meshward_discovery_pb2 as discovery_pb2
 from meshward_common.protos import meshward_discovery_pb2_grpc as discovery_pb2_grpc
 from meshward_common.registry import Registry
 from meshward_common.spiffe_id import SpiffeId, parse_node_id, parse_workload_id
-from meshward_common.svid import verify_x509_svid
+from meshward_common.svid import verify_x509_svid_in
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,10 @@ class PeerAuthenticator:
             leaf = x509.load_der_x509_certificate(cert_der)
             # Python's ssl gives only the leaf; a certificate this CA issued chains through the
             # signing chain in force or an earlier one still trusted.
-            sid = verify_x509_svid([leaf, *self._intermediates], self.authority.roots, now)
+            # Only this trust domain's bundle: a node of another domain is not ours to serve.
+            sid = verify_x509_svid_in(
+                [leaf, *self._intermediates], {self.trust_domain: self.authority.roots}, now
+            )
         except (SvidError, ValueError) as exc:
             raise Unauthenticated(
                 f"client certificate is not a valid SVID of this CA: {exc}"

@@ -8,7 +8,7 @@ need no clock.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 from cryptography import x509
@@ -219,6 +219,23 @@ def verify_x509_svid(
     return spiffe_id_of(leaf)
 
 
+def verify_x509_svid_in(
+    chain: Sequence[x509.Certificate],
+    bundles: Mapping[str, Sequence[x509.Certificate]],
+    now: dt.datetime,
+) -> SpiffeId:
+    """Verify an X.509-SVID against the bundle of its own trust domain (as go-spiffe's
+    `x509svid.Verify` picks it from a bundle source), never against a pool of every root: a
+    certificate naming trust domain B that chains to A's root is refused."""
+    if not chain:
+        raise SvidError(["empty certificate chain"])
+    trust_domain = spiffe_id_of(chain[0]).trust_domain
+    bundle = bundles.get(trust_domain)
+    if not bundle:
+        raise SvidError([f"no trust bundle for trust domain {trust_domain}"])
+    return verify_x509_svid(chain, bundle, now)
+
+
 def load_pem_chain(data: bytes) -> list[x509.Certificate]:
     certs = x509.load_pem_x509_certificates(data)
     if not certs:
@@ -251,4 +268,5 @@ __all__ = [
     "spiffe_id_of",
     "uri_sans",
     "verify_x509_svid",
+    "verify_x509_svid_in",
 ]

@@ -21,7 +21,7 @@ from meshward_common.errors import (
     SvidError,
 )
 from meshward_common.spiffe_id import node_id
-from meshward_common.svid import verify_x509_svid
+from meshward_common.svid import spiffe_id_of, verify_x509_svid_in
 from node_agent import node_identity as ni
 from node_agent.attestation import ProcReader
 from node_agent.ca_client import (
@@ -124,8 +124,11 @@ class NodeAgent:
         if not body:
             raise SvidError(["CA returned no node certificate"])
         self.state.add_roots(roots)
-        got = verify_x509_svid(body, self.state.bundle, self.clock())
-        if got != node_id(got.trust_domain, self.config.node):
+        # Our bundle is our trust domain's (learned from the first node SVID; the operator's
+        # --trust-bundle is the bootstrap's): a node SVID naming another domain is refused.
+        td = self.state.trust_domain or spiffe_id_of(body[0]).trust_domain
+        got = verify_x509_svid_in(body, {td: self.state.bundle}, self.clock())
+        if got != node_id(td, self.config.node):
             raise SvidError([f"CA issued {got}, expected the node identity of {self.config.node}"])
         if body[0].public_key() != key.public_key():
             raise SvidError(["node certificate is not for the node key"])

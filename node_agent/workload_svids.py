@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from meshward_common.clock import Clock, utc_now
 from meshward_common.errors import MeshwardError, SvidError
 from meshward_common.spiffe_id import SpiffeId
-from meshward_common.svid import verify_x509_svid
+from meshward_common.svid import verify_x509_svid_in
 from node_agent.ca_client import make_csr, split_root
 from node_agent.metrics import AgentMetrics
 from node_agent.rotation import RotationSchedule, effective_start, seconds_until
@@ -45,7 +45,8 @@ def accept_chain(
     if not body:
         raise SvidError([f"CA returned no leaf for {spiffe_id}"])
     state.add_roots(roots)
-    got = verify_x509_svid(body, state.bundle, now)
+    # Verified with our own trust domain's bundle only (the identity asked for is in it).
+    got = verify_x509_svid_in(body, {spiffe_id.trust_domain: state.bundle}, now)
     problems = []
     if got != spiffe_id:
         problems.append(f"CA issued {got}, asked for {spiffe_id}")

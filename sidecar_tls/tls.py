@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import count
 
@@ -67,9 +67,10 @@ class TlsMaterial:
     client_h2: ssl.SSLContext  # offers ALPN h2
     server: ssl.SSLContext
     generation: int
-    # Computed once per generation: both are read on every request.
+    # Computed once per generation: read on every request or connection.
     spiffe_id: str = ""
-    trust_domains: frozenset[str] = frozenset()
+    # Trust domain -> DER of its roots: a peer's chain must end at a root of its own domain.
+    bundle_roots: Mapping[str, frozenset[bytes]] = field(default_factory=dict)
 
     def client(self, alpn: str) -> ssl.SSLContext:
         return self.client_http if alpn == ALPN_HTTP else self.client_tcp
@@ -93,8 +94,20 @@ def build_material(identity: WorkloadIdentity) -> TlsMaterial:
         server,
         next(_generations),
         str(identity.spiffe_id),
-        frozenset(identity.bundles),
+        {
+            td: frozenset(root.public_bytes(serialization.Encoding.DER) for root in roots)
+            for td, roots in identity.bundles.items()
+        },
     )
+
+
+@dataclass(frozen=True)
+class PeerCerts:
+    """What a finished handshake shows of the peer: its leaf, and the root its verified chain
+    ends at (DER; None when it sent no certificate)."""
+
+    leaf: bytes | None
+    anchor: bytes | None
 
 
 @dataclass(frozen=True)
@@ -124,16 +137,20 @@ def _parse_leaf(der: bytes) -> tuple[SpiffeId, tuple[str, ...], dt.datetime, dt.
 
 
 def verify_peer_leaf(
-    der: bytes | None,
-    trust_domains: Collection[str],
+    peer: PeerCerts,
+    bundle_roots: Mapping[str, frozenset[bytes]],
     now: dt.datetime,
     expected: Collection[str] | None = None,
 ) -> PeerIdentity:
-    """Apply the SPIFFE rules to a peer leaf whose chain the SSLContext already verified.
+    """Apply the SPIFFE rules to a peer whose chain the SSLContext already verified.
 
-    `expected`: SPIFFE IDs the peer must have (secure naming), or None for any mesh identity.
-    Raises Unauthenticated (not an SVID) or PermissionDenied (wrong identity).
+    The context trusts the roots of every trust domain it knows, so the chain it verified must
+    also end at a root of the peer's own trust domain (go-spiffe's `x509svid.Verify` picks the
+    bundle by the leaf's trust domain): a certificate naming trust domain B that chains to A's
+    root is refused. `expected`: SPIFFE IDs the peer must have (secure naming), or None for any
+    mesh identity. Raises Unauthenticated (not an SVID) or PermissionDenied (wrong identity).
     """
+    der = peer.leaf
     if not der:
         raise Unauthenticated("peer presented no certificate")
     try:
@@ -144,8 +161,13 @@ def verify_peer_leaf(
         raise Unauthenticated("peer certificate is not an X.509-SVID: " + "; ".join(problems))
     if now < not_before or now > not_after:
         raise Unauthenticated(f"peer certificate {sid} is outside its validity window")
-    if sid.trust_domain not in trust_domains:
+    roots = bundle_roots.get(sid.trust_domain)
+    if roots is None:
         raise Unauthenticated(f"peer {sid} is in trust domain {sid.trust_domain}, not trusted")
+    if peer.anchor not in roots:
+        raise Unauthenticated(
+            f"peer {sid} does not chain to a root of trust domain {sid.trust_domain}'s bundle"
+        )
     if expected is not None and str(sid) not in expected:
         raise PermissionDenied(
             f"peer presented {sid}, expected {' or '.join(sorted(expected)) or 'nothing'}"

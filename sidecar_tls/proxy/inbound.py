@@ -42,7 +42,7 @@ from sidecar_tls.proxy.net import (
     open_protocol,
     original_dst,
     peek,
-    peer_leaf_der,
+    peer_certs,
     relay_both,
     selected_alpn,
     streams_over,
@@ -125,7 +125,7 @@ class InboundProxy:
                 return
             try:
                 peer = verify_peer_leaf(
-                    peer_leaf_der(transport), material.trust_domains, self.state.now()
+                    peer_certs(transport), material.bundle_roots, self.state.now()
                 )
             except Unauthenticated as exc:
                 transport.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
 import contextlib
 import errno
@@ -12,6 +13,8 @@ import struct
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
+
+from sidecar_tls.tls import PeerCerts
 
 log = logging.getLogger(__name__)
 
@@ -257,12 +260,18 @@ def close(writer: asyncio.StreamWriter) -> None:
         writer.close()
 
 
-def peer_leaf_der(writer: asyncio.StreamWriter | asyncio.BaseTransport) -> bytes | None:
+def peer_certs(writer: asyncio.StreamWriter | asyncio.BaseTransport) -> PeerCerts:
+    """The peer's leaf and the root its verified chain ends at. Python 3.11's ssl shows the
+    verified chain only on its private `_sslobj` (public in 3.13: `get_verified_chain`)."""
     ssl_object = writer.get_extra_info("ssl_object")
     if ssl_object is None:
-        return None
-    der: bytes | None = ssl_object.getpeercert(binary_form=True)
-    return der
+        return PeerCerts(None, None)
+    leaf: bytes | None = ssl_object.getpeercert(binary_form=True)
+    if leaf is None:
+        return PeerCerts(None, None)
+    chain = ssl_object._sslobj.get_verified_chain()
+    anchor = chain[-1].public_bytes(_ssl.ENCODING_DER) if chain else None
+    return PeerCerts(leaf, anchor)
 
 
 def selected_alpn(writer: asyncio.StreamWriter | asyncio.BaseTransport) -> str | None:

@@ -25,7 +25,7 @@ from sidecar_tls.proxy.net import (
     close,
     connect,
     open_protocol,
-    peer_leaf_der,
+    peer_certs,
     selected_alpn,
 )
 from sidecar_tls.state import SidecarState
@@ -66,8 +66,8 @@ class ConnectionPool:
         self.handshakes += 1
         try:
             peer = verify_peer_leaf(
-                peer_leaf_der(writer),
-                material.trust_domains,
+                peer_certs(writer),
+                material.bundle_roots,
                 self._state.now(),
                 dest.expected_ids,
             )
@@ -123,8 +123,8 @@ class ConnectionPool:
         self.handshakes += 1
         try:
             peer = verify_peer_leaf(
-                peer_leaf_der(transport),
-                material.trust_domains,
+                peer_certs(transport),
+                material.bundle_roots,
                 self._state.now(),
                 dest.expected_ids,
             )

@@ -221,6 +221,31 @@ def test_client_certificate_from_another_ca_is_refused(cp: ControlPlane, tmp_pat
     assert len(audit_lines(cp)) == before, "nothing was issued or even considered"
 
 
+def test_a_node_certificate_naming_another_trust_domain_is_refused(cp: ControlPlane) -> None:
+    # Signed by this CA's own root, so the TLS handshake takes it; but it names b.example, and
+    # a chain is verified with the bundle of the trust domain it names: this CA has none for it.
+    from cryptography.hazmat.primitives import serialization
+
+    from ca.authority import load_or_create_root
+    from ca.issuer import issue_svid
+
+    ours = load_or_create_root(cp.state_dir, TD, dt.datetime.now(dt.UTC))
+    own_key = wire.new_key()
+    chain = issue_svid(
+        ours,
+        own_key.public_key(),
+        SpiffeId.parse("spiffe://b.example/meshward/node/node-1"),
+        dt.timedelta(hours=1),
+        dt.datetime.now(dt.UTC),
+    )
+    forged = wire.Credential(
+        own_key, [c.public_bytes(serialization.Encoding.PEM).decode() for c in chain]
+    )
+    err = refused(cp, forged)
+    assert err.code() == Code.UNAUTHENTICATED
+    assert "no trust bundle for trust domain b.example" in err.details()
+
+
 @pytest.mark.parametrize(
     ("csr", "message"),
     [

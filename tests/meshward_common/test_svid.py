@@ -18,6 +18,7 @@ from meshward_common.svid import (
     signing_cert_problems,
     spiffe_id_of,
     verify_x509_svid,
+    verify_x509_svid_in,
 )
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -244,6 +245,26 @@ def test_time_and_bundle_are_checked(root: Issuer) -> None:
         verify_x509_svid([], [root.cert], NOW)
     with pytest.raises(SvidError, match="empty trust bundle"):
         verify_x509_svid([leaf], [], NOW)
+
+
+def test_a_chain_is_verified_with_the_bundle_of_its_own_trust_domain(root: Issuer) -> None:
+    other, okey = build(ROOT_SPEC, name="b.example root")
+    bundles = {"cluster.local": [root.cert], "b.example": [other]}
+    ours, _ = build(VALID_LEAF, root)
+    assert str(verify_x509_svid_in([ours], bundles, NOW)) == ID
+    theirs, _ = build(
+        replace(VALID_LEAF, uris=("spiffe://b.example/ns/x/sa/y",)), Issuer(other, okey)
+    )  # type: ignore[arg-type]
+    assert str(verify_x509_svid_in([theirs], bundles, NOW)) == "spiffe://b.example/ns/x/sa/y"
+    # Names b.example, chains to cluster.local's root: both roots are trusted, and still refused.
+    forged, _ = build(replace(VALID_LEAF, uris=("spiffe://b.example/ns/x/sa/y",)), root)
+    with pytest.raises(SvidError, match="does not verify"):
+        verify_x509_svid_in([forged], bundles, NOW)
+    assert str(verify_x509_svid([forged], [root.cert, other], NOW)).startswith("spiffe://b."), (
+        "a pool of every root would have taken it"
+    )
+    with pytest.raises(SvidError, match=r"no trust bundle for trust domain b\.example"):
+        verify_x509_svid_in([theirs], {"cluster.local": [root.cert]}, NOW)
 
 
 def test_leaf_outliving_its_signer_is_refused(root: Issuer) -> None:

@@ -44,6 +44,17 @@ def test_chain_for_another_identity_is_refused():
         accept_chain(fresh_state(ca), WANT, key, chain, now())
 
 
+def test_chain_naming_another_trust_domain_is_refused_even_from_our_root():
+    # The agent verifies with its own trust domain's bundle: a certificate naming b.example has
+    # no bundle here, whoever signed it.
+    ca = MiniCA()
+    key = ec.generate_private_key(ec.SECP256R1())
+    other = SpiffeId.parse("spiffe://b.example/ns/default/sa/reviews")
+    chain = ca.issue(key.public_key(), str(other), HOUR)
+    with pytest.raises(SvidError, match=r"no trust bundle for trust domain b\.example"):
+        accept_chain(fresh_state(ca), WANT, key, chain, now())
+
+
 def test_chain_for_another_key_is_refused():
     ca = MiniCA()
     key = ec.generate_private_key(ec.SECP256R1())

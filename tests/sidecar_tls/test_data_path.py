@@ -9,6 +9,7 @@ import json
 
 from cryptography.hazmat.primitives import serialization
 
+from sidecar_tls.identity import WorkloadIdentity
 from tests.sidecar_tls.loopback import (
     CLIENT_ID,
     SERVER_ID,
@@ -130,6 +131,29 @@ async def test_client_certificate_from_another_ca_is_refused() -> None:
         status, _ = await http_get(pair.outbound_port, "/")
         assert status == 503  # the server refused our handshake
         assert pair.inbound.refused == 1
+
+
+def _trusting(identity: WorkloadIdentity, *cas: MiniCA) -> WorkloadIdentity:
+    return WorkloadIdentity(identity.chain, identity.key, {c.trust_domain: (c.cert,) for c in cas})
+
+
+async def test_a_peer_is_verified_with_the_bundle_of_its_own_trust_domain() -> None:
+    ours, federated = MiniCA.create(), MiniCA.create("a.example", "a.example root")
+    server = _trusting(ours.issue(SERVER_ID), ours, federated)
+    # A certificate naming our trust domain, signed by the federated domain's root: its chain
+    # verifies against the pool of every root the server trusts, but not against our bundle.
+    forged = _trusting(federated.issue(CLIENT_ID), ours)
+    async with sidecar_pair(forged, server) as pair:
+        status, _ = await http_get(pair.outbound_port, "/")
+        assert status == 503
+        assert pair.inbound.refused == 1
+    # The federated domain's own workloads, chaining to its own root, are accepted.
+    caller = "spiffe://a.example/ns/default/sa/x"
+    client = _trusting(federated.issue(caller), ours)
+    async with sidecar_pair(client, server) as pair:
+        status, body = await http_get(pair.outbound_port, "/")
+    assert status == 200
+    assert json.loads(body)["headers"]["x-forwarded-client-cert"][0].endswith(f"URI={caller}")
 
 
 async def test_expired_client_certificate_is_refused() -> None:

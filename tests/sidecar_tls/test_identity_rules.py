@@ -15,7 +15,7 @@ from sidecar_tls.destinations import (
     resolve_destination,
     snapshot_from_proto,
 )
-from sidecar_tls.tls import verify_peer_leaf
+from sidecar_tls.tls import PeerCerts, verify_peer_leaf
 from sidecar_tls.xfcc import format_xfcc, parse_xfcc, sanitize_set
 from tests.sidecar_tls.testca import MiniCA
 
@@ -31,9 +31,16 @@ def _der(cert) -> bytes:  # type: ignore[no-untyped-def]
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+def _peer(leaf, anchor) -> PeerCerts:  # type: ignore[no-untyped-def]
+    return PeerCerts(_der(leaf) if leaf is not None else None, _der(anchor))
+
+
 def test_a_valid_peer_with_the_expected_identity_is_accepted() -> None:
-    leaf = MiniCA.create().issue(ID).leaf
-    peer = verify_peer_leaf(_der(leaf), {"cluster.local"}, _now(), {ID})
+    ca = MiniCA.create()
+    leaf = ca.issue(ID).leaf
+    peer = verify_peer_leaf(
+        _peer(leaf, ca.cert), {"cluster.local": frozenset([_der(ca.cert)])}, _now(), {ID}
+    )
     assert str(peer.spiffe_id) == ID
     assert len(peer.cert_sha256) == 64
 
@@ -44,26 +51,33 @@ def test_a_valid_peer_with_the_expected_identity_is_accepted() -> None:
         ("no certificate", Unauthenticated, "no certificate"),
         ("wrong identity", PermissionDenied, "expected"),
         ("foreign trust domain", Unauthenticated, "not trusted"),
+        ("chains to another domain's root", Unauthenticated, "does not chain to a root of"),
         ("expired", Unauthenticated, "validity"),
         ("a CA certificate as leaf", Unauthenticated, "not an X.509-SVID"),
     ],
 )
 def test_peer_leaf_refusals(case: str, error: type[Exception], message: str) -> None:
     ca = MiniCA.create()
+    other = MiniCA.create("example.org", "example.org root")
     der: bytes | None = _der(ca.issue(ID).leaf)
-    trust, expected, now = {"cluster.local"}, {ID}, _now()
+    anchor = _der(ca.cert)
+    trust = {"cluster.local": frozenset([anchor]), "example.org": frozenset([_der(other.cert)])}
+    expected, now = {ID}, _now()
     if case == "no certificate":
         der = None
     elif case == "wrong identity":
         expected = {"spiffe://cluster.local/ns/default/sa/ratings"}
     elif case == "foreign trust domain":
-        trust = {"example.org"}
+        trust = {"example.org": trust["example.org"]}
+    elif case == "chains to another domain's root":
+        # Names cluster.local, but the handshake's chain ended at example.org's root.
+        anchor = _der(other.cert)
     elif case == "expired":
         now = _now() + dt.timedelta(days=2)
     elif case == "a CA certificate as leaf":
         der = _der(ca.cert)
     with pytest.raises(error, match=message):
-        verify_peer_leaf(der, trust, now, expected)
+        verify_peer_leaf(PeerCerts(der, anchor), trust, now, expected)
 
 
 def test_xfcc_is_envoys_format_and_replaces_the_callers() -> None:
