@@ -18,6 +18,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("agent", "node_agent.cli", "agent"),
     ("sidecar", "sidecar_tls.cli", "sidecar"),
     ("authz", "policy.cli", "authz"),
+    ("kube-inject", "injector.cli", "kube_inject"),
     ("traces", "meshward.traces", "traces"),
     ("up", "meshward.mesh_cli", "up"),
     ("down", "meshward.mesh_cli", "down"),

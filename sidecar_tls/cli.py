@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from meshward_common import logs
+from meshward_common import logs, ports
 from meshward_common.addresses import parse_host_port
-from meshward_common.errors import ConfigError
+from meshward_common.errors import ConfigError, MeshwardError
 from sidecar_tls.sidecar import Ingress, IngressConfig, Sidecar, SidecarConfig
 
 # Shared by `run` and `ingress`.
@@ -76,6 +76,12 @@ def _run(component: Any) -> None:
 @click.option(
     "--service", default="", help="Service name for telemetry (default: workload without -vN)."
 )
+@click.option(
+    "--app-probers",
+    envvar="ISTIO_KUBE_APP_PROBERS",
+    default="",
+    help="The app's rewritten HTTP probes (JSON, as the injector writes them), served on 15020.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def run(
     agent_socket: str,
@@ -86,6 +92,7 @@ def run(
     otlp_endpoint: str | None,
     trace_sampling: float,
     service: str,
+    app_probers: str,
     log_level: str,
 ) -> None:
     """Run the sidecar in this pod's namespace (as uid 1337, after the interception rules)."""
@@ -99,6 +106,7 @@ def run(
         otlp_endpoint=otlp_endpoint,
         trace_sampling=trace_sampling,
         service=service,
+        app_probers=app_probers,
     )
     _run(Sidecar(config))
 
@@ -141,3 +149,66 @@ def ingress(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     _run(Ingress(config))
+
+
+@sidecar.command("init")
+@click.option("-p", "--envoy-port", default=ports.OUTBOUND, show_default=True, type=int)
+@click.option("-z", "--inbound-capture-port", default=ports.INBOUND, show_default=True, type=int)
+@click.option("-u", "--proxy-uid", default=ports.PROXY_UID, show_default=True, type=int)
+@click.option("-g", "--proxy-gid", default=ports.PROXY_GID, show_default=True, type=int)
+@click.option(
+    "-m",
+    "--inbound-interception-mode",
+    default="REDIRECT",
+    show_default=True,
+    help="REDIRECT only.",
+)
+@click.option(
+    "-b", "--inbound-ports", default="*", show_default=True, help="Ports captured; * all."
+)
+@click.option(
+    "-d",
+    "--local-exclude-ports",
+    default=f"{ports.PROMETHEUS},{ports.HEALTH},{ports.AGENT_STATUS}",
+    show_default=True,
+    help="Inbound ports never captured (with -b '*').",
+)
+@click.option("-i", "--outbound-ip-ranges", default="*", show_default=True, help="CIDRs; * all.")
+@click.option("-x", "--outbound-ip-ranges-exclude", default="", help="CIDRs never captured.")
+@click.option("-o", "--local-outbound-ports-exclude", default="", help="Ports never captured.")
+def init(
+    envoy_port: int,
+    inbound_capture_port: int,
+    proxy_uid: int,
+    proxy_gid: int,
+    inbound_interception_mode: str,
+    inbound_ports: str,
+    local_exclude_ports: str,
+    outbound_ip_ranges: str,
+    outbound_ip_ranges_exclude: str,
+    local_outbound_ports_exclude: str,
+) -> None:
+    """istio-init: write this network namespace's capture rules (as root with NET_ADMIN/NET_RAW,
+    before the app and the sidecar start). The flags are istio-iptables' own."""
+    from meshward_common.capture_flags import parse_cidr_list, parse_port_list
+    from sidecar_tls.interception.iptables import InterceptionOptions, apply_rules
+
+    try:
+        if inbound_interception_mode != "REDIRECT":
+            raise ConfigError(
+                f"interception: -m {inbound_interception_mode}: only REDIRECT is supported"
+            )
+        options = InterceptionOptions(
+            proxy_uid=proxy_uid,
+            proxy_gid=proxy_gid,
+            outbound_port=envoy_port,
+            inbound_port=inbound_capture_port,
+            include_inbound_ports=parse_port_list(inbound_ports, "-b"),
+            exclude_inbound_ports=parse_port_list(local_exclude_ports, "-d") or (),
+            include_outbound_cidrs=parse_cidr_list(outbound_ip_ranges, "-i"),
+            exclude_outbound_cidrs=parse_cidr_list(outbound_ip_ranges_exclude, "-x") or (),
+            exclude_outbound_ports=parse_port_list(local_outbound_ports_exclude, "-o") or (),
+        )
+        click.echo(apply_rules(None, options), nl=False)
+    except MeshwardError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -47,6 +47,9 @@ class SidecarConfig:
     health_port: int = ports.HEALTH
     admin_port: int = ports.ADMIN
     metrics_port: int = ports.PROMETHEUS  # 0: no metrics endpoint
+    # The app's rewritten HTTP probes (ISTIO_KUBE_APP_PROBERS JSON), served on status_port.
+    app_probers: str = ""
+    status_port: int = ports.AGENT_STATUS
 
     @property
     def service_name(self) -> str:
@@ -186,6 +189,11 @@ class Sidecar:
         )
         self.health_server = await serve_app(health_app(self.ready), c.bind, c.health_port)
         self._runners.append(self.health_server)
+        if c.app_probers:
+            from sidecar_tls.app_probes import parse_probers, serve_app_probes
+
+            probers = parse_probers(c.app_probers)
+            self._runners.append(await serve_app_probes(probers, c.pod_ip, c.bind, c.status_port))
         self.admin_server = await serve_app(
             admin_app(self.state, self.config_dump), "127.0.0.1", c.admin_port
         )

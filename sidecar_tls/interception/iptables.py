@@ -2,8 +2,10 @@
 
 `render_rules` is pure: options in, `iptables-restore` input out. With the default options it writes
 the same chains, in the same order, as `istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*'
--b '*' -d 15090,15021,15020` (see DESIGN.md, "The life of a request"). `apply_rules` is the thin
-shell that loads that text into a pod's network namespace and reads it back to check it took.
+-b '*' -d 15090,15021,15020` (see DESIGN.md, "The life of a request"); `-i`/`-b` lists (only these
+CIDRs / ports are captured) and empty values (nothing captured) follow istio-iptables too.
+`apply_rules` is the thin shell that loads that text into a network namespace (a named one, or the
+caller's own, as istio-init does inside the pod) and reads it back to check it took.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshward_common import ports
+from meshward_common.capture_flags import check_cidr, check_id, check_port
 from meshward_common.commands import run_command
-from meshward_common.errors import ConfigError, MeshwardError
+from meshward_common.errors import MeshwardError
 
 INBOUND_CHAIN = "ISTIO_INBOUND"
 REDIRECT_CHAIN = "ISTIO_REDIRECT"
@@ -32,19 +35,12 @@ class InterceptionError(MeshwardError):
     """iptables refused the rules, or what the kernel holds differs from what we loaded."""
 
 
-def _check_port(port: int, what: str) -> None:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ConfigError(f"interception: {what} {port!r} is not a TCP port (1-65535)")
-
-
-def _check_id(value: int, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"interception: {what} {value!r} is not a non-negative integer")
-
-
 @dataclass(frozen=True)
 class InterceptionOptions:
-    """What istio-iptables takes as flags (-u -g -p -z -d -o -x), validated on construction."""
+    """What istio-iptables takes as flags (-u -g -p -z -b -d -i -o -x), validated on construction.
+
+    `include_inbound_ports` / `include_outbound_cidrs` are istio-iptables' -b / -i: None is `*`
+    (everything not excluded is captured), a tuple captures only those (an empty one: nothing)."""
 
     proxy_uid: int = ports.PROXY_UID
     proxy_gid: int = ports.PROXY_GID
@@ -57,32 +53,32 @@ class InterceptionOptions:
     )
     exclude_outbound_ports: tuple[int, ...] = ()
     exclude_outbound_cidrs: tuple[str, ...] = ()
+    include_inbound_ports: tuple[int, ...] | None = None
+    include_outbound_cidrs: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        _check_id(self.proxy_uid, "proxy_uid")
-        _check_id(self.proxy_gid, "proxy_gid")
-        _check_port(self.outbound_port, "outbound_port")
-        _check_port(self.inbound_port, "inbound_port")
+        check_id(self.proxy_uid, "proxy_uid")
+        check_id(self.proxy_gid, "proxy_gid")
+        check_port(self.outbound_port, "outbound_port")
+        check_port(self.inbound_port, "inbound_port")
         # Accept lists from callers but store tuples so the value stays frozen and hashable.
         object.__setattr__(self, "exclude_inbound_ports", tuple(self.exclude_inbound_ports))
         object.__setattr__(self, "exclude_outbound_ports", tuple(self.exclude_outbound_ports))
         object.__setattr__(self, "exclude_outbound_cidrs", tuple(self.exclude_outbound_cidrs))
+        if self.include_inbound_ports is not None:
+            object.__setattr__(self, "include_inbound_ports", tuple(self.include_inbound_ports))
+            for port in self.include_inbound_ports:
+                check_port(port, "include_inbound_ports entry")
+        if self.include_outbound_cidrs is not None:
+            object.__setattr__(self, "include_outbound_cidrs", tuple(self.include_outbound_cidrs))
+            for cidr in self.include_outbound_cidrs:
+                check_cidr(cidr, "include_outbound_cidrs entry")
         for port in self.exclude_inbound_ports:
-            _check_port(port, "exclude_inbound_ports entry")
+            check_port(port, "exclude_inbound_ports entry")
         for port in self.exclude_outbound_ports:
-            _check_port(port, "exclude_outbound_ports entry")
+            check_port(port, "exclude_outbound_ports entry")
         for cidr in self.exclude_outbound_cidrs:
-            try:
-                net = ipaddress.ip_network(cidr, strict=False)
-            except ValueError as exc:
-                raise ConfigError(
-                    f"interception: exclude_outbound_cidrs entry {cidr!r} is not a CIDR: {exc}"
-                ) from exc
-            if net.version != 4:
-                raise ConfigError(
-                    f"interception: exclude_outbound_cidrs entry {cidr!r} is IPv6; "
-                    "only the IPv4 nat table is written"
-                )
+            check_cidr(cidr, "exclude_outbound_cidrs entry")
 
 
 def render_rules(options: InterceptionOptions | None = None) -> str:
@@ -97,9 +93,7 @@ def render_rules(options: InterceptionOptions | None = None) -> str:
     lines.append(f"-A {INBOUND_CHAIN} -p tcp --dport {tunnel} -j RETURN")
     lines.append(f"-A {REDIRECT_CHAIN} -p tcp -j REDIRECT --to-ports {o.outbound_port}")
     lines.append(f"-A {IN_REDIRECT_CHAIN} -p tcp -j REDIRECT --to-ports {o.inbound_port}")
-    lines.append(f"-A PREROUTING -p tcp -j {INBOUND_CHAIN}")
-    lines += [f"-A {INBOUND_CHAIN} -p tcp --dport {p} -j RETURN" for p in o.exclude_inbound_ports]
-    lines.append(f"-A {INBOUND_CHAIN} -p tcp -j {IN_REDIRECT_CHAIN}")
+    lines += _inbound_capture(o)
     lines.append(f"-A OUTPUT -j {OUTPUT_CHAIN}")
     # istio-iptables -o: port exclusions come before the loopback/owner rules, for tcp and udp.
     lines += _outbound_port_returns(o.exclude_outbound_ports)
@@ -116,13 +110,47 @@ def render_rules(options: InterceptionOptions | None = None) -> str:
         lines.append(f"-A {OUTPUT_CHAIN} -o lo -m owner ! {flag} {ident} -j RETURN")
         lines.append(f"-A {OUTPUT_CHAIN} -m owner {flag} {ident} -j RETURN")
     lines.append(f"-A {OUTPUT_CHAIN} -d 127.0.0.1/32 -j RETURN")
-    # istio-iptables -x: CIDR exclusions come after loopback and before the catch-all redirect.
-    for cidr in o.exclude_outbound_cidrs:
-        net = ipaddress.ip_network(cidr, strict=False)
-        lines.append(f"-A {OUTPUT_CHAIN} -d {net.with_prefixlen} -j RETURN")
-    lines.append(f"-A {OUTPUT_CHAIN} -j {REDIRECT_CHAIN}")
+    lines += _outbound_capture(o)
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def _inbound_capture(o: InterceptionOptions) -> list[str]:
+    """istio-iptables -b/-d: `*` captures every port but the excluded ones; a list captures only
+    its ports (the exclusions do not apply); an empty list hooks nothing into PREROUTING."""
+    if o.include_inbound_ports == ():
+        return []
+    lines = [f"-A PREROUTING -p tcp -j {INBOUND_CHAIN}"]
+    if o.include_inbound_ports is None:
+        lines += [
+            f"-A {INBOUND_CHAIN} -p tcp --dport {p} -j RETURN" for p in o.exclude_inbound_ports
+        ]
+        lines.append(f"-A {INBOUND_CHAIN} -p tcp -j {IN_REDIRECT_CHAIN}")
+        return lines
+    lines += [
+        f"-A {INBOUND_CHAIN} -p tcp --dport {p} -j {IN_REDIRECT_CHAIN}"
+        for p in o.include_inbound_ports
+    ]
+    return lines
+
+
+def _outbound_capture(o: InterceptionOptions) -> list[str]:
+    """istio-iptables -x/-i: CIDR exclusions after loopback, then the catch-all redirect for `*`,
+    or one redirect per included CIDR and a final RETURN for a list; nothing for an empty -i."""
+    if o.include_outbound_cidrs == ():
+        return []
+    lines = [
+        f"-A {OUTPUT_CHAIN} -d {ipaddress.ip_network(c, strict=False).with_prefixlen} -j RETURN"
+        for c in o.exclude_outbound_cidrs
+    ]
+    if o.include_outbound_cidrs is None:
+        lines.append(f"-A {OUTPUT_CHAIN} -j {REDIRECT_CHAIN}")
+        return lines
+    for cidr in o.include_outbound_cidrs:
+        net = ipaddress.ip_network(cidr, strict=False)
+        lines.append(f"-A {OUTPUT_CHAIN} -d {net.with_prefixlen} -j {REDIRECT_CHAIN}")
+    lines.append(f"-A {OUTPUT_CHAIN} -j RETURN")
+    return lines
 
 
 def _outbound_port_returns(excluded: tuple[int, ...]) -> list[str]:
@@ -193,19 +221,19 @@ def parse_nat_rules(text: str) -> dict[str, list[RuleSpec]]:
     return chains
 
 
-def _run_in_netns(netns: str, argv: list[str], stdin: str | None = None) -> str:
-    return run_command(
-        ["ip", "netns", "exec", netns, *argv], InterceptionError, "interception", stdin=stdin
-    )
+def _run_in_netns(netns: str | None, argv: list[str], stdin: str | None = None) -> str:
+    prefix = [] if netns is None else ["ip", "netns", "exec", netns]
+    return run_command([*prefix, *argv], InterceptionError, "interception", stdin=stdin)
 
 
-def read_nat_table(netns: str) -> dict[str, list[RuleSpec]]:
-    """The nat table the kernel holds for `netns`, parsed like `parse_nat_rules`."""
+def read_nat_table(netns: str | None) -> dict[str, list[RuleSpec]]:
+    """The nat table the kernel holds for `netns` (None: our own), parsed like `parse_nat_rules`."""
     return parse_nat_rules(_run_in_netns(netns, ["iptables-save", "-t", "nat"]))
 
 
-def apply_rules(netns: str, options: InterceptionOptions | None = None) -> str:
-    """Load the pod's nat table into `netns` (replacing it) and verify it; returns the text loaded.
+def apply_rules(netns: str | None, options: InterceptionOptions | None = None) -> str:
+    """Load the pod's nat table into `netns` (None: the caller's own network namespace, as in an
+    init container) replacing it, and verify it; returns the text loaded.
 
     Run before the app and the sidecar start, as istio-init does."""
     text = render_rules(options)
@@ -215,7 +243,7 @@ def apply_rules(netns: str, options: InterceptionOptions | None = None) -> str:
     got = read_nat_table(netns)
     if _nonempty(got) != _nonempty(want):
         raise InterceptionError(
-            f"interception: nat table in netns {netns} differs from the rules loaded "
+            f"interception: nat table in netns {netns or '(own)'} differs from the rules loaded "
             f"({_summary(got)} vs {_summary(want)})"
         )
     return text

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from meshward.pods import Pod, PodNetwork
+from meshward_common.capture_flags import parse_cidr_list, parse_port_list
 from meshward_common.errors import ConfigError
 from sidecar_tls.interception.iptables import (
     ISTIO_CHAINS,
@@ -147,6 +148,61 @@ def test_options_accept_lists_and_stay_hashable() -> None:
     assert hash(options) == hash(
         InterceptionOptions(exclude_outbound_ports=(25,), exclude_outbound_cidrs=("10.0.0.0/8",))
     )
+
+
+def test_included_inbound_ports_capture_only_those_ports() -> None:
+    # istio-iptables -b 32000,31000 (its inbound-ports-include golden): no exclusions, no catch-all.
+    chains = parse_nat_rules(
+        render_rules(InterceptionOptions(include_inbound_ports=(32000, 31000)))
+    )
+    assert (
+        chains["ISTIO_INBOUND"]
+        == parse_nat_rules(
+            "-A ISTIO_INBOUND -p tcp --dport 15008 -j RETURN\n"
+            "-A ISTIO_INBOUND -p tcp --dport 32000 -j ISTIO_IN_REDIRECT\n"
+            "-A ISTIO_INBOUND -p tcp --dport 31000 -j ISTIO_IN_REDIRECT\n"
+        )["ISTIO_INBOUND"]
+    )
+    assert len(chains["PREROUTING"]) == 1
+
+
+def test_no_included_inbound_ports_hooks_nothing_into_prerouting() -> None:
+    chains = parse_nat_rules(render_rules(InterceptionOptions(include_inbound_ports=())))
+    assert "PREROUTING" not in chains
+
+
+def test_included_outbound_cidrs_redirect_only_those_and_return_the_rest() -> None:
+    # istio-iptables -i 9.9.0.0/16 -x 1.1.0.0/16 (its ip-range golden, without the DNS rules).
+    text = render_rules(
+        InterceptionOptions(
+            include_outbound_cidrs=("9.9.0.0/16",), exclude_outbound_cidrs=("1.1.0.0/16",)
+        )
+    )
+    tail = text.splitlines()[-5:-1]
+    assert tail == [
+        "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN",
+        "-A ISTIO_OUTPUT -d 1.1.0.0/16 -j RETURN",
+        "-A ISTIO_OUTPUT -d 9.9.0.0/16 -j ISTIO_REDIRECT",
+        "-A ISTIO_OUTPUT -j RETURN",
+    ]
+    nothing = render_rules(InterceptionOptions(include_outbound_cidrs=()))
+    assert "ISTIO_REDIRECT\n" not in nothing.split("-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN")[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("*", None), ("", ()), ("15090, 15021", (15090, 15021)), ("80,*", None)],
+)
+def test_istio_iptables_port_flags(text: str, parsed: tuple[int, ...] | None) -> None:
+    assert parse_port_list(text, "-b") == parsed
+
+
+def test_bad_flag_values_are_refused_with_the_flag() -> None:
+    with pytest.raises(ConfigError, match="-b: 'http' is not a port number"):
+        parse_port_list("http", "-b")
+    with pytest.raises(ConfigError, match="include_outbound_cidrs entry"):
+        InterceptionOptions(include_outbound_cidrs=("300.0.0.0/8",))
+    assert parse_cidr_list("10.0.0.0/8,*", "-i") is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,3 +379,22 @@ def test_excluded_outbound_ports_and_cidrs_are_not_redirected(net: PodNetwork) -
     assert connect_from(net, app, other.ip, 9080, uid=APP_UID) == (
         f"port=15001 orig={other.ip}:9080"
     )
+
+
+@pytest.mark.netns
+def test_the_init_command_writes_the_rules_in_its_own_network_namespace(net: PodNetwork) -> None:
+    """`meshward sidecar init` (the injected init container's command) run inside the pod."""
+    pod = net.add_pod("init")
+    argv = [sys.executable, "-m", "meshward", "sidecar", "init", "-b", "9080", "-o", "5432"]
+    done = net.run(pod, argv)
+    assert done.returncode == 0, done.stderr
+    want = InterceptionOptions(include_inbound_ports=(9080,), exclude_outbound_ports=(5432,))
+    got = read_nat_table(pod.netns)
+    assert {c: r for c, r in got.items() if r or c in ISTIO_CHAINS} == parse_nat_rules(
+        render_rules(want)
+    )
+    bad = net.run(pod, [sys.executable, "-m", "meshward", "sidecar", "init", "-x", "10.0.0.0/40"])
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [
+        "Error: interception: -x '10.0.0.0/40' is not a CIDR: '10.0.0.0/40' does not appear to be an IPv4 or IPv6 network"
+    ]
