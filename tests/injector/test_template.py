@@ -142,12 +142,8 @@ def test_the_proxy_runs_as_1337_read_only_unprivileged_and_is_ready_on_15021() -
         "name": "workload-socket",
         "hostPath": {"path": "/var/run/meshward/agent", "type": "Directory"},
     }
-    assert (
-        "--service" in proxy["args"]
-    )
-    assert (
-        proxy["args"][proxy["args"].index("--service") + 1] == "reviews"
-    )
+    assert "--service" in proxy["args"]
+    assert proxy["args"][proxy["args"].index("--service") + 1] == "reviews"
 
 
 def test_annotations_say_what_was_injected_and_where_prometheus_scrapes() -> None:
