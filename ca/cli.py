@@ -41,6 +41,10 @@ def ca() -> None:
 @click.option("--rate-burst", type=float, help="burst per node (default 1000)")
 @click.option("--metrics-listen", help="HOST:PORT for Prometheus /metrics (default: off)")
 @click.option(
+    "--webhook-listen", help="HOST:PORT for the sidecar injection webhook, HTTPS (default: off)"
+)
+@click.option("--injector-config", help="injector settings YAML (the webhook's ConfigMap)")
+@click.option(
     "--workers", type=int, help="serving processes (default: the cores this process may use)"
 )
 @click.option(

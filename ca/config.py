@@ -12,6 +12,8 @@ root-namespace: istio-system
 rate-limit: 500          # CSRs per second per node, sustained
 rate-burst: 1000
 workers: 2               # serving processes (default: the cores this process may run on)
+webhook-listen: 0.0.0.0:15017  # the sidecar injection webhook (default: off)
+injector-config: /etc/meshward/injector/config.yaml
 mtls-listen: 127.0.0.1:15013   # optional: node SVIDs only, TLS ended in grpcio (no relay)
 """
 
@@ -49,6 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "rate-limit": DEFAULT_RATE,
     "rate-burst": DEFAULT_BURST,
     "metrics-listen": None,
+    "webhook-listen": None,
+    "injector-config": None,
     "workers": None,
     "mtls-listen": None,
 }
@@ -69,6 +73,9 @@ class CaConfig:
     rate_limit: float = DEFAULT_RATE
     rate_burst: float = DEFAULT_BURST
     metrics_listen: tuple[str, int] | None = None
+    # The sidecar injection webhook (HTTPS, /inject): off unless given; its injector settings.
+    webhook_listen: tuple[str, int] | None = None
+    injector_config: Path | None = None
     workers: int = 1
     mtls_listen: tuple[str, int] | None = None
 
@@ -161,6 +168,8 @@ def build_config(settings: Mapping[str, Any]) -> CaConfig:
         metrics_listen=_optional_listen(merged["metrics-listen"], "metrics-"),
         workers=_workers(merged["workers"]),
         mtls_listen=_optional_listen(merged["mtls-listen"], "mtls-"),
+        webhook_listen=_optional_listen(merged["webhook-listen"], "webhook-"),
+        injector_config=_existing(merged["injector-config"], "injector-config", directory=False),
     )
 
 

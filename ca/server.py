@@ -23,7 +23,7 @@ import datetime as dt
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +69,10 @@ class ServerCert:
 
 
 def issue_server_cert(
-    authority: SigningAuthority, trust_domain: str, now: dt.datetime
+    authority: SigningAuthority,
+    trust_domain: str,
+    now: dt.datetime,
+    dns_names: Sequence[str] = SERVER_DNS_NAMES,
 ) -> ServerCert:
     key = ec.generate_private_key(ec.SECP256R1())
     chain = issue_svid(
@@ -78,7 +81,7 @@ def issue_server_cert(
         control_plane_id(trust_domain),
         SERVER_CERT_TTL,
         now,
-        dns_names=SERVER_DNS_NAMES,
+        dns_names=dns_names,
     )
     leaf = chain[0]
     return ServerCert(

@@ -31,6 +31,7 @@ from ca.config import CaConfig
 from ca.publisher import Publisher
 from ca.rate_limit import clear_rate_limits
 from ca.store import CaStore
+from ca.webhook import ControlPlaneWebhook
 from meshward_common.clock import Clock, utc_now
 from meshward_common.errors import ConfigError
 
@@ -96,6 +97,7 @@ class Supervisor:
         self._sockets: list[socket.socket] = []
         self.port = 0
         self.mtls_port: int | None = None
+        self.webhook: ControlPlaneWebhook | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -104,6 +106,7 @@ class Supervisor:
         clear_rate_limits(cfg.state_dir)
         self.publisher = Publisher(cfg, store, self.clock)
         self.publisher.start()
+        await self._start_webhook()
         self._metrics_env = self._prepare_metrics()
         listen = listening_socket(cfg.host, cfg.port)
         self._sockets.append(listen)
@@ -118,6 +121,24 @@ class Supervisor:
             asyncio.create_task(self.publisher.run()),
             *(asyncio.create_task(self._keep(w)) for w in self.workers),
         ]
+
+    async def _start_webhook(self) -> None:
+        """The sidecar injection webhook, in this process only (it signs its own certificate)."""
+        cfg = self.config
+        if cfg.webhook_listen is None:
+            return
+        from injector.config import InjectorConfig, load_injector_config
+
+        injector = (
+            load_injector_config(cfg.injector_config, {})
+            if cfg.injector_config is not None
+            else InjectorConfig()
+        )
+        assert self.publisher.authority is not None
+        self.webhook = ControlPlaneWebhook(
+            self.publisher.authority, cfg.trust_domain, injector, *cfg.webhook_listen, self.clock
+        )
+        await self.webhook.start()
 
     def _prepare_metrics(self) -> dict[str, str]:
         """Workers write their metrics to files here; the supervisor serves their sum."""
@@ -181,6 +202,8 @@ class Supervisor:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.webhook is not None:
+            await self.webhook.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -218,6 +241,8 @@ async def serve(config: CaConfig, announce: Callable[[str], None], log_level: st
             mtls_host = config.mtls_listen[0]
             mtls_host = f"[{mtls_host}]" if ":" in mtls_host else mtls_host
             line += f", mTLS on {mtls_host}:{supervisor.mtls_port}"
+        if supervisor.webhook is not None:
+            line += f", webhook on https://{supervisor.webhook.server.host}:{supervisor.webhook.port}/inject"
         announce(f"{line} ({config.workers} workers)")
         await stop.wait()
     finally:

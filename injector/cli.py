@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import click
-import yaml
 
-from injector.config import InjectorConfig
+from injector.config import load_injector_config
 from injector.workloads import inject_text
 from meshward_common.errors import ConfigError, MeshwardError
 
@@ -28,22 +27,6 @@ def parse_sets(pairs: tuple[str, ...], prefix: str = "") -> dict[str, str]:
             key = key[len(prefix) :]
         out[key.replace("-", "_")] = value
     return out
-
-
-def load_injector_config(config_file: Path | None, sets: dict[str, str]) -> InjectorConfig:
-    data: dict[str, object] = {}
-    if config_file is not None:
-        try:
-            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"{config_file}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{config_file}: invalid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{config_file}: the injector config must be a mapping")
-        data.update(loaded or {})
-    data.update(sets)
-    return InjectorConfig.from_mapping(data, str(config_file or "--set"))
 
 
 @click.command("kube-inject")

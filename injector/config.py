@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from meshward_common.errors import ConfigError
 
@@ -24,6 +27,10 @@ DEFAULT_IMAGE = "meshward/meshward:0.1.0"
 DEFAULT_SOCKET_HOST_DIR = "/var/run/meshward/agent"
 SOCKET_MOUNT_PATH = "/var/run/secrets/workload-spiffe-uds"
 SOCKET_NAME = "socket"
+# The control plane's Service (gRPC 15012, the webhook on 443 -> 15017) and its namespace.
+WEBHOOK_SERVICE = "meshward-control-plane"
+CONTROL_PLANE_NAMESPACE = "istio-system"
+WEBHOOK_PORT = 15017
 
 
 @dataclass(frozen=True)
@@ -97,3 +104,19 @@ def _coerce(value: Any, kind: type, where: str) -> Any:
     if not isinstance(value, str):
         raise ConfigError(f"{where}: {value!r} is not a string")
     return value
+
+
+def load_injector_config(config_file: Path | None, sets: dict[str, str]) -> InjectorConfig:
+    data: dict[str, object] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{config_file}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{config_file}: invalid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file}: the injector config must be a mapping")
+        data.update(loaded or {})
+    data.update(sets)
+    return InjectorConfig.from_mapping(data, str(config_file or "--set"))

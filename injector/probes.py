@@ -61,9 +61,12 @@ def rewrite_probes(containers: list[dict[str, Any]]) -> dict[str, Any]:
             if str(original["scheme"]).upper() not in ("HTTP", "HTTPS"):
                 raise InvalidRequest(f"{where}: scheme {original['scheme']!r} is not HTTP or HTTPS")
             path = f"/app-health/{name}/{suffix}"
-            entry: dict[str, Any] = {"httpGet": original}
-            if "timeoutSeconds" in probe:
-                entry["timeoutSeconds"] = probe["timeoutSeconds"]
+            # Kubernetes' default, written out: the webhook sees the API server's defaulted Pod and
+            # kube-inject the user's file, and both must hand the sidecar the same probers.
+            entry: dict[str, Any] = {
+                "httpGet": original,
+                "timeoutSeconds": probe.get("timeoutSeconds", 1),
+            }
             probers[path] = entry
             probe["httpGet"] = {"path": path, "port": ports.AGENT_STATUS, "scheme": "HTTP"}
     return probers
