@@ -5,11 +5,15 @@ VENV_STAMP := .venv/.installed
 TOOLS := tools/bin
 JAEGER_VERSION := v1.76.0
 
-.PHONY: install system-deps protos test test-fast lint fmt bench jaeger kube dev-certs up down clean
+.PHONY: install compiled system-deps protos test test-fast lint fmt bench jaeger kube dev-certs up down clean
 
-# The venv, then the data path's hot modules compiled with mypyc (rebuilt only when their
-# sources changed; sidecar_tls/hot_path.py).
+# The venv. Nothing is compiled: lint, the fast tests, protos and dev certificates need no C
+# compiler, and the sidecar runs its sources.
 install: $(VENV_STAMP)
+
+# The sidecar's hot path compiled with mypyc into build/compiled/ (rebuilt only when its sources
+# changed; sidecar_tls/_compiled.py). Used when current, unless MESHWARD_INTERPRETED=1.
+compiled: install
 	@$(PY) -m sidecar_tls.hot_path
 
 # The distribution's CPython 3.11 when there is one: it is built with PGO/LTO (about twice as fast
@@ -30,11 +34,13 @@ system-deps:
 protos: install
 	$(PY) scripts/gen_protos.py
 
-test: install system-deps kube
+# Everything with the compiled hot path, then the sidecar's own tests once more on its sources.
+test: compiled system-deps kube
 	$(PY) -m pytest -q
+	MESHWARD_INTERPRETED=1 $(PY) -m pytest -q -m "not netns and not slow" tests/sidecar_tls
 
 test-fast: install
-	$(PY) -m pytest -q -m "not netns and not slow"
+	MESHWARD_INTERPRETED=1 $(PY) -m pytest -q -m "not netns and not slow"
 
 lint: install
 	.venv/bin/ruff check .
@@ -45,7 +51,7 @@ fmt: install
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-bench: install system-deps
+bench: compiled system-deps
 	$(PY) -m bench
 
 # A real Jaeger v2, built from the Go module proxy into tools/bin (cached).
@@ -70,4 +76,3 @@ down:
 
 clean:
 	rm -rf .venv build *.egg-info .pytest_cache .mypy_cache .ruff_cache
-	find sidecar_tls -name "*.so" -delete

@@ -65,6 +65,10 @@ class H2Side:
             # inbound validation would make them connection errors.
             validate_inbound_headers=False,
             normalize_inbound_headers=False,
+            # What goes out was checked coming in (or is ours): h2's per-header pass over every
+            # block sent would only repeat it.
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         self.conn = h2.connection.H2Connection(config)
         self.conn.local_settings = h2.settings.Settings(

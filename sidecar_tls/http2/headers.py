@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 from urllib.parse import quote
 
+from hpack import NeverIndexedHeaderTuple
+
 from sidecar_tls.answers import LocalReply
 
 Header = tuple[bytes, bytes]
@@ -23,6 +25,10 @@ GRPC_CONTENT_TYPE: Final = b"application/grpc"
 _CONNECTION_SPECIFIC: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
+_PER_REQUEST: Final = frozenset(
+    {"traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
+     "x-b3-sampled", "x-request-id"}
+)  # fmt: skip
 _REQUEST_PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path"})
 _UPPER: Final = bytes(range(ord("A"), ord("Z") + 1))
 _BAD_NAME_BYTES: Final = frozenset(b" \t\r\n\0:" + _UPPER)
@@ -133,7 +139,14 @@ def edit(
     headers: Sequence[Header], remove: Iterable[str], set_: Sequence[tuple[str, str]]
 ) -> list[Header]:
     """`headers` without the `remove` names and the `set_` names, then `set_` appended."""
-    set_encoded = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in set_]
+    # Values new on every request (trace context, request ids) are sent without indexing: in
+    # HPACK's table they would only push out the headers that do repeat.
+    set_encoded: list[Header] = [
+        NeverIndexedHeaderTuple(n.encode("latin-1"), v.encode("latin-1"))
+        if n in _PER_REQUEST
+        else (n.encode("latin-1"), v.encode("latin-1"))
+        for n, v in set_
+    ]
     drop = {n.encode("latin-1") for n in remove}
     drop.update(n for n, _ in set_encoded)
     if not drop:

@@ -1,59 +1,87 @@
-"""The data path's hot modules run compiled (make install builds them), and never stale."""
+"""The compiled hot path: built outside the source tree, used only when current, switched off by
+MESHWARD_INTERPRETED=1 (make test runs the sidecar's tests both ways)."""
 
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 import pytest
 
-from sidecar_tls import hot_path
+from sidecar_tls import _compiled, hot_path
 
 
-@pytest.mark.parametrize("name", hot_path.HOT_PATH)
-def test_hot_path_module_is_compiled(name: str) -> None:
+@pytest.mark.parametrize("name", _compiled.HOT_PATH)
+def test_hot_path_modules_run_compiled_unless_switched_off(name: str) -> None:
     module = importlib.import_module("sidecar_tls." + name.replace("/", "."))
-    assert hot_path.is_compiled(module), (
-        f"sidecar_tls/{name} runs interpreted from {module.__file__}; `make install` compiles it"
-    )
+    if os.environ.get(_compiled.SWITCH) == "1":
+        assert not hot_path.is_compiled(module), f"{name} runs compiled despite the switch"
+        assert str(module.__file__).startswith(str(_compiled.PACKAGE_DIR))
+    else:
+        assert hot_path.is_compiled(module), (
+            f"sidecar_tls/{name} runs interpreted from {module.__file__}; `make compiled` builds it"
+        )
+        assert str(module.__file__).startswith(str(_compiled.BUILD_DIR))  # never in the sources
 
 
-def test_compiled_modules_match_their_sources() -> None:
-    assert hot_path.stale() == []
+def test_no_compiled_module_lies_in_the_source_tree() -> None:
+    suffixes = (".so", ".pyd")
+    assert [p for p in _compiled.PACKAGE_DIR.rglob("*") if p.suffix in suffixes] == []
 
 
-def test_a_changed_source_makes_the_compiled_modules_stale(
+def test_a_build_from_other_sources_is_not_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     digest_file = tmp_path / "hot_path.sha256"
-    digest_file.write_text(hot_path.digest() + "\n")
-    monkeypatch.setattr(hot_path, "DIGEST_FILE", digest_file)
+    monkeypatch.setattr(_compiled, "DIGEST_FILE", digest_file)
+    monkeypatch.setattr(hot_path, "recorded_digest", lambda: _compiled.recorded_digest(digest_file))
+    monkeypatch.delenv(_compiled.SWITCH, raising=False)
+    digest_file.write_text(_compiled.digest() + "\n")
     assert hot_path.stale() == []
     digest_file.write_text("0" * 64 + "\n")  # as if built from other sources
     assert hot_path.stale() == [
-        f"compiled modules in {hot_path.PACKAGE_DIR} were built from other sources than these"
+        f"the compiled modules in {_compiled.BUILD_DIR} were built from other sources than these"
     ]
+    assert hot_path.main(["hot_path", "--check"]) == 1
     digest_file.unlink()
-    assert hot_path.stale() != []
+    assert hot_path.stale() == []  # nothing built: the sources run, nothing is stale
 
 
-def test_the_digest_covers_every_hot_source(
+def test_the_loader_decides_by_the_digest_and_the_switch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in hot_path.HOT_PATH:
+    digest_file = tmp_path / "hot_path.sha256"
+    read = _compiled.recorded_digest
+    monkeypatch.setattr(_compiled, "recorded_digest", lambda: read(digest_file))
+    monkeypatch.delenv(_compiled.SWITCH, raising=False)
+
+    def decide() -> bool:
+        _compiled.use_compiled.cache_clear()
+        return _compiled.use_compiled()
+
+    try:
+        assert decide() is False  # never built
+        digest_file.write_text(_compiled.digest() + "\n")
+        assert decide() is True
+        assert _compiled.extend_path(["src"], "sidecar_tls.http1") == [
+            str(_compiled.BUILD_DIR / "sidecar_tls" / "http1"),
+            "src",
+        ]
+        monkeypatch.setenv(_compiled.SWITCH, "1")
+        assert decide() is False
+        assert _compiled.extend_path(["src"], "sidecar_tls.http1") == ["src"]
+        monkeypatch.delenv(_compiled.SWITCH)
+        digest_file.write_text("0" * 64 + "\n")
+        assert decide() is False  # stale: the sources run
+    finally:
+        _compiled.use_compiled.cache_clear()
+
+
+def test_the_digest_covers_every_hot_source(tmp_path: Path) -> None:
+    for name in _compiled.HOT_PATH:
         (tmp_path / f"{name}.py").parent.mkdir(exist_ok=True)
         (tmp_path / f"{name}.py").write_text(f"# {name}\n")
-    monkeypatch.setattr(hot_path, "PACKAGE_DIR", tmp_path)
-    before = hot_path.digest()
-    (tmp_path / f"{hot_path.HOT_PATH[-1]}.py").write_text("# edited\n")
-    assert hot_path.digest() != before
-
-
-def test_check_exits_nonzero_when_stale(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    digest_file = tmp_path / "hot_path.sha256"
-    digest_file.write_text("0" * 64 + "\n")
-    monkeypatch.setattr(hot_path, "DIGEST_FILE", digest_file)
-    assert hot_path.main(["hot_path", "--check"]) == 1
-    assert "run `make install`" in capsys.readouterr().err
+    before = _compiled.digest(tmp_path)
+    (tmp_path / f"{_compiled.HOT_PATH[-1]}.py").write_text("# edited\n")
+    assert _compiled.digest(tmp_path) != before
