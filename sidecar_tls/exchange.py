@@ -133,3 +133,6 @@ class InboundExchange:
         if self.xfcc:
             extra = [*extra, (XFCC_HEADER, self.xfcc)]
         return Admission(span, XFCC_ONLY, extra)
+
+
+Exchange = InboundExchange | OutboundExchange

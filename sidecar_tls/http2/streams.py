@@ -24,7 +24,7 @@ import h2.errors
 import h2.exceptions
 
 from sidecar_tls.answers import LocalReply, bad_response
-from sidecar_tls.exchange import Admission
+from sidecar_tls.exchange import Admission, Exchange
 from sidecar_tls.http2.connection import Acceptor, H2Side, flush_dirty
 from sidecar_tls.http2.headers import (
     Header,
@@ -36,7 +36,7 @@ from sidecar_tls.http2.headers import (
     response_problem,
     status_of,
 )
-from sidecar_tls.telemetry.observe import HopSpan
+from sidecar_tls.telemetry.observe import HopSpan, Protocol_
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,18 @@ class Route:
     """Where a downstream connection's streams go, and what the exchange says of each (a base
     class: the forwarder calls it directly)."""
 
+    def __init__(self) -> None:
+        self._exchanges: dict[bool, Exchange] = {}  # gRPC or not: labelled apart (Istio)
+
     def admit(self, view: RequestView) -> Admission:
+        exchange = self._exchanges.get(view.grpc)
+        if exchange is None:
+            exchange = self.exchange("grpc" if view.grpc else "http")
+            self._exchanges[view.grpc] = exchange
+        return exchange.admit(view.method, view.path, view.authority, view.by_name)
+
+    def exchange(self, protocol: Protocol_) -> Exchange:
+        """The connection's exchange for its gRPC calls or for its other requests."""
         raise NotImplementedError
 
     def take_upstream(self) -> H2Side | None:

@@ -22,7 +22,7 @@ from meshward_common.errors import Unauthenticated
 from policy.request import Request
 from sidecar_tls.answers import LocalReply, app_unreachable
 from sidecar_tls.authz import InboundAuthorizer
-from sidecar_tls.exchange import Admission, InboundExchange
+from sidecar_tls.exchange import Admission, Exchange, InboundExchange
 from sidecar_tls.http1.head import RequestHead, looks_like_http
 from sidecar_tls.http1.relay import (
     HttpRelay,
@@ -32,7 +32,7 @@ from sidecar_tls.http1.relay import (
     run_relay,
 )
 from sidecar_tls.http2.connection import H2Side, TlsH2Side, run_side
-from sidecar_tls.http2.headers import RequestView, looks_like_h2c
+from sidecar_tls.http2.headers import looks_like_h2c
 from sidecar_tls.http2.streams import Forwarder, Route
 from sidecar_tls.http2.upstreams import H2Upstreams
 from sidecar_tls.proxy.net import (
@@ -321,23 +321,14 @@ class _InboundH2Route(Route):
     the app over h2c (as many connections as the app's stream limit needs, closed with this one)."""
 
     def __init__(self, proxy: InboundProxy, caller: Caller, port: int) -> None:
+        super().__init__()
         self.proxy = proxy
         self.caller = caller
         self.port = port
         self.upstreams = H2Upstreams(self._connect_app)
-        self._http: InboundExchange | None = None
-        self._grpc: InboundExchange | None = None
 
-    def admit(self, view: RequestView) -> Admission:
-        if view.grpc:
-            if self._grpc is None:
-                self._grpc = self.proxy.exchange(self.caller, self.port, "grpc", "2")
-            exchange = self._grpc
-        else:
-            if self._http is None:
-                self._http = self.proxy.exchange(self.caller, self.port, "http", "2")
-            exchange = self._http
-        return exchange.admit(view.method, view.path, view.authority, view.by_name)
+    def exchange(self, protocol: Protocol_) -> Exchange:
+        return self.proxy.exchange(self.caller, self.port, protocol, "2")
 
     async def _connect_app(self) -> H2Side:
         _, side = await open_protocol(

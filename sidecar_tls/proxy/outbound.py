@@ -18,11 +18,11 @@ from meshward_common import ports
 from meshward_common.errors import MeshwardError
 from sidecar_tls.answers import LocalReply, upstream_unavailable
 from sidecar_tls.destinations import Destination, OutboundPolicy, resolve_destination
-from sidecar_tls.exchange import Admission, OutboundExchange
+from sidecar_tls.exchange import Admission, Exchange, OutboundExchange
 from sidecar_tls.http1.head import HOP_BY_HOP, RequestHead, looks_like_http
 from sidecar_tls.http1.relay import HttpRelay, RelayHooks, UpstreamLink, run_relay
 from sidecar_tls.http2.connection import H2Side, run_side
-from sidecar_tls.http2.headers import RequestView, looks_like_h2c
+from sidecar_tls.http2.headers import looks_like_h2c
 from sidecar_tls.http2.streams import Forwarder, Route
 from sidecar_tls.proxy.net import (
     Streams,
@@ -237,23 +237,14 @@ class _OutboundH2Route(Route):
     sidecar (ALPN h2), with its own span and context headers."""
 
     def __init__(self, proxy: OutboundProxy, dest: Destination, downstream: str) -> None:
+        super().__init__()
         self.proxy = proxy
         self.dest = dest
         self.downstream = downstream
         self.upstreams = proxy.pool.h2_upstreams(dest)
-        self._http: OutboundExchange | None = None
-        self._grpc: OutboundExchange | None = None
 
-    def admit(self, view: RequestView) -> Admission:
-        if view.grpc:
-            if self._grpc is None:
-                self._grpc = self.proxy.exchange(self.dest, self.downstream, "grpc", "2")
-            exchange = self._grpc
-        else:
-            if self._http is None:
-                self._http = self.proxy.exchange(self.dest, self.downstream, "http", "2")
-            exchange = self._http
-        return exchange.admit(view.method, view.path, view.authority, view.by_name)
+    def exchange(self, protocol: Protocol_) -> Exchange:
+        return self.proxy.exchange(self.dest, self.downstream, protocol, "2")
 
     def fits(self, side: H2Side) -> bool:
         return self.proxy.pool.h2_fits(self.dest, side)
