@@ -82,10 +82,21 @@ def _setup() -> None:
     )
 
 
+def remove_in_tree_builds() -> list[Path]:
+    """Compiled modules left in the source tree by the former in-place build: they would shadow
+    their sources whatever the digest says."""
+    stray = [p for p in PACKAGE_DIR.rglob("*") if p.suffix in (".so", ".pyd")]
+    for path in stray:
+        path.unlink()
+    return stray
+
+
 def main(argv: list[str]) -> int:
     if argv[1:] == ["--setup"]:
         _setup()
         return 0
+    for path in remove_in_tree_builds():
+        print(f"hot path: removed {path} (an in-place build shadowing its source)", file=sys.stderr)
     if argv[1:] == ["--check"]:
         problems = stale()
         for problem in problems:
