@@ -256,6 +256,12 @@ def load_or_create_root(state_dir: Path, trust_domain: str, now: dt.datetime) ->
         cert, key = make_root(trust_domain, now)
         write_private(key_path, key_pem(key))
         write_public(cert_path, cert_pem(cert))
+    return load_root(state_dir)
+
+
+def load_root(state_dir: Path) -> SigningAuthority:
+    """The existing self-signed root pair in `state_dir`, checked."""
+    cert_path, key_path = state_dir / ROOT_CERT, state_dir / ROOT_KEY
     root = _read_certs(cert_path)[0]
     root_key = _read_key(key_path)
     if _public_der(root_key.public_key()) != _public_der(root.public_key()):

@@ -98,6 +98,25 @@ def join_token(node: str, state_dir: str, ttl: str) -> None:
     click.echo(token)
 
 
+@ca.command("rotate-root")
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
+@click.option(
+    "--grace",
+    default="1h",
+    show_default=True,
+    help="how long the new root is trusted before the CA signs with it",
+)
+def rotate_root(state_dir: str, grace: str) -> None:
+    """Rotate the self-signed root with no outage (the running CA follows the schedule)."""
+    from ca.root_rotation import start_rotation
+
+    try:
+        line = start_rotation(Path(state_dir), parse_duration(grace, "--grace"), utc_now())
+    except MeshwardError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(line)
+
+
 @ca.command("dev-certs")
 @click.option("--out", default="certs-dev", show_default=True, type=click.Path(path_type=Path))
 @click.option("--trust-domain", default=DEFAULT_TRUST_DOMAIN, show_default=True)

@@ -30,6 +30,7 @@ def build_mesh_state(
     policies: Mapping[str, str],
     trust_domain: str,
     root_namespace: str,
+    trust_bundles: Mapping[str, bytes] | None = None,
 ) -> pb.MeshState:
     """The full MeshState; version_info is a digest of the content, so it changes iff it does."""
     workloads = []
@@ -54,6 +55,7 @@ def build_mesh_state(
         workloads=workloads,
         policies=[pb.PolicyDocument(source=s, yaml=policies[s]) for s in sorted(policies)],
         root_namespace=root_namespace,
+        trust_bundles=dict(trust_bundles or {}),
     )
     digest = hashlib.sha256(state.SerializeToString(deterministic=True)).hexdigest()
     state.version_info = digest[:16]
@@ -91,6 +93,7 @@ class MeshStateSource:
         self.root_namespace = root_namespace
         self.registry = Registry()
         self._policies: dict[str, str] = {}
+        self._bundles: dict[str, bytes] = {}
         self._stamps: dict[Path, _Stamp | None] = {}
         self.changed = asyncio.Condition()
         self.state = build_mesh_state(self.registry, {}, trust_domain, root_namespace)
@@ -169,9 +172,17 @@ class MeshStateSource:
         log.info("registry reloaded: %d workloads", len(registry.workloads))
         return True
 
+    def set_trust_bundles(self, bundles: Mapping[str, bytes]) -> bool:
+        """New trust bundles (a root rotation); True if the served state changed."""
+        if dict(bundles) == self._bundles:
+            return False
+        self._bundles = dict(bundles)
+        self._rebuild()
+        return True
+
     def _rebuild(self) -> None:
         self.state = build_mesh_state(
-            self.registry, self._policies, self.trust_domain, self.root_namespace
+            self.registry, self._policies, self.trust_domain, self.root_namespace, self._bundles
         )
 
     async def poll_once(self) -> None:

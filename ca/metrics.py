@@ -8,10 +8,12 @@ or /stats/prometheus.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from meshward_common import errors, telemetry
 from meshward_common.prometheus import start_metrics_server as serve_registry
@@ -98,3 +100,34 @@ def start_multiprocess_metrics_server(
     served = registry if registry is not None else CollectorRegistry()
     multiprocess.MultiProcessCollector(served, path=str(path))  # type: ignore[no-untyped-call]
     return serve_registry(host, port, served)
+
+
+ROTATION_PHASES = ("steady", "prepared", "switched")
+
+
+class AuthorityCollector:
+    """The supervisor's view of its roots, read at scrape time: the root rotation's phase (1 for
+    the phase in force), how many roots the bundle holds, when each root expires."""
+
+    def __init__(self, state: Callable[[], tuple[str, Sequence[tuple[str, float]]]]) -> None:
+        self.state = state  # () -> (phase, [(root sha256, not_after unix seconds)])
+
+    def collect(self) -> Iterator[Metric]:
+        phase, roots = self.state()
+        phases = GaugeMetricFamily(
+            telemetry.CA_ROTATION_PHASE,
+            "Root rotation phase in force (1) by phase.",
+            labels=["phase"],
+        )
+        for name in ROTATION_PHASES:
+            phases.add_metric([name], 1.0 if name == phase else 0.0)
+        yield phases
+        yield GaugeMetricFamily(
+            telemetry.CA_BUNDLE_ROOTS, "Roots in this trust domain's bundle.", value=len(roots)
+        )
+        expiry = GaugeMetricFamily(
+            telemetry.CA_ROOT_EXPIRY, "Expiry of each root in the bundle.", labels=["sha256"]
+        )
+        for fingerprint, not_after in roots:
+            expiry.add_metric([fingerprint], not_after)
+        yield expiry

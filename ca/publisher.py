@@ -1,25 +1,52 @@
 """The supervisor's half of the control plane: it owns the sources of truth and publishes them.
 
-Sources: the signing authority (self-signed root or Istio's plug-in files) and the registry and
-policy files. Each new version goes into the state database (`ca.published`), where every worker
-picks it up; the workers never read a source themselves, so a source is read once however many
-workers there are, and they all serve the same version. The trust bundle file
-(`<state-dir>/trust-bundle.pem`, what node agents bootstrap with) is written here too.
+Sources: the signing authority (self-signed root or Istio's plug-in files, and a root rotation in
+progress) and the registry and policy files. Each new version goes into the state database
+(`ca.published`), where every worker picks it up; the workers never read a source themselves, so
+a source is read once however many workers there are, and they all serve the same version. The
+trust bundle goes into the mesh state too (node agents take it from there) and into
+`<state-dir>/trust-bundle.pem` (what node agents bootstrap with); `<state-dir>/ca-status.json`
+says who signs, which roots are trusted and where a rotation stands (no key material).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
-from ca.authority import TRUST_BUNDLE, cert_pem, load_authority, write_public
+from cryptography import x509
+
+from ca.authority import (
+    ROOT_CERT,
+    ROOT_KEY,
+    TRUST_BUNDLE,
+    cert_pem,
+    key_pem,
+    load_authority,
+    write_private,
+    write_public,
+)
 from ca.config import CaConfig
 from ca.mesh_state import POLL_INTERVAL, MeshStateSource
 from ca.published import PublishedAuthority, publish_authority, publish_mesh_state
+from ca.rotation import ROTATION, RootRotation, decode_rotation
 from ca.store import CaStore
 from meshward_common.clock import Clock
+from meshward_common.svid import der_chain, fingerprint_sha256
 
 log = logging.getLogger(__name__)
+
+STATUS_FILE = "ca-status.json"
+
+
+def _same(a: PublishedAuthority | None, b: PublishedAuthority) -> bool:
+    return (
+        a is not None
+        and a.signer.cert == b.signer.cert
+        and a.roots == b.roots
+        and a.earlier_chains == b.earlier_chains
+    )
 
 
 class Publisher:
@@ -31,29 +58,104 @@ class Publisher:
             config.registry, config.policy_dir, config.trust_domain, config.root_namespace
         )
         self.authority: PublishedAuthority | None = None
+        self._loaded: PublishedAuthority | None = None  # from the files, without a rotation
+        self.rotation: RootRotation | None = None
+        self.phase = "steady"
 
     def start(self) -> None:
         """Load every source and publish it; a bad source at start is a ConfigError."""
         cfg = self.config
         signer = load_authority(cfg.state_dir, cfg.plugin_ca_dir, cfg.trust_domain, self.clock())
-        self.set_authority(PublishedAuthority(signer))
+        self._loaded = PublishedAuthority(signer)
         self.mesh.load_initial()
+        self._follow_rotation()
+        if self.authority is None:
+            self.set_authority(self._loaded)
         publish_mesh_state(self.store, self.mesh.state)
 
     def set_authority(self, authority: PublishedAuthority) -> None:
         self.authority = authority
         write_public(self.config.state_dir / TRUST_BUNDLE, cert_pem(*authority.roots))
+        self.mesh.set_trust_bundles({self.config.trust_domain: der_chain(authority.roots)})
         version = publish_authority(self.store, authority)
-        log.info("signing authority %s published", version)
+        self._write_status()
+        log.info(
+            "signing authority %s published: signer %s, %d root(s) in the bundle",
+            version, fingerprint_sha256(authority.signer.cert)[:16], len(authority.roots),
+        )  # fmt: skip
+
+    def _follow_rotation(self) -> None:
+        """Apply the recorded root rotation's schedule (self-signed mode only)."""
+        if self.config.plugin_ca_dir is not None:
+            return
+        row = self.store.published(ROTATION)
+        if row is None:
+            self.rotation, self.phase = None, "steady"
+            return
+        rotation = self.rotation = decode_rotation(row.data)
+        now, max_ttl = self.clock(), self.config.max_ttl
+        phase = rotation.phase(now, max_ttl)
+        if phase != self.phase:
+            log.info("root rotation: %s (switch at %s, old root leaves at %s)", phase,
+                     rotation.switch_at.isoformat(), rotation.retire_at(max_ttl).isoformat())  # fmt: skip
+        self.phase = phase
+        wanted = PublishedAuthority(
+            rotation.authority(now, max_ttl), rotation.earlier_chains(now, max_ttl)
+        )
+        if phase != "prepared":
+            # The new root signs from now on: a restart must load it as the signer.
+            self._write_root(rotation.new_cert, rotation)
+        if not _same(self.authority, wanted):
+            self.set_authority(wanted)
+        if phase == "done":
+            self.store.unpublish(ROTATION)
+            self.rotation, self.phase = None, "steady"
+            self._write_status()
+
+    def _write_root(self, cert: x509.Certificate, rotation: RootRotation) -> None:
+        path = self.config.state_dir / ROOT_CERT
+        if path.read_bytes() != cert_pem(cert):
+            write_private(self.config.state_dir / ROOT_KEY, key_pem(rotation.new_key))
+            write_public(path, cert_pem(cert))
+
+    def _write_status(self) -> None:
+        authority = self.authority
+        if authority is None:
+            return
+        status: dict[str, object] = {
+            "trust_domain": self.config.trust_domain,
+            "signer": _cert_info(authority.signer.cert),
+            "roots": [_cert_info(c) for c in authority.roots],
+            "rotation": None,
+        }
+        if self.rotation is not None:
+            status["rotation"] = {
+                "phase": self.phase,
+                "started": self.rotation.started.isoformat(),
+                "switch_at": self.rotation.switch_at.isoformat(),
+                "retire_at": self.rotation.retire_at(self.config.max_ttl).isoformat(),
+                "old_root": fingerprint_sha256(self.rotation.old_cert),
+                "new_root": fingerprint_sha256(self.rotation.new_cert),
+            }
+        write_public(self.config.state_dir / STATUS_FILE, json.dumps(status, indent=1).encode())
 
     async def run(self) -> None:
-        """Follow the registry and policy files; publish each new mesh state."""
+        """Follow the registry and policy files and the rotation schedule; publish each change."""
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             try:
                 before = self.mesh.state.version_info
+                self._follow_rotation()
                 await self.mesh.poll_once()
                 if self.mesh.state.version_info != before:
                     publish_mesh_state(self.store, self.mesh.state)
             except Exception:  # a publisher that dies silently would freeze the mesh's state
-                log.exception("mesh state poll failed")
+                log.exception("publishing the control plane's state failed")
+
+
+def _cert_info(cert: x509.Certificate) -> dict[str, str]:
+    return {
+        "sha256": fingerprint_sha256(cert),
+        "subject": cert.subject.rfc4514_string(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+    }

@@ -122,6 +122,9 @@ class CaStore:
             (name, version, data),
         )
 
+    def unpublish(self, name: str) -> None:
+        self._db.execute("DELETE FROM published WHERE name = ?", (name,))
+
     def published(self, name: str) -> Published | None:
         row = self._db.execute(
             "SELECT version, data FROM published WHERE name = ?", (name,)

@@ -34,6 +34,7 @@ from ca.store import CaStore
 from ca.webhook import ControlPlaneWebhook
 from meshward_common.clock import Clock, utc_now
 from meshward_common.errors import ConfigError
+from meshward_common.svid import fingerprint_sha256
 
 log = logging.getLogger(__name__)
 
@@ -144,14 +145,25 @@ class Supervisor:
         """Workers write their metrics to files here; the supervisor serves their sum."""
         if self.config.metrics_listen is None:
             return {}
-        from ca.metrics import start_multiprocess_metrics_server
+        from prometheus_client import CollectorRegistry
+
+        from ca.metrics import AuthorityCollector, start_multiprocess_metrics_server
 
         path = self.config.state_dir / METRICS_DIR
         shutil.rmtree(path, ignore_errors=True)  # the counts of an earlier run
         path.mkdir(mode=0o700)
-        address = start_multiprocess_metrics_server(*self.config.metrics_listen, path)
+        registry = CollectorRegistry()
+        registry.register(AuthorityCollector(self._authority_state))
+        address = start_multiprocess_metrics_server(*self.config.metrics_listen, path, registry)
         log.info("metrics on http://%s:%d/metrics", *address)
         return {"PROMETHEUS_MULTIPROC_DIR": str(path)}
+
+    def _authority_state(self) -> tuple[str, list[tuple[str, float]]]:
+        authority = self.publisher.authority
+        roots = authority.roots if authority is not None else ()
+        return self.publisher.phase, [
+            (fingerprint_sha256(r), r.not_valid_after_utc.timestamp()) for r in roots
+        ]
 
     async def _spawn(self, worker: _Worker) -> None:
         args = WorkerArgs(

@@ -252,12 +252,46 @@ def der_chain(certs: Sequence[x509.Certificate]) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.DER) for c in certs)
 
 
+def split_der_certificates(data: bytes) -> list[bytes]:
+    """Split concatenated DER certificates (each an ASN.1 SEQUENCE with a definite length)."""
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        if data[pos] != 0x30 or pos + 2 > len(data):
+            raise ValueError(f"no DER SEQUENCE at byte {pos}")
+        first = data[pos + 1]
+        header = 2
+        if first < 0x80:
+            length = first
+        else:
+            count = first & 0x7F
+            if not 1 <= count <= 4 or pos + 2 + count > len(data):
+                raise ValueError(f"bad DER length at byte {pos}")
+            length = int.from_bytes(data[pos + 2 : pos + 2 + count], "big")
+            header += count
+        end = pos + header + length
+        if end > len(data):
+            raise ValueError(f"DER certificate at byte {pos} runs past the end")
+        out.append(data[pos:end])
+        pos = end
+    return out
+
+
+def certificates_from_der(data: bytes) -> list[x509.Certificate]:
+    """Concatenated DER certificates (a Workload API or discovery bundle) as certificates."""
+    try:
+        return [x509.load_der_x509_certificate(d) for d in split_der_certificates(data)]
+    except ValueError as exc:
+        raise SvidError([f"bundle is not concatenated DER certificates: {exc}"]) from exc
+
+
 def fingerprint_sha256(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
 __all__ = [
     "ExtensionOID",
+    "certificates_from_der",
     "der_chain",
     "fingerprint_sha256",
     "key_problem",
@@ -266,6 +300,7 @@ __all__ = [
     "pem_of",
     "signing_cert_problems",
     "spiffe_id_of",
+    "split_der_certificates",
     "uri_sans",
     "verify_x509_svid",
     "verify_x509_svid_in",

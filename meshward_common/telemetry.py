@@ -13,6 +13,9 @@ SVID_EXPIRY_SECONDS = "meshward_svid_expiry_timestamp_seconds"
 CA_CERTS_ISSUED = "meshward_ca_certificates_issued_total"
 CA_CERTS_REFUSED = "meshward_ca_certificates_refused_total"
 CA_CSR_LATENCY = "meshward_ca_csr_duration_seconds"
+CA_ROTATION_PHASE = "meshward_ca_root_rotation_phase"  # 1 for the phase in force
+CA_BUNDLE_ROOTS = "meshward_ca_trust_bundle_roots"
+CA_ROOT_EXPIRY = "meshward_ca_root_expiry_timestamp_seconds"
 
 # Node agent.
 AGENT_ROTATIONS = "meshward_agent_svid_rotations_total"

@@ -20,8 +20,14 @@ from meshward_common.errors import (
     RateLimited,
     SvidError,
 )
+from meshward_common.protos import meshward_discovery_pb2 as mdpb
 from meshward_common.spiffe_id import node_id
-from meshward_common.svid import spiffe_id_of, verify_x509_svid_in
+from meshward_common.svid import (
+    certificates_from_der,
+    signing_cert_problems,
+    spiffe_id_of,
+    verify_x509_svid_in,
+)
 from node_agent import node_identity as ni
 from node_agent.attestation import ProcReader
 from node_agent.ca_client import (
@@ -213,6 +219,7 @@ class NodeAgent:
                 version = self.state.mesh_state.version_info if self.state.mesh_state else ""
                 async for mesh in stream_mesh_state(channel, version):
                     attempt = 0
+                    self._take_bundle(mesh)
                     self.state.set_mesh_state(mesh)
                     td = self.state.trust_domain
                     self.svids.retain_only(
@@ -226,6 +233,29 @@ class NodeAgent:
             delay = self.schedule.backoff(attempt, random.random())  # noqa: S311
             attempt += 1
             await asyncio.sleep(max(delay, 0.1))
+
+    def _take_bundle(self, mesh: mdpb.MeshState) -> None:
+        """The control plane's bundle for our trust domain, from the stream we opened after
+        verifying its server certificate: the one way our bundle changes after bootstrap (a new
+        root arrives before anything is signed with it; an old one leaves once nothing it signed
+        is valid). A bundle that is unreadable or holds no CA certificate is refused, one line."""
+        der = mesh.trust_bundles.get(self.state.trust_domain)
+        if not der:
+            return
+        try:
+            roots = certificates_from_der(der)
+            for root in roots:
+                problems = signing_cert_problems(root)
+                if problems:
+                    raise SvidError(
+                        [f"bundle root {root.subject.rfc4514_string()}: {p}" for p in problems]
+                    )
+        except SvidError as exc:
+            log.error("control plane sent an unusable trust bundle, keeping ours: %s", exc)
+            return
+        if self.state.set_bundle(roots):
+            ni.save_bundle(self.config.state_dir, list(self.state.bundle))
+            log.info("trust bundle of %s: %d root(s)", self.state.trust_domain, len(roots))
 
     # -- serving --------------------------------------------------------------------------------
     async def start(self) -> None:

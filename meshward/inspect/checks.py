@@ -7,8 +7,9 @@ check is a function of certificates, answers and `now`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 
@@ -124,3 +125,30 @@ def render(results: Sequence[CheckResult]) -> str:
         else f"{failed} check(s) failed {FAIL_MARK}"
     )
     return "\n".join(lines)
+
+
+def trust_bundle_check(status: Mapping[str, Any] | None) -> CheckResult | None:
+    """What the CA's `ca-status.json` says of its roots and of a root rotation in progress."""
+    if status is None:
+        return None
+    roots = status.get("roots") or []
+    signer = str((status.get("signer") or {}).get("sha256", ""))[:16]
+    rotation = status.get("rotation")
+    if not rotation:
+        return CheckResult(
+            "control-plane", "trust bundle", True, f"{len(roots)} root(s), signer {signer}"
+        )
+    return CheckResult(
+        "control-plane",
+        "root rotation",
+        True,
+        rotation_line(rotation),
+    )
+
+
+def rotation_line(rotation: Mapping[str, Any]) -> str:
+    return (
+        f"{rotation['phase']}: new root {str(rotation['new_root'])[:16]} trusted since "
+        f"{rotation['started']}, signs from {rotation['switch_at']}; old root "
+        f"{str(rotation['old_root'])[:16]} leaves the bundle at {rotation['retire_at']}"
+    )

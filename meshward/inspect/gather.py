@@ -5,17 +5,26 @@ APIs (sidecar admin and health inside each pod, the control plane's TLS port, th
 from __future__ import annotations
 
 import datetime as dt
+import json
 import socket
 import ssl
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
+from ca.publisher import STATUS_FILE
 from meshward.inspect.admin import sidecar_certs, sidecar_ready
-from meshward.inspect.checks import CheckResult, check_sidecar_svid, check_signing_certs
+from meshward.inspect.checks import (
+    CheckResult,
+    check_sidecar_svid,
+    check_signing_certs,
+    rotation_line,
+    trust_bundle_check,
+)
 from meshward.inspect.secrets import SecretView, format_table, secret_view, split_certs
 from meshward.mesh import components as cmd
 from meshward.mesh.layout import StateLayout, load_options
@@ -49,6 +58,14 @@ class MeshView:
             return load_pem_chain(path.read_bytes())
         except (OSError, SvidError) as exc:
             raise ConfigError(f"{path}: no trust bundle: {exc}") from exc
+
+    def ca_status(self) -> dict[str, Any] | None:
+        """The CA's `ca-status.json` (roots, signer, root rotation), if it wrote one."""
+        try:
+            data: dict[str, Any] = json.loads((self.layout.ca_dir / STATUS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return data
 
     def expected_ids(self) -> dict[str, str]:
         registry = load_registry(self.layout.registry)
@@ -103,7 +120,9 @@ def status_table(view: MeshView, now: dt.datetime) -> str:
             "-",
         )
     )
-    return format_table(rows)
+    table = format_table(rows)
+    rotation = (view.ca_status() or {}).get("rotation")
+    return table + (f"\nroot rotation: {rotation_line(rotation)}" if rotation else "")
 
 
 def _expiry(when: dt.datetime, now: dt.datetime) -> str:
@@ -164,6 +183,9 @@ def run_checks(view: MeshView, now: dt.datetime) -> list[CheckResult]:
         fix = "start the mesh with `meshward up`"
         return [CheckResult("control-plane", "trust bundle is readable", False, str(exc), fix)]
     results.append(control_plane_check(view, bundle))
+    bundle_status = trust_bundle_check(view.ca_status())
+    if bundle_status is not None:
+        results.append(bundle_status)
     for c in cmd.components(view.spec, jaeger=False):
         if c.kind in ("agent", "control-plane", "ingress"):
             ok = view.sup.running(c.name)

@@ -54,15 +54,24 @@ class PolicyDocument(_message.Message):
     def __init__(self, source: _Optional[str] = ..., yaml: _Optional[str] = ...) -> None: ...
 
 class MeshState(_message.Message):
-    __slots__ = ("version_info", "trust_domain", "workloads", "policies", "root_namespace")
+    __slots__ = ("version_info", "trust_domain", "workloads", "policies", "root_namespace", "trust_bundles")
+    class TrustBundlesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     VERSION_INFO_FIELD_NUMBER: _ClassVar[int]
     TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
     WORKLOADS_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     ROOT_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLES_FIELD_NUMBER: _ClassVar[int]
     version_info: str
     trust_domain: str
     workloads: _containers.RepeatedCompositeFieldContainer[Workload]
     policies: _containers.RepeatedCompositeFieldContainer[PolicyDocument]
     root_namespace: str
-    def __init__(self, version_info: _Optional[str] = ..., trust_domain: _Optional[str] = ..., workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[PolicyDocument, _Mapping]]] = ..., root_namespace: _Optional[str] = ...) -> None: ...
+    trust_bundles: _containers.ScalarMap[str, bytes]
+    def __init__(self, version_info: _Optional[str] = ..., trust_domain: _Optional[str] = ..., workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[PolicyDocument, _Mapping]]] = ..., root_namespace: _Optional[str] = ..., trust_bundles: _Optional[_Mapping[str, bytes]] = ...) -> None: ...

@@ -15,6 +15,9 @@ from google.protobuf.message import DecodeError
 from meshward_common.errors import SvidError
 from meshward_common.protos import spiffe_workload_wire_pb2 as wire
 
+# Re-exported: the decoder's callers split bundles with it.
+from meshward_common.svid import split_der_certificates as split_der_certificates
+
 X509SVID_REQUEST = wire.X509SVIDRequest().SerializeToString()
 
 
@@ -45,28 +48,3 @@ def decode_x509svid_response(data: bytes) -> X509SvidResponse:
         for s in msg.svids
     )
     return X509SvidResponse(svids, tuple(msg.crl), dict(msg.federated_bundles))
-
-
-def split_der_certificates(data: bytes) -> list[bytes]:
-    """Split concatenated DER certificates (each an ASN.1 SEQUENCE with a definite length)."""
-    out: list[bytes] = []
-    pos = 0
-    while pos < len(data):
-        if data[pos] != 0x30 or pos + 2 > len(data):
-            raise ValueError(f"no DER SEQUENCE at byte {pos}")
-        first = data[pos + 1]
-        header = 2
-        if first < 0x80:
-            length = first
-        else:
-            count = first & 0x7F
-            if not 1 <= count <= 4 or pos + 2 + count > len(data):
-                raise ValueError(f"bad DER length at byte {pos}")
-            length = int.from_bytes(data[pos + 2 : pos + 2 + count], "big")
-            header += count
-        end = pos + header + length
-        if end > len(data):
-            raise ValueError(f"DER certificate at byte {pos} runs past the end")
-        out.append(data[pos:end])
-        pos = end
-    return out

@@ -177,3 +177,66 @@ def test_node_svid_is_renewed_over_mtls_at_half_life(tmp_path):
             assert str(source.get_x509_context().default_svid.spiffe_id) == MY_ID
         finally:
             source.close()
+
+
+def test_a_root_rotation_reaches_an_unmodified_spiffe_client_with_no_outage(tmp_path):
+    """`meshward ca rotate-root` with the agent and an X509Source running: the source sees the
+    new root join its bundle, then SVIDs of the new root, then the old root leave; it never
+    closes and always holds a valid SVID that chains to a root in its bundle."""
+    import subprocess
+    import sys
+
+    from spiffe import TrustDomain
+
+    from tests.harness.control_plane import REPO
+
+    td = TrustDomain("cluster.local")
+    with (
+        run_control_plane(tmp_path, REGISTRY, workload_ttl="2s", max_ttl="6s") as control_plane,
+        run_node_agent(tmp_path, control_plane, workload_ttl="2s") as agent,
+    ):
+        source = X509Source(socket_path=agent.endpoint, timeout_in_seconds=20)
+        try:
+            (old,) = source.get_bundle_for_trust_domain(td).x509_authorities
+            seen_bundles = [{old}]
+            bad = []
+
+            def look():
+                roots = set(source.get_bundle_for_trust_domain(td).x509_authorities)
+                if roots != seen_bundles[-1]:
+                    seen_bundles.append(roots)
+                svid = source.get_x509_context().default_svid
+                try:
+                    verify_x509_svid(list(svid.cert_chain), list(roots), dt.datetime.now(dt.UTC))
+                except Exception as exc:
+                    bad.append(str(exc))
+
+            out = subprocess.run(
+                [sys.executable, "-m", "meshward", "ca", "rotate-root",
+                 "--state-dir", str(control_plane.state_dir), "--grace", "2s"],
+                cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert out.returncode == 0, out.stderr
+
+            def rotated():
+                look()
+                return len(seen_bundles) >= 3 and len(seen_bundles[-1]) == 1
+
+            wait_until(rotated, 90, "the old root to leave the source's bundle")
+            assert not source.is_closed()
+            new = next(iter(seen_bundles[-1]))
+            assert new != old
+            assert seen_bundles == [{old}, {old, new}, {new}]
+            assert bad == [], "the source always held an SVID valid under its bundle"
+            wait_until(
+                lambda: source.get_x509_context().default_svid.cert_chain[-1].issuer == new.subject
+                and verify_x509_svid(
+                    list(source.get_x509_context().default_svid.cert_chain), [new],
+                    dt.datetime.now(dt.UTC),
+                ) is not None,
+                20, "an SVID of the new root",
+            )  # fmt: skip
+            assert "trust bundle of cluster.local: 2 root(s)" in agent.log()
+            assert "trust bundle of cluster.local: 1 root(s)" in agent.log()
+        finally:
+            source.close()
