@@ -99,3 +99,88 @@ def test_no_probers_is_no_server() -> None:
     assert parse_probers('{"/app-health/a/readyz": {"httpGet": {"port": 8080}}}') == {
         "/app-health/a/readyz": AppProbe("/", 8080)
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# In a real pod, behind istio-init's rules: why the probes are rewritten, and that they work.
+
+PROBE_SERVER = r"""
+import asyncio, sys
+from sidecar_tls.app_probes import parse_probers, serve_app_probes
+async def main():
+    await serve_app_probes(parse_probers(sys.argv[1]), sys.argv[2], "0.0.0.0", 15020)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def _http_status(url: str) -> int | None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - a pod on our bridge
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+@pytest.mark.netns
+def test_in_a_captured_pod_the_kubelets_probe_reaches_the_app_only_through_15020() -> None:
+    import select
+    import subprocess
+    import sys
+
+    from tests.harness.pods import add_intercepted_pod, pod_network
+
+    with pod_network("mwap", "10.213.128.0/24") as net:
+        pod = add_intercepted_pod(net, "probed")
+        app = net.spawn(
+            pod,
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                "9080",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                "/",
+            ],
+            uid=1000,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        probers = json.dumps(
+            {
+                "/app-health/app/readyz": {"httpGet": {"path": "/", "port": 9080}},
+                "/app-health/app/livez": {"httpGet": {"path": "/missing", "port": 9080}},
+            }
+        )
+        status = net.spawn(
+            pod,
+            [sys.executable, "-c", PROBE_SERVER, probers, pod.ip],
+            uid=1337,
+            stdout=subprocess.PIPE,
+        )
+        assert status.stdout is not None
+        net_stdout = status.stdout
+        ready, _, _ = select.select([status.stdout], [], [], 20)
+        assert ready, "the status server did not start"
+        assert status.stdout.readline().strip() == b"ready"
+        from tests.harness.kube import wait_for
+
+        assert app.poll() is None
+        # The kubelet's probe of the rewritten path: the app's own status, through the sidecar.
+        wait_for(
+            "the app probe",
+            lambda: _http_status(f"http://{pod.ip}:15020/app-health/app/readyz") == 200,
+        )
+        assert _http_status(f"http://{pod.ip}:15020/app-health/app/livez") == 404
+        # The original probe, straight at the app's port, is captured (redirected to 15006,
+        # where no sidecar listens in this test): it never reaches the app.
+        assert _http_status(f"http://{pod.ip}:9080/") is None
+        net_stdout.close()
