@@ -36,6 +36,7 @@ from sidecar_tls.http2.headers import looks_like_h2c
 from sidecar_tls.http2.streams import Forwarder, Route
 from sidecar_tls.http2.upstreams import H2Upstreams
 from sidecar_tls.proxy.net import (
+    FIRST_BYTES_TIMEOUT,
     Streams,
     close,
     connect,
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 
 TLS_HANDSHAKE_RECORD: Final = 0x16
 APP_CONNECT_SECONDS: Final = 10.0
-FIRST_BYTES_TIMEOUT: Final = 10.0
 _NEVER_FORWARD: Final = frozenset(
     {ports.OUTBOUND, ports.INBOUND, ports.ADMIN, ports.HEALTH, ports.PROMETHEUS}
 )

@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 STREAM_LIMIT = 256 * 1024
 RELAY_CHUNK = 256 * 1024
+# How long a sidecar waits for a client's first bytes before it takes the connection for a
+# server-first protocol (MySQL, SMTP) and relays it as TCP. A short window misclassifies a slow
+# HTTP client (a loaded node stalls a process between connect() and its first write) as TCP: no
+# per-request policy, metrics or trace headers. Istio dropped its 100 ms window for this reason;
+# we bound it, as Linkerd does (10 s), so that a server-first protocol still works after the wait.
+FIRST_BYTES_TIMEOUT = 10.0
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 # The data path's protocols are plain (compiled) classes that have the protocol methods without

@@ -25,6 +25,7 @@ from sidecar_tls.http2.connection import H2Side, run_side
 from sidecar_tls.http2.headers import looks_like_h2c
 from sidecar_tls.http2.streams import Forwarder, Route
 from sidecar_tls.proxy.net import (
+    FIRST_BYTES_TIMEOUT,
     Streams,
     close,
     connect,
@@ -41,9 +42,6 @@ from sidecar_tls.tls import ALPN_TCP
 
 log = logging.getLogger(__name__)
 
-# Client-first protocols send their first bytes at once; server-first ones (SMTP, MySQL) send
-# nothing, so after this long the connection is treated as plain TCP (Envoy's listener timeout).
-SNIFF_TIMEOUT: Final = 0.1
 _UPSTREAM_ERRORS: Final = (MeshwardError, OSError, ssl.SSLError, TimeoutError)
 _OWN_PORTS: Final = frozenset({ports.OUTBOUND, ports.INBOUND, ports.ADMIN, ports.HEALTH})
 
@@ -90,7 +88,7 @@ class OutboundProxy:
                 return
             await self._passthrough(sock, dest, downstream)
             return
-        first = b"" if self._http_only else await peek(sock, 8, SNIFF_TIMEOUT)
+        first = b"" if self._http_only else await peek(sock, 8, FIRST_BYTES_TIMEOUT)
         if looks_like_h2c(first):  # before HTTP/1: the preface's PRI looks like a method
             side = H2Side(
                 client_side=False, acceptor=Forwarder(_OutboundH2Route(self, dest, downstream))

@@ -8,8 +8,10 @@ import hashlib
 import json
 
 from cryptography.hazmat.primitives import serialization
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar_tls.identity import WorkloadIdentity
+from sidecar_tls.telemetry.metrics import MetricsObserver
 from tests.sidecar_tls.loopback import (
     CLIENT_ID,
     SERVER_ID,
@@ -223,3 +225,31 @@ async def test_rotation_under_load_fails_no_request() -> None:
     assert len(results) > 20
     assert set(results) == {200}
     assert pair.client_state.rotations == 5  # the first SVID and four rotations
+
+
+async def test_an_http_client_slow_to_send_its_request_is_still_handled_as_http() -> None:
+    # A loaded node can stall a client between connect() and its first write; the outbound side
+    # must not take it for a server-first TCP protocol (it would then count no HTTP request and
+    # send no trace headers: tests/sidecar_tls/test_tracing_pods.py saw 3 of 4 requests counted).
+    ca = MiniCA.create()
+    metrics = MetricsObserver()
+    async with sidecar_pair(ca.issue(CLIENT_ID), ca.issue(SERVER_ID), observer=metrics) as pair:
+        reader, writer = await asyncio.open_connection("127.0.0.1", pair.outbound_port)
+        await asyncio.sleep(0.5)  # the stall being tested, not a wait for a condition
+        writer.write(b"GET /slow HTTP/1.1\r\nhost: server\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await asyncio.wait_for(reader.readexactly(length), 30)
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 200")
+    assert "x-forwarded-client-cert" in json.loads(body)["headers"]  # through the HTTP path
+    text = metrics.render().decode()
+    counted = {
+        (s.labels["reporter"], s.labels["response_code"]): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "istio_requests_total"
+    }
+    assert counted == {("source", "200"): 1.0, ("destination", "200"): 1.0}
+    assert "istio_tcp_connections_opened_total{" not in text
