@@ -35,7 +35,7 @@ from sidecar_tls.http1.head import (
     parse_response_head,
     rewrite_request,
 )
-from sidecar_tls.telemetry.observe import HopSpan
+from sidecar_tls.telemetry.observe import DOWNSTREAM_CLOSED, HopSpan
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,9 @@ class HttpRelay:
             up.owner = None
             up.close()  # mid-exchange: never reused
         if self._span is not None and was not in ("head", "pending"):
-            self._span.finish(0, 0, "downstream closed")
+            # A response head already relayed is the status the client got (Envoy: that, + DC).
+            head = self._resp_head
+            self._span.finish(0 if head is None else head.status, 0, DOWNSTREAM_CLOSED)
             self._span = None
         if not self.done.done():
             self.done.set_result(None)
@@ -275,6 +277,7 @@ class HttpRelay:
                     return
                 continue
             self._span = admission.span
+            self._resp_head = None  # until this request's response head arrives
             self._request = rewrite_request(raw, head, admission.remove, admission.set_)
             self._method = head.method
             self._client_keep_alive = head.keep_alive

@@ -30,7 +30,7 @@ from meshward_common import telemetry
 from meshward_common.errors import ConfigError, SpiffeIdError
 from meshward_common.spiffe_id import SpiffeId, parse_workload_id
 from sidecar_tls.admin import HttpServer, Reply, Route, serve_app
-from sidecar_tls.telemetry.observe import BoundHop, Hop, HopSpan
+from sidecar_tls.telemetry.observe import DOWNSTREAM_CLOSED, BoundHop, Hop, HopSpan
 
 # Istio's default buckets for istio_request_duration_milliseconds (stats filter, v1.x).
 DURATION_BUCKETS_MS: Final[tuple[float, ...]] = (
@@ -106,7 +106,10 @@ def _namespace_of(principal: str) -> str:
 
 
 def response_flags(status: int, error: str | None) -> str:
-    """Envoy's response flag, the few we can tell: UF (upstream connect failure) when no response."""
+    """Envoy's response flag, the few we can tell: DC (the client left before the response was
+    relayed in full), UF (upstream connect failure) when no response."""
+    if error == DOWNSTREAM_CLOSED:
+        return "DC"
     if status == 0 and error:
         return "UF"
     return "-"

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 from mypy_extensions import mypyc_attr
 
 Direction = Literal["inbound", "outbound"]
+# `HopSpan.finish`'s error when the client left before the response was relayed in full (Envoy's
+# response flag DC); the status is then the one already sent to it, or 0 if none was.
+DOWNSTREAM_CLOSED: Final = "downstream closed"
 Protocol_ = Literal["http", "grpc", "tcp"]  # Istio's request_protocol
 
 

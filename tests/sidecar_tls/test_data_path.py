@@ -253,3 +253,45 @@ async def test_an_http_client_slow_to_send_its_request_is_still_handled_as_http(
     }
     assert counted == {("source", "200"): 1.0, ("destination", "200"): 1.0}
     assert "istio_tcp_connections_opened_total{" not in text
+
+
+async def test_a_client_leaving_after_the_response_head_is_counted_with_that_status() -> None:
+    # urllib's `urlopen(...).status` returns once the head is in and the client may close before
+    # the body is relayed. The request was answered 200 (the destination counts it so); the
+    # caller's sidecar must count the same status, flagged DC as Envoy does, not 0.
+    body_sent = asyncio.Event()
+
+    async def head_then_stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n")
+        await writer.drain()
+        await body_sent.wait()  # the body only after the client has gone
+        writer.write(b"leaf")
+        await writer.drain()
+        writer.close()
+
+    ca = MiniCA.create()
+    metrics = MetricsObserver()
+    async with sidecar_pair(
+        ca.issue(CLIENT_ID), ca.issue(SERVER_ID), app=head_then_stall, observer=metrics
+    ) as pair:
+        reader, writer = await asyncio.open_connection("127.0.0.1", pair.outbound_port)
+        writer.write(b"GET /head HTTP/1.1\r\nhost: server\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200")
+
+        def source_counts() -> dict[tuple[str, str], float]:
+            return {
+                (s.labels["response_code"], s.labels["response_flags"]): s.value
+                for f in text_string_to_metric_families(metrics.render().decode())
+                for s in f.samples
+                if s.name == "istio_requests_total" and s.labels["reporter"] == "source"
+            }
+
+        for _ in range(1500):  # up to 30 s for the caller's sidecar to see the client go
+            if source_counts():
+                break
+            await asyncio.sleep(0.02)
+        body_sent.set()
+        assert source_counts() == {("200", "DC"): 1.0}
