@@ -50,6 +50,10 @@ def ca() -> None:
 @click.option(
     "--mtls-listen", help="HOST:PORT of a second port for node SVIDs only (TLS in grpcio)"
 )
+@click.option(
+    "--root-rotation-grace",
+    help="new plug-in root trusted this long before the CA signs with it (default 1h)",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(config_file: Path | None, log_level: str, **flags: Any) -> None:
     """Serve IstioCertificateService and MeshDiscovery over TLS, on every core."""

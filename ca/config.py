@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "injector-config": None,
     "workers": None,
     "mtls-listen": None,
+    "root-rotation-grace": "1h",
 }
 
 
@@ -78,6 +79,8 @@ class CaConfig:
     injector_config: Path | None = None
     workers: int = 1
     mtls_listen: tuple[str, int] | None = None
+    # How long a new root is trusted before the CA signs with it (plug-in files' rotation).
+    root_rotation_grace: dt.timedelta = dt.timedelta(hours=1)
 
     @property
     def listen(self) -> str:
@@ -168,6 +171,9 @@ def build_config(settings: Mapping[str, Any]) -> CaConfig:
         metrics_listen=_optional_listen(merged["metrics-listen"], "metrics-"),
         workers=_workers(merged["workers"]),
         mtls_listen=_optional_listen(merged["mtls-listen"], "mtls-"),
+        root_rotation_grace=parse_duration(
+            str(merged["root-rotation-grace"]), "root-rotation-grace"
+        ),
         webhook_listen=_optional_listen(merged["webhook-listen"], "webhook-"),
         injector_config=_existing(merged["injector-config"], "injector-config", directory=False),
     )

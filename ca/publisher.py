@@ -12,27 +12,32 @@ says who signs, which roots are trusted and where a rotation stands (no key mate
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
+from pathlib import Path
 
 from cryptography import x509
 
 from ca.authority import (
+    PLUGIN_FILES,
     ROOT_CERT,
     ROOT_KEY,
     TRUST_BUNDLE,
     cert_pem,
     key_pem,
     load_authority,
+    load_plugin_ca,
     write_private,
     write_public,
 )
 from ca.config import CaConfig
 from ca.mesh_state import POLL_INTERVAL, MeshStateSource
 from ca.published import PublishedAuthority, publish_authority, publish_mesh_state
-from ca.rotation import ROTATION, RootRotation, decode_rotation
+from ca.rotation import ROTATION, RootRotation, decode_rotation, encode_rotation
 from ca.store import CaStore
 from meshward_common.clock import Clock
+from meshward_common.errors import ConfigError
 from meshward_common.svid import der_chain, fingerprint_sha256
 
 log = logging.getLogger(__name__)
@@ -61,12 +66,15 @@ class Publisher:
         self._loaded: PublishedAuthority | None = None  # from the files, without a rotation
         self.rotation: RootRotation | None = None
         self.phase = "steady"
+        self._plugin_stamps: tuple[tuple[int, int, int] | None, ...] = ()
 
     def start(self) -> None:
         """Load every source and publish it; a bad source at start is a ConfigError."""
         cfg = self.config
         signer = load_authority(cfg.state_dir, cfg.plugin_ca_dir, cfg.trust_domain, self.clock())
         self._loaded = PublishedAuthority(signer)
+        if cfg.plugin_ca_dir is not None:
+            self._plugin_stamps = tuple(_stamp(cfg.plugin_ca_dir / n) for n in PLUGIN_FILES)
         self.mesh.load_initial()
         self._follow_rotation()
         if self.authority is None:
@@ -84,10 +92,39 @@ class Publisher:
             version, fingerprint_sha256(authority.signer.cert)[:16], len(authority.roots),
         )  # fmt: skip
 
-    def _follow_rotation(self) -> None:
-        """Apply the recorded root rotation's schedule (self-signed mode only)."""
-        if self.config.plugin_ca_dir is not None:
+    def _watch_plugin_files(self) -> None:
+        """A changed, complete and consistent set of plug-in files starts a rotation to it (with
+        no grace when only the intermediate changed: its root is trusted already)."""
+        plugin_dir = self.config.plugin_ca_dir
+        assert plugin_dir is not None
+        stamps = tuple(_stamp(plugin_dir / name) for name in PLUGIN_FILES)
+        if stamps == self._plugin_stamps:
             return
+        if self.store.published(ROTATION) is not None:
+            return  # one rotation at a time: the new files are taken once this one is done
+        try:
+            new = load_plugin_ca(plugin_dir, self.clock())
+        except ConfigError as exc:
+            self._plugin_stamps = stamps  # one line per change, not per poll
+            log.error("plug-in CA files refused, the CA keeps signing as before: %s", exc)
+            return
+        self._plugin_stamps = stamps
+        assert self._loaded is not None
+        old = self._loaded.signer
+        if new.cert == old.cert and new.roots == old.roots:
+            return
+        grace = (
+            dt.timedelta(0) if set(new.roots) <= set(old.roots) else self.config.root_rotation_grace
+        )
+        rotation = RootRotation(old, new, self.clock(), grace)
+        self.store.publish(ROTATION, fingerprint_sha256(new.cert)[:16], encode_rotation(rotation))
+        self._loaded = PublishedAuthority(new)
+        log.info("plug-in CA files changed: rotating to %s", new.cert.subject.rfc4514_string())
+
+    def _follow_rotation(self) -> None:
+        """Apply the recorded root rotation's schedule."""
+        if self.config.plugin_ca_dir is not None:
+            self._watch_plugin_files()
         row = self.store.published(ROTATION)
         if row is None:
             self.rotation, self.phase = None, "steady"
@@ -102,9 +139,9 @@ class Publisher:
         wanted = PublishedAuthority(
             rotation.authority(now, max_ttl), rotation.earlier_chains(now, max_ttl)
         )
-        if phase != "prepared":
+        if phase != "prepared" and self.config.plugin_ca_dir is None:
             # The new root signs from now on: a restart must load it as the signer.
-            self._write_root(rotation.new_cert, rotation)
+            self._write_root(rotation.new.cert, rotation)
         if not _same(self.authority, wanted):
             self.set_authority(wanted)
         if phase == "done":
@@ -115,7 +152,7 @@ class Publisher:
     def _write_root(self, cert: x509.Certificate, rotation: RootRotation) -> None:
         path = self.config.state_dir / ROOT_CERT
         if path.read_bytes() != cert_pem(cert):
-            write_private(self.config.state_dir / ROOT_KEY, key_pem(rotation.new_key))
+            write_private(self.config.state_dir / ROOT_KEY, key_pem(rotation.new.key))
             write_public(path, cert_pem(cert))
 
     def _write_status(self) -> None:
@@ -134,8 +171,8 @@ class Publisher:
                 "started": self.rotation.started.isoformat(),
                 "switch_at": self.rotation.switch_at.isoformat(),
                 "retire_at": self.rotation.retire_at(self.config.max_ttl).isoformat(),
-                "old_root": fingerprint_sha256(self.rotation.old_cert),
-                "new_root": fingerprint_sha256(self.rotation.new_cert),
+                "old_root": fingerprint_sha256(self.rotation.old.roots[-1]),
+                "new_root": fingerprint_sha256(self.rotation.new.roots[-1]),
             }
         write_public(self.config.state_dir / STATUS_FILE, json.dumps(status, indent=1).encode())
 
@@ -151,6 +188,14 @@ class Publisher:
                     publish_mesh_state(self.store, self.mesh.state)
             except Exception:  # a publisher that dies silently would freeze the mesh's state
                 log.exception("publishing the control plane's state failed")
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _cert_info(cert: x509.Certificate) -> dict[str, str]:

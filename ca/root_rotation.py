@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography import x509
 
 from ca.authority import ROOT_CERT, ROOT_KEY, load_root, make_root
+from ca.issuer import SigningAuthority
 from ca.rotation import ROTATION, RootRotation, encode_rotation
 from ca.store import CaStore
 from meshward_common.errors import ConfigError, SpiffeIdError
@@ -41,9 +42,9 @@ def start_rotation(state_dir: Path, grace: dt.timedelta, now: dt.datetime) -> st
         if store.published(ROTATION) is not None:
             raise ConfigError("a root rotation is already in progress; see ca-status.json")
         old = load_root(state_dir)
-        old_cert, old_key = old.cert, old.key
-        new_cert, new_key = make_root(_trust_domain_of(old_cert, cert_path), now)
-        rotation = RootRotation(old_cert, old_key, new_cert, new_key, now, grace)
+        new_cert, new_key = make_root(_trust_domain_of(old.cert, cert_path), now)
+        new = SigningAuthority(new_cert, new_key, (), (new_cert,))
+        rotation = RootRotation(old, new, now, grace)
         store.publish(ROTATION, fingerprint_sha256(new_cert)[:16], encode_rotation(rotation))
     finally:
         store.close()

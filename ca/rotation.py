@@ -1,6 +1,7 @@
-"""Root rotation with no outage (self-signed mode), as a pure schedule: `now` is passed in.
+"""Root rotation with no outage, as a pure schedule: `now` is passed in.
 
-`meshward ca rotate-root` makes a new root and records a `RootRotation`; from then on:
+`meshward ca rotate-root` (self-signed mode) makes a new root, or a new set of Istio plug-in files
+appears (plug-in mode); either records a `RootRotation`, and from then on:
 1. prepared  (started .. switch_at): the new root is in the trust bundle beside the old one, so
    every agent and sidecar learns it; the CA still signs with the old key.
 2. switched  (switch_at .. retire_at): the CA signs with the new key; the old root stays in the
@@ -19,11 +20,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from ca.issuer import SigningAuthority
+from ca.published import PublishedAuthority, decode_authority, encode_authority
 from meshward_common.errors import ConfigError
 
 Phase = Literal["prepared", "switched", "done"]
@@ -36,10 +35,11 @@ ROTATION = "root_rotation"  # its row in ca.store's published table
 
 @dataclass(frozen=True)
 class RootRotation:
-    old_cert: x509.Certificate
-    old_key: CertificateIssuerPrivateKeyTypes
-    new_cert: x509.Certificate
-    new_key: CertificateIssuerPrivateKeyTypes
+    """From one signing authority to another whose roots differ (a new self-signed root, or a new
+    set of Istio plug-in files)."""
+
+    old: SigningAuthority
+    new: SigningAuthority
     started: dt.datetime
     grace: dt.timedelta
 
@@ -58,39 +58,32 @@ class RootRotation:
             return "switched"
         return "done"
 
+    def both_roots(self) -> tuple[x509.Certificate, ...]:
+        return (*self.old.roots, *(r for r in self.new.roots if r not in self.old.roots))
+
     def authority(self, now: dt.datetime, max_ttl: dt.timedelta) -> SigningAuthority:
         """Who signs and which roots are in the bundle at `now`."""
         phase = self.phase(now, max_ttl)
         if phase == "prepared":
-            return SigningAuthority(self.old_cert, self.old_key, (), (self.old_cert, self.new_cert))
+            old = self.old
+            return SigningAuthority(old.cert, old.key, old.parents, self.both_roots())
         if phase == "switched":
-            return SigningAuthority(self.new_cert, self.new_key, (), (self.old_cert, self.new_cert))
-        return SigningAuthority(self.new_cert, self.new_key, (), (self.new_cert,))
+            new = self.new
+            return SigningAuthority(new.cert, new.key, new.parents, self.both_roots())
+        return self.new
 
     def earlier_chains(
         self, now: dt.datetime, max_ttl: dt.timedelta
     ) -> tuple[tuple[x509.Certificate, ...], ...]:
-        """Signing chains whose certificates may still be presented (the old root's, until done)."""
-        return ((self.old_cert,),) if self.phase(now, max_ttl) != "done" else ()
-
-
-def _key_pem(key: CertificateIssuerPrivateKeyTypes) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-
-
-def _cert_pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+        """Signing chains whose certificates may still be presented (the old one's, until done)."""
+        return (self.old.served_chain,) if self.phase(now, max_ttl) != "done" else ()
 
 
 def encode_rotation(rotation: RootRotation) -> bytes:
     return json.dumps(
         {
-            "old_cert": _cert_pem(rotation.old_cert),
-            "old_key": _key_pem(rotation.old_key),
-            "new_cert": _cert_pem(rotation.new_cert),
-            "new_key": _key_pem(rotation.new_key),
+            "old": json.loads(encode_authority(PublishedAuthority(rotation.old))),
+            "new": json.loads(encode_authority(PublishedAuthority(rotation.new))),
             "started": rotation.started.isoformat(),
             "grace_seconds": rotation.grace.total_seconds(),
         },
@@ -98,21 +91,12 @@ def encode_rotation(rotation: RootRotation) -> bytes:
     ).encode()
 
 
-def _load_key(pem: str) -> CertificateIssuerPrivateKeyTypes:
-    key = serialization.load_pem_private_key(pem.encode(), password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise ConfigError("root rotation: a key is not EC or RSA")
-    return key
-
-
 def decode_rotation(data: bytes) -> RootRotation:
     try:
         doc = json.loads(data)
         return RootRotation(
-            x509.load_pem_x509_certificate(doc["old_cert"].encode()),
-            _load_key(doc["old_key"]),
-            x509.load_pem_x509_certificate(doc["new_cert"].encode()),
-            _load_key(doc["new_key"]),
+            decode_authority(json.dumps(doc["old"]).encode()).signer,
+            decode_authority(json.dumps(doc["new"]).encode()).signer,
             dt.datetime.fromisoformat(doc["started"]),
             dt.timedelta(seconds=float(doc["grace_seconds"])),
         )
