@@ -101,6 +101,11 @@ def _status(cp: ControlPlane) -> dict:  # type: ignore[type-arg]
     return json.loads((cp.state_dir / "ca-status.json").read_text())
 
 
+def _phase(cp: ControlPlane) -> str | None:
+    rotation = _status(cp)["rotation"]
+    return None if rotation is None else str(rotation["phase"])
+
+
 def _wait(condition, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -206,7 +211,7 @@ def test_rotate_root_with_the_ca_running(cp: ControlPlane) -> None:
     # 1. The new root joins the bundle first; the CA still signs with the old key.
     assert _wait(lambda: len(x509.load_pem_x509_certificates(cp.bundle_pem())) == 2)
     new = next(r for r in x509.load_pem_x509_certificates(cp.bundle_pem()) if r != old[0])
-    assert _status(cp)["rotation"]["phase"] == "prepared"
+    assert _wait(lambda: _phase(cp) == "prepared")  # the status file follows the bundle file
     assert node.issued_root() == old[0]
     gauges = _gauges(cp)
     assert gauges["meshward_ca_root_rotation_phase{phase=prepared}"] == 1
@@ -217,9 +222,7 @@ def test_rotate_root_with_the_ca_running(cp: ControlPlane) -> None:
     assert "already in progress" in again.stderr
     # 2. After the grace period it signs with the new key (a node SVID the old root signed is
     #    still accepted for the renewal: its root is still in the bundle).
-    assert _wait(
-        lambda: node.renew() and _status(cp)["rotation"]["phase"] == "switched", timeout=90
-    )
+    assert _wait(lambda: node.renew() and _phase(cp) == "switched", timeout=90)
     assert _wait(lambda: node.issued_root() == new)
     renewed = node.renew()  # a node SVID of the new root
     assert verify_x509_svid(renewed.chain, [new], dt.datetime.now(dt.UTC)) is not None
