@@ -8,6 +8,7 @@ the root).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -143,7 +144,10 @@ def cert_pem(*certs: x509.Certificate) -> bytes:
 def write_private(path: Path, data: bytes) -> None:
     """Write a secret 0600 from the first byte (never world-readable, even briefly)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A fresh file of our own (O_EXCL never follows a symlink someone left in a shared directory).
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, data)

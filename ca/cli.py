@@ -87,19 +87,36 @@ def _announce(line: str) -> None:
 @click.option("--node", required=True, help="the node name the token is bound to")
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
 @click.option("--ttl", default="1h", show_default=True, help="how long the token is valid")
-def join_token(node: str, state_dir: str, ttl: str) -> None:
-    """Create a single-use join token for NODE's first SVID and print it."""
-    from ca.authority import ensure_state_dir
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="write the token to this file (mode 0600) instead of printing it",
+)
+def join_token(node: str, state_dir: str, ttl: str, out: Path | None) -> None:
+    """Create a single-use join token for NODE's first SVID and print it (or write it to --out).
+
+    The agent takes it with `--join-token-file FILE` or on stdin (`--join-token-file -`), never
+    as an argument: a command line is readable by every local user."""
+    from ca.authority import ensure_state_dir, write_private
     from ca.join_tokens import JoinTokenStore
 
+    if out is not None and not out.parent.is_dir():  # before a token is minted for nothing
+        raise click.ClickException(f"--out {out}: cannot write: No such file or directory")
     try:
         lifetime = parse_duration(ttl, "--ttl")
         path = Path(state_dir)
         ensure_state_dir(path)
         token = JoinTokenStore(path).create(node, lifetime, utc_now())
+        if out is not None:
+            write_private(out, f"{token}\n".encode())
     except MeshwardError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(token)
+    except OSError as exc:
+        raise click.ClickException(f"--out {out}: cannot write: {exc.strerror}") from exc
+    if out is None:
+        click.echo(token)
+    else:
+        click.echo(f"wrote the join token for {node} to {out} (mode 0600)", err=True)
 
 
 @ca.command("rotate-root")

@@ -40,6 +40,7 @@ from node_agent.ca_client import (
 from node_agent.ca_link import ControlPlaneLink, request_node_certificate
 from node_agent.config import AgentConfig
 from node_agent.front_door import FrontDoor, PeerTable
+from node_agent.join_token import how_to_bootstrap
 from node_agent.metrics import AgentMetrics
 from node_agent.rotation import RotationSchedule, effective_start, seconds_until
 from node_agent.state import AgentState, WorkloadRef
@@ -112,7 +113,7 @@ class NodeAgent:
         else:
             raise ConfigError(
                 f"no node SVID in {cfg.state_dir} and no join token: get one with "
-                f"`meshward ca join-token --node {cfg.node}` and pass --join-token"
+                f"{how_to_bootstrap(cfg.node)}"
             )
         self._use_node_svid(svid)
 
@@ -195,8 +196,8 @@ class NodeAgent:
                     if self.clock() >= svid.not_after:
                         log.error(
                             "node SVID expired at %s and the CA is unreachable; once it is back "
-                            "re-bootstrap with `meshward ca join-token --node %s`",
-                            svid.not_after.isoformat(), self.config.node,
+                            "re-bootstrap with %s",
+                            svid.not_after.isoformat(), how_to_bootstrap(self.config.node),
                         )  # fmt: skip
                     log.warning("node SVID renewal failed (retry in %.1fs): %s", delay, exc)
                     await asyncio.sleep(max(delay, 0.05))

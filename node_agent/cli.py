@@ -31,8 +31,11 @@ def agent() -> None:
 @click.option(
     "--trust-bundle", type=click.Path(path_type=Path), help="CA roots (PEM) for bootstrap."
 )
-@click.option("--join-token", help="One-time token for the first node certificate.")
-@click.option("--join-token-file", type=click.Path(path_type=Path), help="File holding the token.")
+@click.option(
+    "--join-token-file",
+    help="File (mode 0600, owned by this user) holding the one-time join token for the first "
+    "node certificate; - reads it from stdin. Never on the command line: others can read that.",
+)
 @click.option("--workload-ttl", help="Requested workload SVID validity, e.g. 30s, 24h.")
 @click.option("--log-level", help="DEBUG, INFO, WARNING (default INFO).")
 @click.option("--metrics-listen", help="HOST:PORT for Prometheus metrics (default: off).")

@@ -6,10 +6,11 @@ Flags win over the file. Every problem is one `ConfigError` line naming the opti
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -18,9 +19,10 @@ from meshward_common.addresses import parse_host_port
 from meshward_common.durations import parse_duration
 from meshward_common.errors import ConfigError, SpiffeIdError
 from meshward_common.spiffe_id import validate_name
+from node_agent.join_token import read_join_token
 
 CONFIG_KEYS = {
-    "node", "ca_address", "state_dir", "socket", "trust_bundle", "join_token", "join_token_file",
+    "node", "ca_address", "state_dir", "socket", "trust_bundle", "join_token_file",
     "workload_ttl", "log_level", "metrics_listen",
 }  # fmt: skip
 
@@ -58,6 +60,11 @@ def load_config_file(path: Path) -> dict[str, Any]:
         norm = str(key).replace("-", "_")
         if norm == "socket_path":
             norm = "socket"
+        if norm == "join_token":
+            raise ConfigError(
+                f"config file {path}: join-token: not a config option (a secret belongs in a "
+                "file of its own); use join-token-file: FILE (mode 0600), or - for stdin"
+            )
         if norm not in CONFIG_KEYS:
             raise ConfigError(
                 f"config file {path}: unknown option {key!r} (known: {', '.join(sorted(CONFIG_KEYS))})"
@@ -66,7 +73,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return out
 
 
-def build_config(flags: Mapping[str, Any], file_values: Mapping[str, Any]) -> AgentConfig:
+def build_config(
+    flags: Mapping[str, Any], file_values: Mapping[str, Any], stdin: TextIO | None = None
+) -> AgentConfig:
     """Merge flags over file values, apply defaults, validate everything."""
     merged: dict[str, Any] = dict(file_values)
     merged.update({k: v for k, v in flags.items() if v is not None})
@@ -86,19 +95,8 @@ def build_config(flags: Mapping[str, Any], file_values: Mapping[str, Any]) -> Ag
     if len(str(socket_path).encode()) > 107:
         raise ConfigError(f"--socket: {socket_path} is longer than a Unix socket path may be")
     bundle = merged.get("trust_bundle")
-    token = merged.get("join_token")
     token_file = merged.get("join_token_file")
-    if token and token_file:
-        raise ConfigError("give --join-token or --join-token-file, not both")
-    if token_file:
-        try:
-            token = Path(str(token_file)).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"--join-token-file {token_file}: cannot read: {exc.strerror}"
-            ) from exc
-        if not token:
-            raise ConfigError(f"--join-token-file {token_file} is empty")
+    token = read_join_token(str(token_file), stdin or sys.stdin) if token_file else None
     ttl = merged.get("workload_ttl") or "24h"
     metrics = merged.get("metrics_listen")
     metrics_listen = None
@@ -110,7 +108,7 @@ def build_config(flags: Mapping[str, Any], file_values: Mapping[str, Any]) -> Ag
         state_dir=Path(str(state_dir)),
         socket_path=socket_path,
         trust_bundle=Path(str(bundle)) if bundle else None,
-        join_token=str(token) if token else None,
+        join_token=token,
         workload_ttl=parse_duration(str(ttl), "--workload-ttl"),
         log_level=str(merged.get("log_level") or "INFO").upper(),
         metrics_listen=metrics_listen,

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from meshward_common.errors import ConfigError, SvidError
 from meshward_common.spiffe_id import SpiffeId, node_id
 from meshward_common.svid import load_pem_chain, pem_of, spiffe_id_of
+from node_agent.join_token import how_to_bootstrap
 
 KEY_FILE = "node-key.pem"
 CERT_FILE = "node-cert.pem"
@@ -140,6 +141,5 @@ def check_node_svid(svid: NodeSvid, node: str, now: dt.datetime, state_dir: Path
     if now >= svid.not_after:
         raise ConfigError(
             f"node SVID in {state_dir} expired at {svid.not_after.isoformat()} (agent down too "
-            f"long); re-bootstrap: `meshward ca join-token --node {node}` and restart with "
-            f"--join-token TOKEN"
+            f"long); re-bootstrap: {how_to_bootstrap(node)}"
         )

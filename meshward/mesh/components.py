@@ -87,7 +87,11 @@ def control_plane_argv(spec: MeshSpec, layout: StateLayout) -> list[str]:
 
 
 def join_token_argv(layout: StateLayout, node: str) -> list[str]:
-    return meshward_cli("ca", "join-token", "--state-dir", str(layout.ca_dir), "--node", node)
+    """Mint NODE's token into its token file (0600); the agent reads it from there, never argv."""
+    return meshward_cli(
+        "ca", "join-token", "--state-dir", str(layout.ca_dir), "--node", node,
+        "--out", join_token_file(layout, node),
+    )  # fmt: skip
 
 
 def agent_argv(spec: MeshSpec, layout: StateLayout, node: str) -> list[str]:

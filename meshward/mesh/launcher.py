@@ -158,6 +158,7 @@ class Launcher:
             )
 
     def _mint_join_token(self, node: str) -> None:
+        Path(cmd.join_token_file(self.layout, node)).parent.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(
             cmd.join_token_argv(self.layout, node),
             capture_output=True,
@@ -165,15 +166,10 @@ class Launcher:
             timeout=STEP_TIMEOUT_S,
             check=False,
         )
-        lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
-        if done.returncode != 0 or not lines:
+        if done.returncode != 0:
             raise NotReady(
                 f"meshward up: could not mint a join token for {node}: {done.stderr.strip()}"
             )
-        path = Path(cmd.join_token_file(self.layout, node))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(lines[-1] + "\n")
 
     # -- readiness ------------------------------------------------------------------------------
 

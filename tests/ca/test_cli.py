@@ -41,6 +41,31 @@ def test_join_token_prints_a_token_and_stores_only_its_digest(tmp_path: Path) ->
     assert (digest, node, used) == (token_digest(token), "node-1", 0)
 
 
+def test_join_token_out_writes_it_0600_and_prints_nothing_of_it(tmp_path: Path) -> None:
+    out_file = tmp_path / "node-1.token"
+    out_file.write_text("stale\n")
+    out_file.chmod(0o644)  # an old world-readable file is replaced, not reused
+    state = tmp_path / "state"
+    out = meshward(
+        "ca", "join-token", "--node", "node-1", "--state-dir", str(state), "--out", str(out_file)
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ""
+    token = out_file.read_text().strip()
+    assert len(token) >= 40
+    assert token not in out.stderr
+    assert f"wrote the join token for node-1 to {out_file} (mode 0600)" in out.stderr
+    assert stat.S_IMODE(os.stat(out_file).st_mode) == 0o600
+    missing = meshward(
+        "ca", "join-token", "--node", "n", "--state-dir", str(state),
+        "--out", str(tmp_path / "no" / "dir" / "t"),
+    )  # fmt: skip
+    assert missing.returncode != 0
+    assert "--out" in missing.stderr
+    assert "cannot write: No such file or directory" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
 def test_join_token_refuses_a_bad_node_name_or_ttl(tmp_path: Path) -> None:
     out = meshward("ca", "join-token", "--node", "Node_1", "--state-dir", str(tmp_path))
     assert out.returncode != 0

@@ -77,7 +77,10 @@ def base_args(tmp_path, sock_path, **over):
 
 
 def test_missing_ca_at_bootstrap_is_one_line(tmp_path, ca, sock_path):
-    code, line = run_agent(*base_args(tmp_path, sock_path), "--join-token", "tok")
+    token = tmp_path / "token"
+    token.write_text("tok\n")
+    token.chmod(0o600)
+    code, line = run_agent(*base_args(tmp_path, sock_path), "--join-token-file", str(token))
     assert code == 1
     assert line.startswith("meshward agent: error: cannot bootstrap")
     assert "unreachable" in line
@@ -87,7 +90,10 @@ def test_no_join_token_and_no_node_svid_says_how_to_get_one(tmp_path, ca, sock_p
     code, line = run_agent(*base_args(tmp_path, sock_path))
     assert code == 1
     assert "no node SVID" in line
-    assert "meshward ca join-token --node node-1" in line
+    assert "meshward ca join-token --node node-1 --out FILE" in line
+    assert (
+        "--join-token-file FILE (mode 0600), or pipe the token in with --join-token-file -" in line
+    )
 
 
 def test_expired_node_svid_says_so_and_how_to_re_bootstrap(tmp_path, ca, sock_path):
