@@ -26,7 +26,6 @@ from meshward_common.svid import (
     certificates_from_der,
     signing_cert_problems,
     spiffe_id_of,
-    verify_x509_svid_in,
 )
 from node_agent import node_identity as ni
 from node_agent.attestation import ProcReader
@@ -51,7 +50,7 @@ from node_agent.workload_api import (
     add_servicers,
     new_server,
 )
-from node_agent.workload_svids import WorkloadSvidManager
+from node_agent.workload_svids import WorkloadSvidManager, verify_issued_chain
 
 log = logging.getLogger("node_agent")
 
@@ -127,19 +126,12 @@ class NodeAgent:
     def _accept_node_chain(
         self, key: ec.EllipticCurvePrivateKey, chain: list[x509.Certificate]
     ) -> ni.NodeSvid:
-        body, roots = split_root(chain)
-        if not body:
-            raise SvidError(["CA returned no node certificate"])
-        self.state.add_roots(roots)
         # Our bundle is our trust domain's (learned from the first node SVID; the operator's
         # --trust-bundle is the bootstrap's): a node SVID naming another domain is refused.
-        td = self.state.trust_domain or spiffe_id_of(body[0]).trust_domain
-        got = verify_x509_svid_in(body, {td: self.state.bundle}, self.clock())
-        if got != node_id(td, self.config.node):
-            raise SvidError([f"CA issued {got}, expected the node identity of {self.config.node}"])
-        if body[0].public_key() != key.public_key():
-            raise SvidError(["node certificate is not for the node key"])
-        svid = ni.NodeSvid(tuple(body), key)
+        td = self.state.trust_domain or _trust_domain_of_leaf(chain)
+        want = node_id(td, self.config.node)
+        body = verify_issued_chain(self.state.bundle, want, key, chain, self.clock())
+        svid = ni.NodeSvid(body, key)
         ni.save_node_svid(self.config.state_dir, svid)
         ni.save_bundle(self.config.state_dir, list(self.state.bundle))
         return svid
@@ -295,3 +287,11 @@ class NodeAgent:
         if self._server is not None:
             await self._server.stop(0.5)
         await self.link.close()
+
+
+def _trust_domain_of_leaf(chain: list[x509.Certificate]) -> str:
+    """At bootstrap we know no trust domain yet: the node SVID's own (verified with our bundle)."""
+    body, _roots = split_root(chain)
+    if not body:
+        raise SvidError(["CA returned no node certificate"])
+    return spiffe_id_of(body[0]).trust_domain

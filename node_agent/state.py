@@ -93,16 +93,15 @@ class AgentState:
         return self._bundle
 
     def set_bundle(self, roots: Sequence[x509.Certificate]) -> bool:
+        """Replace the bundle; True if it changed. The only way roots enter it: called with the
+        operator's files at start and with the control plane's bundle from the authenticated
+        discovery stream, never with roots a certificate answer carries."""
         new = _dedupe(roots)
         if [fingerprint_sha256(c) for c in new] == [fingerprint_sha256(c) for c in self._bundle]:
             return False
         self._bundle = new
         self.changed.bump()
         return True
-
-    def add_roots(self, roots: Sequence[x509.Certificate]) -> bool:
-        """Add roots learned from the CA (a root rotation); True if the bundle changed."""
-        return self.set_bundle([*self._bundle, *roots])
 
     # -- workload SVIDs -----------------------------------------------------------------------
     def svid(self, ref: WorkloadRef) -> WorkloadSvid | None:

@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -33,6 +33,34 @@ log = logging.getLogger(__name__)
 Issuer = Callable[[SpiffeId, str, dt.timedelta], Awaitable[list[x509.Certificate]]]
 
 
+def verify_issued_chain(
+    bundle: Sequence[x509.Certificate],
+    expected: SpiffeId,
+    key: ec.EllipticCurvePrivateKey,
+    chain: Sequence[x509.Certificate],
+    now: dt.datetime,
+) -> tuple[x509.Certificate, ...]:
+    """The chain (leaf first, without roots) the CA answered, checked against the bundle we
+    already hold for `expected`'s trust domain: the identity we asked for, our key, in validity.
+
+    A root in the answer is never added to the bundle: an answer is not a bundle update, and
+    trusting a root because a chain carries it would let any self-signed chain verify. Roots
+    enter only through `AgentState.set_bundle`: the operator's --trust-bundle at start and the
+    control plane's authenticated discovery stream (`NodeAgent._take_bundle`)."""
+    body, _roots = split_root(chain)
+    if not body:
+        raise SvidError([f"CA returned no certificate for {expected}"])
+    got = verify_x509_svid_in(body, {expected.trust_domain: bundle}, now)
+    problems = []
+    if got != expected:
+        problems.append(f"CA issued {got}, asked for {expected}")
+    if body[0].public_key() != key.public_key():
+        problems.append("issued certificate is not for the key we generated")
+    if problems:
+        raise SvidError(problems)
+    return tuple(body)
+
+
 def accept_chain(
     state: AgentState,
     spiffe_id: SpiffeId,
@@ -40,21 +68,10 @@ def accept_chain(
     chain: list[x509.Certificate],
     now: dt.datetime,
 ) -> WorkloadSvid:
-    """Check a chain from the CA before serving it; learn a new root it carries."""
-    body, roots = split_root(chain)
-    if not body:
-        raise SvidError([f"CA returned no leaf for {spiffe_id}"])
-    state.add_roots(roots)
-    # Verified with our own trust domain's bundle only (the identity asked for is in it).
-    got = verify_x509_svid_in(body, {spiffe_id.trust_domain: state.bundle}, now)
-    problems = []
-    if got != spiffe_id:
-        problems.append(f"CA issued {got}, asked for {spiffe_id}")
-    if body[0].public_key() != key.public_key():
-        problems.append("issued certificate is not for the key we generated")
-    if problems:
-        raise SvidError(problems)
-    return WorkloadSvid(spiffe_id, tuple(body), key)
+    """A workload's chain from the CA, checked before it is served (see verify_issued_chain)."""
+    return WorkloadSvid(
+        spiffe_id, verify_issued_chain(state.bundle, spiffe_id, key, chain, now), key
+    )
 
 
 class WorkloadSvidManager:

@@ -189,7 +189,7 @@ def test_bundle_change_reaches_every_open_stream(agent):
     sources = [X509Source(socket_path=agent.endpoint, timeout_in_seconds=15) for _ in range(2)]
     try:
         new_root = agent.rotate_root().root
-        agent.call_soon(lambda: agent.state.add_roots([new_root]))
+        agent.call_soon(lambda: agent.state.set_bundle([*agent.state.bundle, new_root]))
 
         def has_both(source):
             ctx = source.get_x509_context()

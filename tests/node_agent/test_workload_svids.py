@@ -11,7 +11,7 @@ from meshward_common.errors import ConfigError, SvidError
 from meshward_common.spiffe_id import SpiffeId
 from node_agent import node_identity as ni
 from node_agent.state import AgentState
-from node_agent.workload_svids import accept_chain
+from node_agent.workload_svids import accept_chain, verify_issued_chain
 from tests.node_agent.certs import MiniCA
 
 WANT = SpiffeId.parse("spiffe://cluster.local/ns/default/sa/reviews")
@@ -71,19 +71,50 @@ def test_expired_chain_is_refused():
         accept_chain(fresh_state(ca), WANT, key, chain, now())
 
 
-def test_new_root_from_the_ca_joins_the_bundle():
-    old, new = MiniCA(), MiniCA(name="second root")
-    state = fresh_state(old)
+def test_a_root_in_the_cas_answer_never_joins_the_bundle():
+    # Only a bundle update over the authenticated discovery stream adds a root: a chain that
+    # carries its own self-signed root must not verify by bringing it along.
+    ours, stranger = MiniCA(), MiniCA(name="stranger's root")
+    state = fresh_state(ours)
     version = state.changed.version
     key = ec.generate_private_key(ec.SECP256R1())
-    accept_chain(state, WANT, key, new.issue(key.public_key(), WANT, HOUR), now())
-    assert state.bundle == (old.root, new.root)
-    assert state.changed.version > version
+    chain = stranger.issue(key.public_key(), WANT, HOUR)
+    assert chain[-1] == stranger.root  # the answer carries the stranger's root
+    with pytest.raises(SvidError):
+        accept_chain(state, WANT, key, chain, now())
+    assert state.bundle == (ours.root,)
+    assert state.changed.version == version  # no stream was told of a bundle change
+
+
+def test_a_known_root_in_the_answer_changes_nothing():
+    ca = MiniCA()
+    state = fresh_state(ca)
+    version = state.changed.version
+    key = ec.generate_private_key(ec.SECP256R1())
+    accept_chain(state, WANT, key, ca.issue(key.public_key(), WANT, HOUR), now())
+    assert state.bundle == (ca.root,)
+    assert state.changed.version == version
+
+
+def test_a_node_chain_is_checked_by_the_same_rule():
+    # The agent's node SVID path uses verify_issued_chain too: a stranger's chain is refused.
+    ours, stranger = MiniCA(), MiniCA(name="stranger's root")
+    key = ec.generate_private_key(ec.SECP256R1())
+    node = SpiffeId.parse("spiffe://cluster.local/meshward/node/node-1")
+    with pytest.raises(SvidError):
+        verify_issued_chain(
+            (ours.root,), node, key, stranger.issue(key.public_key(), node, HOUR), now()
+        )
+    body = verify_issued_chain(
+        (ours.root,), node, key, ours.issue(key.public_key(), node, HOUR), now()
+    )
+    assert len(body) == 1  # the leaf, without the root the answer carried
+    assert body[0].public_key() == key.public_key()
 
 
 def test_chain_without_a_leaf_is_refused():
     ca = MiniCA()
-    with pytest.raises(SvidError, match="no leaf"):
+    with pytest.raises(SvidError, match="CA returned no certificate for"):
         accept_chain(
             fresh_state(ca), WANT, ec.generate_private_key(ec.SECP256R1()), [ca.root], now()
         )
