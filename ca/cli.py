@@ -54,6 +54,10 @@ def ca() -> None:
     "--root-rotation-grace",
     help="new plug-in root trusted this long before the CA signs with it (default 1h)",
 )
+@click.option("--handshake-timeout", help="TLS handshake deadline on the listen port (default 10s)")
+@click.option("--idle-timeout", help="close a connection that sends nothing this long (default 5m)")
+@click.option("--max-connections", help="connections a worker holds at once (default 4096)")
+@click.option("--max-connections-per-source", help="per worker and client address (default 64)")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(config_file: Path | None, log_level: str, **flags: Any) -> None:
     """Serve IstioCertificateService and MeshDiscovery over TLS, on every core."""

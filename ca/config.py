@@ -15,6 +15,10 @@ workers: 2               # serving processes (default: the cores this process ma
 webhook-listen: 0.0.0.0:15017  # the sidecar injection webhook (default: off)
 injector-config: /etc/meshward/injector/config.yaml
 mtls-listen: 127.0.0.1:15013   # optional: node SVIDs only, TLS ended in grpcio (no relay)
+handshake-timeout: 10s   # TLS handshake on the listen port
+idle-timeout: 5m         # a connection that sends nothing this long is closed
+max-connections: 4096    # per worker, held at once (lowered to what its descriptor limit allows)
+max-connections-per-source: 64   # per worker and client address
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ DEFAULTS: dict[str, Any] = {
     "workers": None,
     "mtls-listen": None,
     "root-rotation-grace": "1h",
+    "handshake-timeout": "10s",
+    "idle-timeout": "5m",
+    "max-connections": 4096,
+    "max-connections-per-source": 64,
 }
 
 
@@ -81,6 +89,10 @@ class CaConfig:
     mtls_listen: tuple[str, int] | None = None
     # How long a new root is trusted before the CA signs with it (plug-in files' rotation).
     root_rotation_grace: dt.timedelta = dt.timedelta(hours=1)
+    handshake_timeout: dt.timedelta = dt.timedelta(seconds=10)
+    idle_timeout: dt.timedelta = dt.timedelta(minutes=5)
+    max_connections: int = 4096
+    max_connections_per_source: int = 64
 
     @property
     def listen(self) -> str:
@@ -136,6 +148,13 @@ def _number(value: Any, key: str) -> float:
     return number
 
 
+def _count(value: Any, key: str) -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{key}: {value!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def build_config(settings: Mapping[str, Any]) -> CaConfig:
     """Validate merged settings (defaults < config file < flags) into a CaConfig."""
     merged = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
@@ -176,6 +195,12 @@ def build_config(settings: Mapping[str, Any]) -> CaConfig:
         ),
         webhook_listen=_optional_listen(merged["webhook-listen"], "webhook-"),
         injector_config=_existing(merged["injector-config"], "injector-config", directory=False),
+        handshake_timeout=parse_duration(str(merged["handshake-timeout"]), "handshake-timeout"),
+        idle_timeout=parse_duration(str(merged["idle-timeout"]), "idle-timeout"),
+        max_connections=_count(merged["max-connections"], "max-connections"),
+        max_connections_per_source=_count(
+            merged["max-connections-per-source"], "max-connections-per-source"
+        ),
     )
 
 

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ca import audit
 from ca.authority import cert_pem, key_pem
 from ca.config import CaConfig
-from ca.front_door import PeerInfo, TlsFrontDoor, server_ssl_context
+from ca.front_door import CaFrontDoor, PeerInfo, peer_info, server_ssl_context
 from ca.issuer import SigningAuthority, issue_svid
 from ca.join_tokens import JoinTokenStore
 from ca.metrics import CaMetrics
@@ -45,6 +45,11 @@ from ca.rate_limit import RateLimiter
 from ca.service import CertificateService, DiscoveryService, PeerAuthenticator
 from ca.store import CaStore
 from meshward_common.clock import Clock, utc_now
+from meshward_common.front_door import (
+    DESCRIPTORS_PER_CONNECTION,
+    DoorLimits,
+    raise_descriptor_limit,
+)
 from meshward_common.grpc_boundary import StatusBoundary
 from meshward_common.protos import istio_ca_pb2_grpc
 from meshward_common.protos import meshward_discovery_pb2_grpc as discovery_pb2_grpc
@@ -58,6 +63,11 @@ SERVER_CERT_TTL = dt.timedelta(hours=24)
 MAX_MESSAGE_BYTES = 64 * 1024
 AUDIT_LOG = "audit.log"
 ROTATION_CHECK_SECONDS = 30.0
+# Istio's istiod pings every 30 s and waits 10 s for the answer.
+KEEPALIVE_MAX = dt.timedelta(seconds=30)
+KEEPALIVE_TIMEOUT = dt.timedelta(seconds=10)
+# Descriptors for everything but relayed connections: logs, state files, the gRPC servers' own.
+RESERVED_DESCRIPTORS = 256
 
 
 @dataclass
@@ -94,6 +104,41 @@ def issue_server_cert(
 
 def new_ssl_context(cert: ServerCert, bundle_pem: bytes) -> ssl.SSLContext:
     return server_ssl_context(cert.cert_pem, cert.key_pem, bundle_pem.decode())
+
+
+def door_limits(cfg: CaConfig) -> DoorLimits:
+    """The front door's caps, within what this process's descriptors allow (raised to the hard
+    limit first: the usual soft limit of 1024 is only ~300 relayed connections)."""
+    descriptors = raise_descriptor_limit()
+    fits = max(1, (descriptors - RESERVED_DESCRIPTORS) // DESCRIPTORS_PER_CONNECTION)
+    total = min(cfg.max_connections, fits)
+    if total < cfg.max_connections:
+        log.warning(
+            "max-connections lowered from %d to %d: the descriptor limit is %d",
+            cfg.max_connections,
+            total,
+            descriptors,
+        )
+    return DoorLimits(
+        handshake_timeout=cfg.handshake_timeout.total_seconds(),
+        idle_timeout=cfg.idle_timeout.total_seconds(),
+        max_connections=total,
+        max_per_source=cfg.max_connections_per_source,
+    )
+
+
+def keepalive_options(idle_timeout: dt.timedelta) -> list[tuple[str, int]]:
+    """The gRPC servers ping every connection well within the door's idle timeout, so a caller
+    that answers (every HTTP/2 client does) is never idle, however quiet its streams; one that
+    does not answer is closed by gRPC itself after the ping timeout."""
+    every = min(KEEPALIVE_MAX, idle_timeout / 3)
+    wait = min(every, KEEPALIVE_TIMEOUT)
+    return [
+        ("grpc.keepalive_time_ms", max(100, int(every.total_seconds() * 1000))),
+        ("grpc.keepalive_timeout_ms", max(100, int(wait.total_seconds() * 1000))),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 class AuthContextPeers:
@@ -169,7 +214,7 @@ class CaWorker:
         self.metrics = CaMetrics()
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[grpc.aio.Server] = []
-        self._door: TlsFrontDoor | None = None
+        self._door: CaFrontDoor | None = None
         self._audit: audit.AuditLog | None = None
         self._mtls: _MtlsCredentials | None = None
         self._limiter: RateLimiter | None = None
@@ -196,7 +241,13 @@ class CaWorker:
         self._limiter = limiter = RateLimiter(cfg.state_dir, cfg.rate_limit, cfg.rate_burst)
         relayed = self._grpc_server(self._relayed_source)
         upstream_port = relayed.add_insecure_port("127.0.0.1:0")
-        door = TlsFrontDoor(ssl_ctx, "127.0.0.1", upstream_port)
+        door = CaFrontDoor(
+            upstream_port,
+            peer_info,
+            ssl_context=ssl_ctx,
+            limits=door_limits(cfg),
+            name="control plane",
+        )
         self._door = door
         self._add_services(
             relayed, PeerAuthenticator(published, cfg.trust_domain, door.peers, tokens), limiter
@@ -216,7 +267,7 @@ class CaWorker:
         for server in self._servers:
             await server.start()
         self._door = door
-        self.port = await door.start(cfg.host, cfg.port, sock=self.listen_sock)
+        self.port = await door.start_tcp(cfg.host, cfg.port, sock=self.listen_sock)
         self.publications.on_authority(self._use_authority)
         self._tasks.append(asyncio.create_task(self.publications.follow()))
         self._tasks.append(asyncio.create_task(self._rotate_server_cert()))
@@ -237,6 +288,7 @@ class CaWorker:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
+                *keepalive_options(self.config.idle_timeout),
             ],
         )
         self._servers.append(server)
@@ -281,7 +333,7 @@ class CaWorker:
         assert published is not None
         assert self._door is not None
         bundle_pem = cert_pem(*published.roots)
-        await self._door.replace_context(new_ssl_context(cert, bundle_pem))
+        self._door.use_ssl_context(new_ssl_context(cert, bundle_pem))
         if self._mtls is not None:
             self._mtls.update(cert, bundle_pem)
         self.server_cert = cert
@@ -366,7 +418,7 @@ class ControlPlane:
         return self.worker.server_cert
 
     @property
-    def _door(self) -> TlsFrontDoor | None:
+    def _door(self) -> CaFrontDoor | None:
         return None if self.worker is None else self.worker._door
 
     async def stop(self) -> None:

@@ -22,7 +22,7 @@ from cryptography import x509
 
 from ca import audit
 from ca.entitlement import IMPERSONATED_IDENTITY, Caller, entitled_identity
-from ca.front_door import PeerInfo, PeerTable
+from ca.front_door import CaPeerTable, PeerInfo
 from ca.issuer import csr_public_key, effective_ttl, sign_leaf
 from ca.join_tokens import JoinTokenStore
 from ca.metrics import CaMetrics, IdentityKind
@@ -37,6 +37,7 @@ from meshward_common.errors import (
     SvidError,
     Unauthenticated,
 )
+from meshward_common.front_door import PeerTable
 from meshward_common.grpc_status import status_for
 from meshward_common.protos import istio_ca_pb2, istio_ca_pb2_grpc
 from meshward_common.protos import meshward_discovery_pb2 as discovery_pb2
@@ -66,7 +67,7 @@ class PeerSource(Protocol):
 class RelayedPeers:
     """Callers relayed by the front door, looked up by the relayed connection's port."""
 
-    def __init__(self, table: PeerTable) -> None:
+    def __init__(self, table: CaPeerTable) -> None:
         self.table = table
 
     def peer_of(self, context: grpc.aio.ServicerContext) -> PeerInfo | None:
@@ -80,7 +81,7 @@ class PeerAuthenticator:
         self,
         authority: PublishedAuthority,
         trust_domain: str,
-        peers: PeerSource | PeerTable,
+        peers: PeerSource | CaPeerTable,
         tokens: JoinTokenStore,
     ) -> None:
         self.trust_domain = trust_domain

@@ -30,7 +30,7 @@ from meshward_common.protos import meshward_discovery_pb2_grpc as mdpb_grpc
 from meshward_common.registry import Workload
 from meshward_common.svid import der_chain
 from node_agent.attestation import ProcReader, attest
-from node_agent.front_door import PeerTable
+from node_agent.front_door import PeerTable, caller_facts
 from node_agent.metrics import AgentMetrics, Stream
 from node_agent.state import AgentState, WorkloadRef, WorkloadSvid
 
@@ -74,19 +74,19 @@ class Guard:
 
     async def caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Workload:
         _require_header(context)
-        facts = self.peers.lookup_peer(context.peer())
+        facts = caller_facts(self.peers, context.peer())
         if await self.state.wait_registry(REGISTRY_WAIT_SECONDS) is None:
             raise NotReady("registry not received from the control plane yet")
         return attest(facts, self.state.workloads_on_node(), self.proc)
 
     def reattest(self, context: grpc.aio.ServicerContext[Any, Any]) -> Workload:
-        facts = self.peers.lookup_peer(context.peer())
+        facts = caller_facts(self.peers, context.peer())
         return attest(facts, self.state.workloads_on_node(), self.proc)
 
     def source_of(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         """The caller as the refusal log names it: the kernel's pid and uid when known."""
         try:
-            facts = self.peers.lookup_peer(context.peer())
+            facts = caller_facts(self.peers, context.peer())
         except MeshwardError:
             return "an unattested caller"
         return f"pid {facts.pid} uid {facts.uid}"
