@@ -1,4 +1,4 @@
-"""The README walkthrough (docs/walkthrough.md), every command of it, against a real mesh:
+"""The README walkthrough, every command of it, against a real mesh:
 up, the ingress and its identity headers, pod-to-pod calls, a DENY policy and its removal, traces,
 inspection, down - and then nothing is left."""
 
