@@ -58,6 +58,18 @@ def ca() -> None:
 @click.option("--idle-timeout", help="close a connection that sends nothing this long (default 5m)")
 @click.option("--max-connections", help="connections a worker holds at once (default 4096)")
 @click.option("--max-connections-per-source", help="per worker and client address (default 64)")
+@click.option(
+    "--kubernetes", is_flag=True, default=None,
+    help="mesh state from the Kubernetes API; node agents by ServiceAccount token",
+)  # fmt: skip
+@click.option(
+    "--kubeconfig", help="with --kubernetes: kubeconfig file (default: in-cluster config)"
+)
+@click.option(
+    "--agent-service-account",
+    help="with --kubernetes: the node agents' NAMESPACE/NAME (default istio-system/meshward-node-agent)",
+)
+@click.option("--token-audience", help="with --kubernetes: token audience (default istio-ca)")
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(config_file: Path | None, log_level: str, **flags: Any) -> None:
     """Serve IstioCertificateService and MeshDiscovery over TLS, on every core."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ca.kube import rbac
 from ca.rate_limit import DEFAULT_BURST, DEFAULT_RATE
 from meshward_common import ports
 from meshward_common.addresses import join_host_port, parse_host_port
@@ -64,6 +65,10 @@ DEFAULTS: dict[str, Any] = {
     "idle-timeout": "5m",
     "max-connections": 4096,
     "max-connections-per-source": 64,
+    "kubernetes": False,
+    "kubeconfig": None,
+    "agent-service-account": f"{rbac.CONTROL_PLANE_NAMESPACE}/{rbac.NODE_AGENT_SERVICE_ACCOUNT}",
+    "token-audience": rbac.TOKEN_AUDIENCE,
 }
 
 
@@ -93,6 +98,12 @@ class CaConfig:
     idle_timeout: dt.timedelta = dt.timedelta(minutes=5)
     max_connections: int = 4096
     max_connections_per_source: int = 64
+    # On Kubernetes: mesh state from the API server, agents by their ServiceAccount tokens.
+    kubernetes: bool = False
+    kubeconfig: Path | None = None  # None on Kubernetes: the pod's in-cluster config
+    agent_namespace: str = rbac.CONTROL_PLANE_NAMESPACE
+    agent_service_account: str = rbac.NODE_AGENT_SERVICE_ACCOUNT
+    token_audience: str = rbac.TOKEN_AUDIENCE
 
     @property
     def listen(self) -> str:
@@ -201,6 +212,7 @@ def build_config(settings: Mapping[str, Any]) -> CaConfig:
         max_connections_per_source=_count(
             merged["max-connections-per-source"], "max-connections-per-source"
         ),
+        **_kubernetes(merged),
     )
 
 
@@ -215,6 +227,35 @@ def _workers(value: Any) -> int:
     if isinstance(value, bool) or not str(value).isdigit() or not 1 <= int(value) <= 256:
         raise ConfigError(f"workers: {value!r} is not a number of processes from 1 to 256")
     return int(value)
+
+
+def _kubernetes(merged: Mapping[str, Any]) -> dict[str, Any]:
+    on = merged["kubernetes"]
+    if not isinstance(on, bool):
+        raise ConfigError(f"kubernetes: {on!r} is not true or false")
+    kubeconfig = _existing(merged["kubeconfig"], "kubeconfig", directory=False)
+    if kubeconfig is not None and not on:
+        raise ConfigError("kubeconfig: only with kubernetes (--kubernetes)")
+    if on and (merged["registry"] or merged["policy-dir"]):
+        raise ConfigError("kubernetes: the mesh state comes from the API; drop registry/policy-dir")
+    ns, sep, name = str(merged["agent-service-account"]).partition("/")
+    try:
+        if not sep:
+            raise SpiffeIdError("must be NAMESPACE/NAME")
+        validate_name("namespace", ns)
+        validate_name("service account", name)
+    except SpiffeIdError as exc:
+        raise ConfigError(f"agent-service-account: {exc}") from exc
+    audience = str(merged["token-audience"])
+    if not audience:
+        raise ConfigError("token-audience: must not be empty")
+    return {
+        "kubernetes": on,
+        "kubeconfig": kubeconfig,
+        "agent_namespace": ns,
+        "agent_service_account": name,
+        "token_audience": audience,
+    }
 
 
 def _optional_listen(value: Any, prefix: str) -> tuple[str, int] | None:

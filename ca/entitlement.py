@@ -13,7 +13,7 @@ from typing import Literal
 
 from meshward_common.errors import InvalidRequest, PermissionDenied, SpiffeIdError
 from meshward_common.registry import Registry
-from meshward_common.spiffe_id import SpiffeId, node_id
+from meshward_common.spiffe_id import SpiffeId, node_id, parse_node_id
 
 IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
 
@@ -23,7 +23,7 @@ class Caller:
     """An authenticated caller: a node agent, proven by mTLS or by a join token."""
 
     node: str
-    method: Literal["mtls", "join-token"]
+    method: Literal["mtls", "join-token", "kube-token"]
 
     def __str__(self) -> str:
         return f"node/{self.node} ({self.method})"
@@ -51,6 +51,8 @@ def entitled_identity(
         raise InvalidRequest(f"{IMPERSONATED_IDENTITY}: {exc}") from exc
     if wanted == own:
         return own
+    if parse_node_id(wanted) is not None:
+        raise PermissionDenied(f"{caller} may obtain its own node's identity {own}, not {wanted}")
     if caller.method == "join-token":
         raise PermissionDenied(
             f"a join token only obtains the node SVID {own}, not {wanted}; renew over mTLS first"

@@ -48,6 +48,7 @@ def build_mesh_state(
                 spiffe_id=str(w.spiffe_id(trust_domain)),
                 netns=w.selector.netns if w.selector else "",
                 uids=list(w.selector.uids) if w.selector else [],
+                pod_uid=w.pod_uid,
             )
         )
     state = pb.MeshState(

@@ -12,10 +12,12 @@ says who signs, which roots are trusted and where a rotation stands (no key mate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -38,7 +40,11 @@ from ca.rotation import ROTATION, RootRotation, decode_rotation, encode_rotation
 from ca.store import CaStore
 from meshward_common.clock import Clock
 from meshward_common.errors import ConfigError
+from meshward_common.protos import meshward_discovery_pb2 as pb
 from meshward_common.svid import der_chain, fingerprint_sha256
+
+if TYPE_CHECKING:
+    from ca.kube.mesh import KubeMeshStateSource
 
 log = logging.getLogger(__name__)
 
@@ -62,29 +68,44 @@ class Publisher:
         self.mesh = MeshStateSource(
             config.registry, config.policy_dir, config.trust_domain, config.root_namespace
         )
+        self.kube: KubeMeshStateSource | None = None  # with --kubernetes: the API's watches
         self.authority: PublishedAuthority | None = None
         self._loaded: PublishedAuthority | None = None  # from the files, without a rotation
         self.rotation: RootRotation | None = None
         self.phase = "steady"
         self._plugin_stamps: tuple[tuple[int, int, int] | None, ...] = ()
 
-    def start(self) -> None:
-        """Load every source and publish it; a bad source at start is a ConfigError."""
+    async def start(self) -> None:
+        """Load every source and publish it; a bad source at start is a ConfigError.
+
+        On Kubernetes the mesh comes from the API's watches, and this returns once every watched
+        resource has been listed, so the workers never serve a half-known mesh."""
         cfg = self.config
         signer = load_authority(cfg.state_dir, cfg.plugin_ca_dir, cfg.trust_domain, self.clock())
         self._loaded = PublishedAuthority(signer)
         if cfg.plugin_ca_dir is not None:
             self._plugin_stamps = tuple(_stamp(cfg.plugin_ca_dir / n) for n in PLUGIN_FILES)
-        self.mesh.load_initial()
+        if cfg.kubernetes:
+            from ca.kube.wiring import kube_mesh
+
+            self.kube = await kube_mesh(cfg)
+        else:
+            self.mesh.load_initial()
         self._follow_rotation()
         if self.authority is None:
             self.set_authority(self._loaded)
-        publish_mesh_state(self.store, self.mesh.state)
+        publish_mesh_state(self.store, self._source_state())
+
+    def _source_state(self) -> pb.MeshState:
+        return self.kube.state if self.kube is not None else self.mesh.state
 
     def set_authority(self, authority: PublishedAuthority) -> None:
         self.authority = authority
         write_public(self.config.state_dir / TRUST_BUNDLE, cert_pem(*authority.roots))
-        self.mesh.set_trust_bundles({self.config.trust_domain: der_chain(authority.roots)})
+        bundles = {self.config.trust_domain: der_chain(authority.roots)}
+        self.mesh.set_trust_bundles(bundles)
+        if self.kube is not None:
+            self.kube.set_trust_bundles(bundles)
         version = publish_authority(self.store, authority)
         self._write_status()
         log.info(
@@ -177,7 +198,11 @@ class Publisher:
         write_public(self.config.state_dir / STATUS_FILE, json.dumps(status, indent=1).encode())
 
     async def run(self) -> None:
-        """Follow the registry and policy files and the rotation schedule; publish each change."""
+        """Follow the registry and policy files (or the API) and the rotation schedule; publish
+        each change."""
+        if self.kube is not None:
+            await self._run_kube(self.kube)
+            return
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             try:
@@ -188,6 +213,26 @@ class Publisher:
                     publish_mesh_state(self.store, self.mesh.state)
             except Exception:  # a publisher that dies silently would freeze the mesh's state
                 log.exception("publishing the control plane's state failed")
+
+    async def _run_kube(self, kube: KubeMeshStateSource) -> None:
+        watching = asyncio.create_task(kube.watch(), name="kubernetes mesh state")
+        published = kube.state.version_info
+        try:
+            while True:
+                async with kube.changed:
+                    # Woken by the watches; the timeout keeps the rotation schedule followed.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(kube.changed.wait(), POLL_INTERVAL)
+                try:
+                    self._follow_rotation()
+                    if kube.state.version_info != published:
+                        publish_mesh_state(self.store, kube.state)
+                        published = kube.state.version_info
+                except Exception:  # a publisher that dies silently would freeze the mesh
+                    log.exception("publishing the control plane's state failed")
+        finally:
+            watching.cancel()
+            await kube.stop()
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

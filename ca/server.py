@@ -25,7 +25,7 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from cryptography import x509
@@ -44,6 +44,9 @@ from ca.publisher import Publisher
 from ca.rate_limit import RateLimiter
 from ca.service import CertificateService, DiscoveryService, PeerAuthenticator
 from ca.store import CaStore
+
+if TYPE_CHECKING:
+    from ca.kube.tokens import KubeTokenAuthenticator
 from meshward_common.clock import Clock, utc_now
 from meshward_common.front_door import (
     DESCRIPTORS_PER_CONNECTION,
@@ -222,6 +225,7 @@ class CaWorker:
         self._services: list[CertificateService] = []
         self.port = 0
         self.mtls_port: int | None = None
+        self._bearer: KubeTokenAuthenticator | None = None
 
     @property
     def authority(self) -> SigningAuthority:
@@ -239,6 +243,11 @@ class CaWorker:
         ssl_ctx = new_ssl_context(self.server_cert, bundle_pem)
         tokens = JoinTokenStore(self.store)
         self._limiter = limiter = RateLimiter(cfg.state_dir, cfg.rate_limit, cfg.rate_burst)
+        bearer = None
+        if cfg.kubernetes:
+            from ca.kube.wiring import kube_tokens
+
+            bearer = self._bearer = await kube_tokens(cfg, self.publications.mesh)
         relayed = self._grpc_server(self._relayed_source)
         upstream_port = relayed.add_insecure_port("127.0.0.1:0")
         door = CaFrontDoor(
@@ -250,7 +259,9 @@ class CaWorker:
         )
         self._door = door
         self._add_services(
-            relayed, PeerAuthenticator(published, cfg.trust_domain, door.peers, tokens), limiter
+            relayed,
+            PeerAuthenticator(published, cfg.trust_domain, door.peers, tokens, bearer),
+            limiter,
         )
         if cfg.mtls_listen is not None:
             host, port = cfg.mtls_listen
@@ -365,6 +376,8 @@ class CaWorker:
             self._audit.close()
         if self._limiter is not None:
             self._limiter.close()
+        if self._bearer is not None:
+            await self._bearer.api.close()
 
 
 def _remote_host(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -397,7 +410,7 @@ class ControlPlane:
         )
         self._stores = [publisher_store, worker_store]
         self.publisher = Publisher(self.config, publisher_store, self.clock)
-        self.publisher.start()
+        await self.publisher.start()
         self.worker = CaWorker(self.config, worker_store, self.clock)
         await self.worker.start()
         self._task = asyncio.create_task(self.publisher.run())

@@ -52,6 +52,14 @@ _BEARER = "bearer "
 _CACHE_LIMIT = 50_000
 
 
+class BearerAuthenticator(Protocol):
+    """A credential beside node SVIDs and join tokens (ServiceAccount tokens on Kubernetes)."""
+
+    def accepts(self, token: str) -> bool: ...
+
+    async def authenticate(self, token: str) -> Caller: ...
+
+
 @dataclass(frozen=True)
 class Authenticated:
     caller: Caller
@@ -83,10 +91,12 @@ class PeerAuthenticator:
         trust_domain: str,
         peers: PeerSource | CaPeerTable,
         tokens: JoinTokenStore,
+        bearer: BearerAuthenticator | None = None,
     ) -> None:
         self.trust_domain = trust_domain
         self.peers = RelayedPeers(peers) if isinstance(peers, PeerTable) else peers
         self.tokens = tokens
+        self.bearer = bearer  # on Kubernetes: ServiceAccount tokens (ca.kube.tokens)
         # A node renews many workload SVIDs over one connection: verify each client cert once.
         self._verified: dict[bytes, tuple[SpiffeId, dt.datetime]] = {}
         self.use(authority)
@@ -153,6 +163,16 @@ class PeerAuthenticator:
             raise Unauthenticated("join tokens only bootstrap a node SVID; use mTLS here")
         node = self.tokens.check(token, now)
         return Authenticated(Caller(node, "join-token"), token)
+
+    async def authenticate_call(
+        self, context: grpc.aio.ServicerContext, now: dt.datetime, info: PeerInfo
+    ) -> Authenticated:
+        """`authenticate` for CreateCertificate, where a ServiceAccount token is also accepted."""
+        if info.cert_der is None and self.bearer is not None:
+            token = _bearer_token(context)
+            if token is not None and self.bearer.accepts(token):
+                return Authenticated(await self.bearer.authenticate(token), None)
+        return self.authenticate(context, now, allow_token=True, info=info)
 
 
 def _bearer_token(context: grpc.aio.ServicerContext) -> str | None:
@@ -223,7 +243,7 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             caller_text = f"unauthenticated {info.remote}"
             impersonated = _impersonated_identity(request)
             requested = impersonated
-            who = self.auth.authenticate(context, now, allow_token=True, info=info)
+            who = await self.auth.authenticate_call(context, now, info)
             caller_text = str(who.caller)
             requested = impersonated or who.caller.node_identity(self.mesh.trust_domain)
             if not self.limiter.allow(who.caller.node, time.monotonic()):

@@ -106,7 +106,7 @@ class Supervisor:
         self.store = store = CaStore(cfg.state_dir)
         clear_rate_limits(cfg.state_dir)
         self.publisher = Publisher(cfg, store, self.clock)
-        self.publisher.start()
+        await self.publisher.start()
         await self._start_webhook()
         self._metrics_env = self._prepare_metrics()
         listen = listening_socket(cfg.host, cfg.port)

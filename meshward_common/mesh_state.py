@@ -28,6 +28,7 @@ def registry_from_mesh_state(state: mdpb.MeshState) -> registry.Registry:
                 ports=tuple(int(p) for p in w.ports),
                 labels=dict(w.labels),
                 selector=selector,
+                pod_uid=w.pod_uid,
             )
         )
     return registry.Registry(tuple(items), state.trust_domain)

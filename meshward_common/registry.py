@@ -60,6 +60,7 @@ class Workload:
     ports: tuple[int, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     selector: Selector | None = None
+    pod_uid: str = ""  # on Kubernetes: the Pod's uid (agents attest by the kubelet's cgroup)
 
     def spiffe_id(self, trust_domain: str) -> SpiffeId:
         return workload_id(trust_domain, self.namespace, self.service_account)

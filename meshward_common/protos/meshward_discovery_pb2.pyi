@@ -13,7 +13,7 @@ class MeshStateRequest(_message.Message):
     def __init__(self, version_info: _Optional[str] = ...) -> None: ...
 
 class Workload(_message.Message):
-    __slots__ = ("name", "namespace", "service_account", "node", "labels", "address", "service", "ports", "spiffe_id", "netns", "uids")
+    __slots__ = ("name", "namespace", "service_account", "node", "labels", "address", "service", "ports", "spiffe_id", "netns", "uids", "pod_uid")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class Workload(_message.Message):
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     NETNS_FIELD_NUMBER: _ClassVar[int]
     UIDS_FIELD_NUMBER: _ClassVar[int]
+    POD_UID_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
     service_account: str
@@ -43,7 +44,8 @@ class Workload(_message.Message):
     spiffe_id: str
     netns: str
     uids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ..., node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., service: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ..., spiffe_id: _Optional[str] = ..., netns: _Optional[str] = ..., uids: _Optional[_Iterable[int]] = ...) -> None: ...
+    pod_uid: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ..., node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., service: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ..., spiffe_id: _Optional[str] = ..., netns: _Optional[str] = ..., uids: _Optional[_Iterable[int]] = ..., pod_uid: _Optional[str] = ...) -> None: ...
 
 class PolicyDocument(_message.Message):
     __slots__ = ("source", "yaml")

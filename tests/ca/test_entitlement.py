@@ -52,7 +52,18 @@ REFUSED = [
         "not in the registry",
     ),
     (MTLS1, "spiffe://other.domain/ns/default/sa/reviews", PermissionDenied, "not in trust domain"),
-    (MTLS1, "spiffe://cluster.local/meshward/node/node-2", PermissionDenied, "not in the registry"),
+    (
+        MTLS1,
+        "spiffe://cluster.local/meshward/node/node-2",
+        PermissionDenied,
+        "may obtain its own node",
+    ),
+    (
+        Caller("node-1", "kube-token"),
+        "spiffe://cluster.local/meshward/node/node-2",
+        PermissionDenied,
+        "may obtain its own node",
+    ),
     (
         MTLS1,
         "spiffe://cluster.local/meshward/control-plane",

@@ -214,3 +214,109 @@ class Kube:
                     self.rbac.delete_cluster_role_binding(name)
                 elif kind == "ClusterRole":
                     self.rbac.delete_cluster_role(name)
+
+
+# -- the control plane on Kubernetes ---------------------------------------------------------
+
+
+def install_security_crds(api: k8s.ApiClient, timeout: float = 60.0) -> None:
+    """Istio's security CRDs as meshward ships them; idempotent; returns once they serve."""
+    from ca.kube.crds import security_crds
+
+    ext = k8s.ApiextensionsV1Api(api)
+    for crd in security_crds():
+        try:
+            ext.create_custom_resource_definition(crd)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def established() -> bool:
+        for crd in security_crds():
+            got = ext.read_custom_resource_definition(crd["metadata"]["name"])
+            conds = {c.type: c.status for c in (got.status.conditions or [])}
+            if conds.get("Established") != "True":
+                return False
+        return True
+
+    wait_for("the security CRDs to be established", established, timeout)
+
+
+def install_cluster_role(api: k8s.ApiClient) -> None:
+    """The ClusterRole `meshward manifest generate` ships, exactly (replaced if it drifted)."""
+    from ca.kube.rbac import cluster_role
+
+    rbac = k8s.RbacAuthorizationV1Api(api)
+    role = cluster_role()
+    try:
+        rbac.create_cluster_role(role)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        rbac.replace_cluster_role(role["metadata"]["name"], role)
+
+
+@dataclass
+class KubeMesh:
+    """A control plane on the session's cluster, running as a service account bound to exactly
+    the shipped ClusterRole, with its node agents' service account in a namespace of its own."""
+
+    kube: Kube
+    cp: Any  # tests.harness.control_plane.ControlPlane
+    agent_namespace: str
+    agent_service_account: str = "meshward-node-agent"
+
+    def agent_pod(self, node: str, name: str | None = None) -> dict[str, Any]:
+        return self.kube.pod(
+            self.agent_namespace,
+            name or f"agent-{secrets.token_hex(3)}",
+            service_account=self.agent_service_account,
+            node=node,
+        )
+
+    def agent_token(self, pod: dict[str, Any], audience: str = "istio-ca") -> str:
+        return self.kube.token(
+            self.agent_namespace, self.agent_service_account, pod=pod, audience=audience
+        )
+
+
+@contextlib.contextmanager
+def kube_control_plane(
+    kube: Kube, tmp_path: Path, extra_args: tuple[str, ...] = ()
+) -> Iterator[KubeMesh]:
+    from ca.kube.rbac import CLUSTER_ROLE_NAME, cluster_role_binding
+    from tests.harness.control_plane import ControlPlane
+
+    install_security_crds(kube.api)
+    install_cluster_role(kube.api)
+    cp_ns = kube.namespace("cp")
+    kube.service_account(cp_ns, "meshward-control-plane")
+    binding = cluster_role_binding(cp_ns, "meshward-control-plane", CLUSTER_ROLE_NAME)
+    binding["metadata"]["name"] = f"meshward-control-plane-{cp_ns}"
+    kube.rbac.create_cluster_role_binding(binding)
+    kube.cluster_objects.append(("ClusterRoleBinding", binding["metadata"]["name"]))
+    agents = kube.namespace("agents")
+    kube.service_account(agents, "meshward-node-agent")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    kubeconfig = kube.kubeconfig_for(cp_ns, "meshward-control-plane", tmp_path / "cp.kubeconfig")
+
+    class KubeControlPlane(ControlPlane):
+        def argv(self) -> list[str]:
+            args = super().argv()
+            at = args.index("--registry")
+            del args[at : at + 2]
+            return args
+
+    cp = KubeControlPlane(
+        tmp_path,
+        "",
+        extra_args=(
+            "--kubernetes", "--kubeconfig", str(kubeconfig),
+            "--agent-service-account", f"{agents}/meshward-node-agent", *extra_args,
+        ),
+    )  # fmt: skip
+    try:
+        cp.start()
+        yield KubeMesh(kube, cp, agents)
+    finally:
+        cp.stop()

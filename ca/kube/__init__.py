@@ -1,0 +1,1 @@
+"""The control plane on Kubernetes: mesh state from the API server, node agents by their tokens."""

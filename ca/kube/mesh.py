@@ -1,0 +1,262 @@
+"""The mesh's state from the API server: Pods, Services, EndpointSlices, Istio's security CRDs.
+
+`registry_from_cluster` and `policy_document` are pure. `KubeMeshStateSource` has the file
+source's interface (`registry`, `state`, `changed`, `trust_domain`, `watch()`): one reflector per
+resource, and after each change the state is rebuilt and subscribers woken. A policy object the
+engine refuses is reported (log line, metric, `refused` for `meshward check`) and its last good
+version stays in force, as with a bad file in the policy directory; deleting it removes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ca.kube import api as kapi
+from ca.kube.watch import Reflector
+from ca.mesh_state import build_mesh_state
+from meshward_common.errors import ConfigError, SpiffeIdError
+from meshward_common.registry import Registry, Workload
+from meshward_common.spiffe_id import validate_name
+from policy import parse_text
+from policy.model import DEFAULT_ROOT_NAMESPACE
+
+log = logging.getLogger(__name__)
+
+FINISHED_PHASES = ("Succeeded", "Failed")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+REFUSED_FILE = "kubernetes-refused.json"
+Objects = Mapping[str, dict[str, Any]]
+
+
+def _meta(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def _services_of_pods(
+    services: Objects, slices: Objects
+) -> dict[tuple[str, str], tuple[str, tuple[int, ...]]]:
+    """(namespace, pod) -> (service, ports) from the EndpointSlices of Services that exist."""
+    out: dict[tuple[str, str], tuple[str, tuple[int, ...]]] = {}
+    for key in sorted(slices):
+        es = slices[key]
+        ns = str(_meta(es).get("namespace", ""))
+        service = str((_meta(es).get("labels") or {}).get(SERVICE_NAME_LABEL, ""))
+        if not service or f"{ns}/{service}" not in services:
+            continue
+        ports = tuple(
+            sorted(
+                {int(p["port"]) for p in es.get("ports") or [] if isinstance(p.get("port"), int)}
+            )
+        )
+        for endpoint in es.get("endpoints") or []:
+            ref = endpoint.get("targetRef") or {}
+            if ref.get("kind") != "Pod" or not ref.get("name"):
+                continue
+            pod_key = (str(ref.get("namespace") or ns), str(ref["name"]))
+            # One service per workload in the mesh state: the first by name (sorted keys).
+            if pod_key not in out or service < out[pod_key][0]:
+                out[pod_key] = (service, ports)
+    return out
+
+
+def workload_of_pod(pod: dict[str, Any], service: str, ports: tuple[int, ...]) -> Workload | None:
+    """The registry entry of a Pod bound to a node and not finished; None otherwise."""
+    meta, spec, status = _meta(pod), pod.get("spec") or {}, pod.get("status") or {}
+    node = spec.get("nodeName")
+    if not node or status.get("phase") in FINISHED_PHASES:
+        return None
+    try:
+        name = validate_name("pod name", str(meta.get("name", "")))
+        namespace = validate_name("namespace", str(meta.get("namespace", "")))
+        account = validate_name("service account", str(spec.get("serviceAccountName") or "default"))
+        node = validate_name("node name", str(node))
+    except SpiffeIdError as exc:
+        log.warning("Pod %s/%s left out of the mesh: %s", meta.get("namespace"), meta.get("name"),
+                    exc)  # fmt: skip
+        return None
+    labels = meta.get("labels") or {}
+    return Workload(
+        name=name,
+        namespace=namespace,
+        service_account=account,
+        node=node,
+        address=str(status.get("podIP") or ""),
+        service=service,
+        ports=ports,
+        labels={str(k): str(v) for k, v in labels.items()},
+        pod_uid=str(meta.get("uid", "")),
+    )
+
+
+def registry_from_cluster(pods: Objects, services: Objects, slices: Objects) -> Registry:
+    by_pod = _services_of_pods(services, slices)
+    workloads = []
+    for key in sorted(pods):
+        pod = pods[key]
+        meta = _meta(pod)
+        service, ports = by_pod.get((str(meta.get("namespace")), str(meta.get("name"))), ("", ()))
+        w = workload_of_pod(pod, service, ports)
+        if w is not None:
+            workloads.append(w)
+    return Registry(tuple(workloads))
+
+
+def policy_source(obj: dict[str, Any]) -> str:
+    meta = _meta(obj)
+    return f"{obj.get('kind', '?')}/{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def policy_document(obj: dict[str, Any]) -> str:
+    """The object as the policy engine reads Istio's YAML (apiVersion, kind, metadata, spec)."""
+    meta = _meta(obj)
+    doc = {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace")},
+        "spec": obj.get("spec") or {},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+class KubeMeshStateSource:
+    """The mesh state from the API server; same interface as `ca.mesh_state.MeshStateSource`."""
+
+    def __init__(
+        self,
+        api: kapi.KubeApi,
+        trust_domain: str,
+        root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+        state_dir: Path | None = None,
+        on_refused: Any = None,
+    ) -> None:
+        self.api = api
+        self.trust_domain = trust_domain
+        self.root_namespace = root_namespace
+        self.state_dir = state_dir
+        self.on_refused = on_refused  # callable(count) for the metric, or None
+        self.registry = Registry()
+        self.changed = asyncio.Condition()
+        self.refused: dict[str, str] = {}  # source -> why
+        self._good: dict[str, str] = {}  # source -> last good YAML
+        self._dirty = asyncio.Event()
+        self._bundles: dict[str, bytes] = {}
+        self.reflectors = {
+            r.kind: Reflector(api, r, self._dirty.set)
+            for r in (
+                kapi.PODS, kapi.SERVICES, kapi.ENDPOINT_SLICES,
+                kapi.AUTHORIZATION_POLICIES, kapi.PEER_AUTHENTICATIONS,
+            )
+        }  # fmt: skip
+        self.state = build_mesh_state(self.registry, {}, trust_domain, root_namespace)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _objects(self, kind: str) -> Objects:
+        return self.reflectors[kind].objects
+
+    async def start(self, wait: float = 60.0) -> None:
+        """Start the watches and wait for every first list: nothing is served half-known."""
+        self._tasks = [
+            asyncio.create_task(r.run(), name=f"watch {kind}")
+            for kind, r in self.reflectors.items()
+        ]
+        waits = [r.synced.wait() for r in self.reflectors.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), wait)
+        except TimeoutError as exc:
+            missing = [k for k, r in self.reflectors.items() if not r.synced.is_set()]
+            await self.stop()
+            raise ConfigError(
+                f"Kubernetes API at {self.api.server}: no list of {', '.join(missing)} within "
+                f"{wait:.0f}s (see the log: unreachable, or RBAC forbids it?)"
+            ) from exc
+        self._rebuild()
+
+    def _policies(self) -> dict[str, str]:
+        current: dict[str, str] = {}
+        for kind in ("AuthorizationPolicy", "PeerAuthentication"):
+            for obj in self._objects(kind).values():
+                source = policy_source(obj)
+                text = policy_document(obj)
+                if self._good.get(source) == text:
+                    current[source] = text
+                    continue
+                try:
+                    parse_text(text, source)
+                except ConfigError as exc:
+                    if self.refused.get(source) != str(exc):
+                        log.error("policy refused, keeping the last good version: %s", exc)
+                    self.refused[source] = str(exc)
+                    if source in self._good:
+                        current[source] = self._good[source]
+                    continue
+                self.refused.pop(source, None)
+                current[source] = text
+        for gone in [s for s in self.refused if s not in current and not self._exists(s)]:
+            del self.refused[gone]
+        self._good = current
+        return current
+
+    def _exists(self, source: str) -> bool:
+        kind, _, key = source.partition("/")
+        return kind in self.reflectors and key in self._objects(kind)
+
+    def _rebuild(self) -> bool:
+        self.registry = registry_from_cluster(
+            self._objects("Pod"), self._objects("Service"), self._objects("EndpointSlice")
+        )
+        old = self.state.version_info
+        self.state = build_mesh_state(
+            self.registry, self._policies(), self.trust_domain, self.root_namespace, self._bundles
+        )
+        self._report_refused()
+        return self.state.version_info != old
+
+    def set_trust_bundles(self, bundles: Mapping[str, bytes]) -> bool:
+        """New trust bundles (a root rotation); True if the served state changed."""
+        if dict(bundles) == self._bundles:
+            return False
+        self._bundles = dict(bundles)
+        return self._rebuild()
+
+    def _report_refused(self) -> None:
+        if self.on_refused is not None:
+            self.on_refused(len(self.refused))
+        if self.state_dir is None:
+            return
+        path = self.state_dir / REFUSED_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(sorted(self.refused.items())), indent=1) + "\n")
+        os.replace(tmp, path)
+
+    async def watch(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                changed = self._rebuild()
+            except Exception:  # a rebuild that dies silently would freeze the mesh's state
+                log.exception("mesh state rebuild failed")
+                continue
+            if changed:
+                log.info("mesh state version %s (%d workloads)", self.state.version_info,
+                         len(self.registry.workloads))  # fmt: skip
+                async with self.changed:
+                    self.changed.notify_all()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.api.close()
