@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
+from pathlib import Path
 
 import grpc
 from cryptography import x509
@@ -107,6 +108,8 @@ class NodeAgent:
             ni.check_node_svid(svid, cfg.node, now, cfg.state_dir)
         elif cfg.join_token:
             svid = await self._bootstrap(key, cfg.join_token)
+        elif cfg.token_file is not None:
+            svid = await self._bootstrap(key, read_token_file(cfg.token_file))
         elif svid is not None:
             ni.check_node_svid(svid, cfg.node, now, cfg.state_dir)  # raises: expired
         else:
@@ -295,3 +298,14 @@ def _trust_domain_of_leaf(chain: list[x509.Certificate]) -> str:
     if not body:
         raise SvidError(["CA returned no node certificate"])
     return spiffe_id_of(body[0]).trust_domain
+
+
+def read_token_file(path: Path) -> str:
+    """The projected ServiceAccount token, read afresh (the kubelet rewrites it as it rotates)."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"--token-file {path}: cannot read: {exc.strerror}") from exc
+    if not token:
+        raise ConfigError(f"--token-file {path} is empty")
+    return token

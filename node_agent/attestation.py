@@ -28,6 +28,7 @@ from pathlib import Path
 
 from meshward_common import registry
 from meshward_common.errors import PermissionDenied
+from node_agent.kube_attestation import match_pod, pod_of_cgroup
 
 # Linux's SO_PEERPIDFD; Python 3.11's socket module does not name it.
 SO_PEERPIDFD = 77
@@ -48,6 +49,7 @@ class PeerFacts:
     uid: int
     gid: int
     netns: tuple[int, int]  # (st_dev, st_ino) of the caller's network namespace
+    cgroup: str = ""  # /proc/<pid>/cgroup: on Kubernetes, names the caller's pod
 
 
 def peer_cred(sock: socket.socket) -> PeerCred:
@@ -84,6 +86,9 @@ class ProcReader:
                 fields = line.split()
                 return int(fields[1]), int(fields[2])
         raise ValueError(f"no Uid line in {self.proc_root}/{pid}/status")
+
+    def cgroup(self, pid: int) -> str:
+        return (self.proc_root / str(pid) / "cgroup").read_text()
 
     def netns_of_pid(self, pid: int) -> tuple[int, int]:
         st = os.stat(self.proc_root / str(pid) / "ns" / "net")
@@ -123,6 +128,7 @@ def gather_facts(cred: PeerCred, proc: ProcReader, pidfd: int | None) -> PeerFac
         before = proc.start_time(cred.pid)
         netns = proc.netns_of_pid(cred.pid)
         _real, effective = proc.uids(cred.pid)
+        cgroup = proc.cgroup(cred.pid)
         after = proc.start_time(cred.pid)
     except (OSError, ValueError, IndexError) as exc:
         raise PermissionDenied(f"caller pid {cred.pid} vanished during attestation: {exc}") from exc
@@ -136,7 +142,7 @@ def gather_facts(cred: PeerCred, proc: ProcReader, pidfd: int | None) -> PeerFac
         raise PermissionDenied(
             f"caller pid {cred.pid}: uid {effective} now differs from uid {cred.uid} at connect"
         )
-    return PeerFacts(pid=cred.pid, uid=cred.uid, gid=cred.gid, netns=netns)
+    return PeerFacts(pid=cred.pid, uid=cred.uid, gid=cred.gid, netns=netns, cgroup=cgroup)
 
 
 def attest_socket(sock: socket.socket, proc: ProcReader) -> PeerFacts:
@@ -181,6 +187,10 @@ def match_workload(
 def attest(
     facts: PeerFacts, workloads: Iterable[registry.Workload], proc: ProcReader
 ) -> registry.Workload:
+    pod = pod_of_cgroup(facts.cgroup)
+    if pod is not None:
+        # In a kubelet pod cgroup: the Pod decides (Kubernetes); no netns selector applies.
+        return match_pod(facts.pid, facts.uid, pod, workloads)
     items = [w for w in workloads if w.selector is not None]
     names = {w.selector.netns for w in items if w.selector is not None}
     return match_workload(facts, items, {n: proc.netns_named(n) for n in names})

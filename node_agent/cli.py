@@ -36,6 +36,13 @@ def agent() -> None:
     help="File (mode 0600, owned by this user) holding the one-time join token for the first "
     "node certificate; - reads it from stdin. Never on the command line: others can read that.",
 )
+@click.option(
+    "--kubernetes", is_flag=True, default=None,
+    help="Run as a DaemonSet pod: bootstrap with the projected ServiceAccount token "
+    "(--token-file, default /var/run/secrets/tokens/istio-token, audience istio-ca); "
+    "workloads are attested by the kubelet's pod cgroups.",
+)  # fmt: skip
+@click.option("--token-file", type=click.Path(path_type=Path), help="ServiceAccount token file.")
 @click.option("--workload-ttl", help="Requested workload SVID validity, e.g. 30s, 24h.")
 @click.option("--log-level", help="DEBUG, INFO, WARNING (default INFO).")
 @click.option("--metrics-listen", help="HOST:PORT for Prometheus metrics (default: off).")

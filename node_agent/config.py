@@ -23,8 +23,13 @@ from node_agent.join_token import read_join_token
 
 CONFIG_KEYS = {
     "node", "ca_address", "state_dir", "socket", "trust_bundle", "join_token_file",
+    "kubernetes", "token_file",
     "workload_ttl", "log_level", "metrics_listen",
 }  # fmt: skip
+
+
+# Where Istio's injector projects the istio-ca audience token into its sidecars and agents.
+DEFAULT_TOKEN_FILE = "/var/run/secrets/tokens/istio-token"  # noqa: S105 (a path)
 
 
 def default_socket(node: str) -> Path:
@@ -42,6 +47,9 @@ class AgentConfig:
     workload_ttl: dt.timedelta
     log_level: str = "INFO"
     metrics_listen: tuple[str, int] | None = None  # Prometheus endpoint; off unless asked
+    # On Kubernetes: the pod's projected ServiceAccount token, re-read at each bootstrap (the
+    # kubelet rotates it); it authenticates the agent when it has no valid node SVID.
+    token_file: Path | None = None
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -97,6 +105,11 @@ def build_config(
     bundle = merged.get("trust_bundle")
     token_file = merged.get("join_token_file")
     token = read_join_token(str(token_file), stdin or sys.stdin) if token_file else None
+    token_path = merged.get("token_file")
+    if merged.get("kubernetes") and not token_path:
+        token_path = DEFAULT_TOKEN_FILE
+    if token_path and token:
+        raise ConfigError("give a join token or a ServiceAccount token file, not both")
     ttl = merged.get("workload_ttl") or "24h"
     metrics = merged.get("metrics_listen")
     metrics_listen = None
@@ -112,4 +125,5 @@ def build_config(
         workload_ttl=parse_duration(str(ttl), "--workload-ttl"),
         log_level=str(merged.get("log_level") or "INFO").upper(),
         metrics_listen=metrics_listen,
+        token_file=Path(str(token_path)) if token_path else None,
     )

@@ -349,3 +349,43 @@ def test_survives_an_api_server_restart_and_catches_up(
         assert mesh.cp.running
     finally:
         states.close()
+
+
+def _agent(tmp_path: Path, mesh: KubeMesh, node: str, token: str):
+    """`meshward agent run --kubernetes --token-file F` (the projected token's place in a pod)."""
+    import os
+
+    from tests.harness.node_agent import NodeAgent
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    token_file = tmp_path / f"{node}.token"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+
+    class KubeAgent(NodeAgent):
+        def argv(self) -> list[str]:
+            self._bootstrapped = True  # no join token: the ServiceAccount token instead
+            return [*super().argv(), "--kubernetes", "--token-file", str(token_file)]
+
+    return KubeAgent(tmp_path, mesh.cp, node, "1h")
+
+
+def test_node_agent_bootstraps_with_its_projected_token(
+    mesh: KubeMesh, tmp_path: Path, node_a: str, node_b: str
+) -> None:
+    agent = _agent(tmp_path, mesh, node_a, mesh.agent_token(mesh.agent_pod(node_a)))
+    try:
+        agent.start()
+        assert f"bootstrapped: node SVID spiffe://{TD}/meshward/node/{node_a}" in agent.log()
+        assert "eyJ" not in agent.log()  # the token itself is never logged
+    finally:
+        agent.stop()
+    # A token of an agent pod on another node: refused, one clear line, no traceback.
+    other = _agent(tmp_path / "b", mesh, node_a, mesh.agent_token(mesh.agent_pod(node_b)))
+    with pytest.raises(Exception, match=r"exited|not ready|timed out"):
+        other.start()
+    assert "bootstrap refused by the CA" in other.log()
+    assert f"node/{node_b}" in other.log()
+    assert "Traceback" not in other.log()
+    other.stop()

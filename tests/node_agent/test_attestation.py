@@ -36,6 +36,7 @@ def fake_proc(tmp_path: Path, pid: int, uid: int, netns_name: str, start: int = 
     run.mkdir()
     (proc / str(pid) / "stat").write_text(STAT.format(pid=pid, start=start))
     (proc / str(pid) / "status").write_text(f"Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+    (proc / str(pid) / "cgroup").write_text("0::/user.slice/user-0.slice/session-1.scope\n")
     (proc / "self" / "ns" / "net").write_text("host ns")
     (run / "pod-b").write_text("another ns")
     target = run / netns_name if netns_name != "host" else proc / "self" / "ns" / "net"
@@ -144,7 +145,11 @@ def test_real_socket_peer_is_this_process_in_the_host_namespace():
         assert (cred.pid, cred.uid, cred.gid) == (os.getpid(), os.getuid(), os.getgid())
         facts = attest_socket(a, ProcReader())
     assert facts == PeerFacts(
-        os.getpid(), os.getuid(), os.getgid(), ProcReader().netns_named("host") or (0, 0)
+        os.getpid(),
+        os.getuid(),
+        os.getgid(),
+        ProcReader().netns_named("host") or (0, 0),
+        Path("/proc/self/cgroup").read_text(),
     )
     hosted = workload("me", "host", uids=(os.getuid(),))
     assert attest(facts, [hosted], ProcReader()) == hosted
