@@ -144,7 +144,7 @@ def test_token_of_a_deleted_pod_is_refused(mesh: KubeMesh, kube: Kube, node_a: s
             return exc
         return None
 
-    err = wait_for("the deleted pod's token to be refused", now_refused, timeout=30)
+    err = wait_for("the deleted pod's token to be refused", now_refused, timeout=90)
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "no longer exists" in err.details()
 
@@ -343,7 +343,7 @@ def test_survives_an_api_server_restart_and_catches_up(
         finally:
             kube.cluster.start_apiserver()
         kube.pod(ns, "after", service_account="sa", node=node_a)
-        wait_for("the pod created after the restart", lambda: states.workload(ns, "after"), 60)
+        wait_for("the pod created after the restart", lambda: states.workload(ns, "after"), 120)
         kube.delete_pod(ns, "before")
         wait_for("the deletion after the restart", lambda: states.workload(ns, "before") is None)
         assert mesh.cp.running

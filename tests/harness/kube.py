@@ -40,7 +40,7 @@ def admin_client(cluster: LocalCluster) -> k8s.ApiClient:
     return k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig))
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
     """Poll `check` until it returns something truthy; fail naming `what` after `timeout`."""
     deadline = time.monotonic() + timeout
     last: Any = None
