@@ -19,6 +19,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("sidecar", "sidecar_tls.cli", "sidecar"),
     ("authz", "policy.cli", "authz"),
     ("kube-inject", "injector.cli", "kube_inject"),
+    ("manifest", "meshward.install.cli", "manifest"),
     ("traces", "meshward.traces", "traces"),
     ("up", "meshward.mesh_cli", "up"),
     ("down", "meshward.mesh_cli", "down"),

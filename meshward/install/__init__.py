@@ -1,0 +1,1 @@
+"""`meshward manifest generate`: everything a cluster needs, as Kubernetes objects."""

@@ -1,0 +1,80 @@
+"""The install's settings (`meshward manifest generate --set key=value`), as `istioctl manifest
+generate --set` takes them. Pure and validated; unknown keys are refused by name.
+
+    image=REPO:TAG                 every meshward container (control plane, agents, sidecars)
+    trustDomain=cluster.local      the mesh's SPIFFE trust domain
+    cacerts=DIR                    Istio's plug-in CA files (ca-cert.pem, ca-key.pem,
+                                   root-cert.pem, cert-chain.pem): the `cacerts` Secret, and the
+                                   webhook's caBundle (the root)
+    socketDir=/var/run/meshward/agent   the node agents' socket directory on each node
+    tokenAudience=istio-ca         the audience of the agents' projected token
+    injector.<setting>=VALUE       the sidecar injector's settings (failure_policy=Ignore, ...)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ca.kube.rbac import TOKEN_AUDIENCE
+from injector.config import DEFAULT_IMAGE, DEFAULT_SOCKET_HOST_DIR, InjectorConfig
+from meshward_common.errors import ConfigError
+from meshward_common.spiffe_id import DEFAULT_TRUST_DOMAIN, validate_trust_domain
+
+CACERTS_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
+_KEYS = ("image", "trustDomain", "cacerts", "socketDir", "tokenAudience")
+_AUDIENCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,252}$")
+
+
+@dataclass(frozen=True)
+class InstallValues:
+    image: str = DEFAULT_IMAGE
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    cacerts: Path | None = None
+    socket_dir: str = DEFAULT_SOCKET_HOST_DIR
+    token_audience: str = TOKEN_AUDIENCE
+    injector: InjectorConfig = field(default_factory=InjectorConfig)
+
+
+def parse_values(pairs: tuple[str, ...] | list[str]) -> InstallValues:
+    plain: dict[str, str] = {}
+    injector: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        if key.startswith("injector."):
+            injector[key.removeprefix("injector.")] = value
+        elif key in _KEYS:
+            plain[key] = value
+        else:
+            raise ConfigError(
+                f"--set {key}: unknown setting (known: {', '.join(_KEYS)}, injector.<setting>)"
+            )
+    image = plain.get("image", DEFAULT_IMAGE)
+    socket_dir = plain.get("socketDir", DEFAULT_SOCKET_HOST_DIR)
+    injector_config = InjectorConfig.from_mapping(
+        {"image": image, "socket_host_dir": socket_dir, **injector}, "--set injector"
+    )
+    try:
+        trust_domain = validate_trust_domain(plain.get("trustDomain", DEFAULT_TRUST_DOMAIN))
+    except Exception as exc:
+        raise ConfigError(f"--set trustDomain: {exc}") from exc
+    audience = plain.get("tokenAudience", TOKEN_AUDIENCE)
+    if not _AUDIENCE_RE.match(audience):
+        raise ConfigError(f"--set tokenAudience: {audience!r} is not a token audience")
+    cacerts = None
+    if plain.get("cacerts"):
+        cacerts = Path(plain["cacerts"])
+        missing = [name for name in CACERTS_FILES if not (cacerts / name).is_file()]
+        if missing:
+            raise ConfigError(f"--set cacerts: {cacerts} lacks {', '.join(missing)}")
+    return InstallValues(
+        image=injector_config.image,
+        trust_domain=trust_domain,
+        cacerts=cacerts,
+        socket_dir=injector_config.socket_host_dir,
+        token_audience=audience,
+        injector=injector_config,
+    )

@@ -1,0 +1,172 @@
+"""`meshward manifest generate`: what it ships, and the API server accepting it as is."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ca.dev_certs import write_dev_certs
+from ca.kube.rbac import cluster_role
+from meshward.install.manifests import generate
+from meshward.install.values import parse_values
+from meshward_common.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def cacerts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import datetime as dt
+
+    out = tmp_path_factory.mktemp("certs")
+    write_dev_certs(out, "cluster.local", "cluster1", dt.datetime.now(dt.UTC))
+    return out / "cluster1"
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def test_everything_a_cluster_needs_in_apply_order(cacerts: Path) -> None:
+    objects = generate(parse_values(["image=r.test/meshward:7", f"cacerts={cacerts}"]))
+    kinds = [o["kind"] for o in objects]
+    assert kinds[0] == "Namespace"
+    assert kinds.count("CustomResourceDefinition") == 2
+    assert kinds[-1] == "MutatingWebhookConfiguration"
+    for kind in (
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Secret",
+        "Service",
+        "Deployment",
+        "DaemonSet",
+    ):
+        assert kind in kinds, kind
+    # the control plane's ClusterRole is ca.kube.rbac's, exactly
+    assert by_kind(objects, "ClusterRole") == [cluster_role()]
+    secret = by_kind(objects, "Secret")[0]
+    assert sorted(secret["data"]) == [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+        "root-cert.pem",
+    ]
+    service = by_kind(objects, "Service")[0]
+    assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        (15012, 15012),
+        (443, 15017),
+    }
+    images = {
+        c["image"]
+        for o in by_kind(objects, "Deployment") + by_kind(objects, "DaemonSet")
+        for c in o["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {"r.test/meshward:7"}
+
+
+def test_the_node_agents_get_the_socket_dir_and_a_projected_istio_ca_token() -> None:
+    objects = generate(parse_values(["socketDir=/run/mw/agent"]))
+    agent = by_kind(objects, "DaemonSet")[0]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in agent["volumes"]}
+    assert volumes["agent-socket"]["hostPath"] == {
+        "path": "/run/mw/agent",
+        "type": "DirectoryOrCreate",
+    }
+    token = volumes["istio-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token["audience"] == "istio-ca"
+    assert agent["serviceAccountName"] == "meshward-node-agent"
+
+
+def test_the_webhook_configuration_trusts_the_plugin_root_and_carries_the_failure_policy(
+    cacerts: Path,
+) -> None:
+    objects = generate(parse_values([f"cacerts={cacerts}", "injector.failure_policy=Ignore"]))
+    mwc = by_kind(objects, "MutatingWebhookConfiguration")[0]
+    assert len(mwc["webhooks"]) == 4
+    for hook in mwc["webhooks"]:
+        assert (
+            base64.b64decode(hook["clientConfig"]["caBundle"])
+            == (cacerts / "root-cert.pem").read_bytes()
+        )
+        assert hook["clientConfig"]["service"] == {
+            "name": "meshward-control-plane",
+            "namespace": "istio-system",
+            "path": "/inject",
+            "port": 443,
+        }
+        assert hook["failurePolicy"] == "Ignore"
+    config = yaml.safe_load(by_kind(objects, "ConfigMap")[0]["data"]["config"])
+    assert config["failure_policy"] == "Ignore"
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["imag=x"], "unknown setting"),
+        (["image"], "expected key=value"),
+        (["cacerts=/nonexistent"], "lacks ca-cert.pem"),
+        (["injector.failure_policy=Maybe"], "failure_policy"),
+        (["trustDomain=Not A Domain"], "trustDomain"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(sets: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_values(sets)
+
+
+def test_the_command_prints_yaml_and_warns_without_cacerts() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "meshward", "manifest", "generate"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no --set cacerts" in done.stderr
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    assert docs[0]["kind"] == "Namespace"
+
+
+@pytest.mark.slow
+def test_the_api_server_accepts_the_manifests_by_server_side_apply(
+    kube_cluster: Any, cacerts: Path
+) -> None:
+    """Every object applied as `kubectl apply --server-side` would: the namespace and CRDs for
+    real (shared by the session, harmless), the rest as a server-side dry run (validated and
+    admitted in full, but a webhook configuration pointing at no control plane never lands in
+    the cluster the other tests share)."""
+    from kubernetes import dynamic
+
+    from tests.harness.kube import admin_client
+
+    api = admin_client(kube_cluster)
+    try:
+        client = dynamic.DynamicClient(api)
+        for obj in generate(parse_values([f"cacerts={cacerts}"])):
+            resource = client.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+            real = obj["kind"] in ("Namespace", "CustomResourceDefinition")
+            kwargs: dict[str, Any] = {"field_manager": "meshward-test", "force_conflicts": True}
+            if not real:
+                kwargs["dry_run"] = "All"
+            namespace = obj["metadata"].get("namespace")
+            applied = resource.server_side_apply(body=obj, namespace=namespace, **kwargs)
+            assert applied.metadata.name == obj["metadata"]["name"], obj["kind"]
+            if obj["kind"] == "CustomResourceDefinition":
+                from tests.harness.kube import wait_for
+
+                wait_for(
+                    f"CRD {obj['metadata']['name']} established",
+                    lambda r=resource, n=obj["metadata"]["name"]: any(
+                        c.type == "Established" and c.status == "True"
+                        for c in (r.get(name=n).status.conditions or [])
+                    ),
+                )
+    finally:
+        api.close()
