@@ -18,7 +18,9 @@ def generate(sets: tuple[str, ...]) -> None:
     """Print every object a cluster needs (apply with `kubectl apply --server-side -f -`).
 
     Keys: image=REPO:TAG, trustDomain=TD, cacerts=DIR (Istio's plug-in CA files: the cacerts
-    Secret and the webhook's caBundle), socketDir=PATH, tokenAudience=AUD, injector.<setting>=V
+    Secret, the webhook's caBundle and the agents' root), socketDir=PATH, tokenAudience=AUD,
+    caAddress=HOST:PORT, injectionURL=https://HOST:PORT/inject (a control plane outside the
+    cluster, as Istio's external control plane), injector.<setting>=V
     (image_pull_policy, failure_policy=Fail|Ignore, rewrite_app_probes, otlp_endpoint,
     trace_sampling, revision)."""
     from meshward.install.manifests import generate as objects
@@ -33,7 +35,9 @@ def generate(sets: tuple[str, ...]) -> None:
     if values.cacerts is None:
         click.echo(
             "meshward manifest generate: no --set cacerts=DIR: the control plane makes its own "
-            "root, and the MutatingWebhookConfiguration has no caBundle until you add that root",
+            "root, so the MutatingWebhookConfiguration has no caBundle and the node agents wait "
+            "for the ConfigMap istio-system/istio-ca-root-cert (root-cert.pem) until you add "
+            "that root",
             err=True,
         )
     click.echo(text, nl=False)

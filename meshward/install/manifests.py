@@ -3,7 +3,14 @@ the namespace, Istio's security CRDs, the service accounts, the control plane's 
 one `ca.kube.rbac` defines, nothing more), the injector's ConfigMap, the plug-in CA Secret
 (`cacerts`, Istio's layout) when given, the control plane's Service (15012 gRPC, 443 -> 15017
 webhook) and Deployment, the node agents' DaemonSet (the socket directory as a hostPath, a
-projected ServiceAccount token with audience istio-ca), and the MutatingWebhookConfiguration.
+projected ServiceAccount token with audience istio-ca, the mesh's root from the
+`istio-ca-root-cert` ConfigMap), and the MutatingWebhookConfiguration.
+
+With `injectionURL` (Istio's external control plane, `istiodRemote.injectionURL`) the control
+plane runs outside the cluster: no Deployment, Service or CA Secret; the webhook calls the URL and
+the agents dial `caAddress`. The caBundle and the agents' root are static, from `cacerts`: the
+control plane's ClusterRole stays read-only (no patching of webhook configurations or ConfigMaps,
+as istiod does at run time).
 Pure: values in, objects out (in apply order).
 """
 
@@ -22,7 +29,7 @@ from ca.kube.rbac import (
     cluster_role,
     cluster_role_binding,
 )
-from injector.config import SOCKET_NAME, WEBHOOK_PORT, WEBHOOK_SERVICE
+from injector.config import SOCKET_MOUNT_PATH, SOCKET_NAME, WEBHOOK_PORT, WEBHOOK_SERVICE
 from injector.selection import webhooks
 from injector.webhook import INJECT_PATH
 from meshward.install.values import CACERTS_FILES, InstallValues
@@ -38,6 +45,13 @@ CACERTS_MOUNT = "/etc/cacerts"
 INJECTOR_MOUNT = "/etc/meshward/injector"
 TOKEN_MOUNT = "/var/run/secrets/tokens"  # noqa: S105 - a path
 TOKEN_FILE = "istio-token"  # noqa: S105 - a file name (Istio's)
+# Istio's ConfigMap of the mesh's root, and where its agents mount it.
+ROOT_CERT_CONFIGMAP = "istio-ca-root-cert"
+ROOT_CERT_MOUNT = "/var/run/secrets/istio"
+ROOT_CERT_FILE = "root-cert.pem"
+# The agent's own files. Every path a node agent mounts is under /var/run/secrets, where
+# Kubernetes puts what it injects (the development node runner mounts volumes only there).
+AGENT_STATE_MOUNT = "/var/run/secrets/meshward/agent"
 
 
 def _meta(name: str, namespace: str | None = NS, **labels: str) -> dict[str, Any]:
@@ -76,6 +90,19 @@ def _injector_configmap(values: InstallValues) -> dict[str, Any]:
         "kind": "ConfigMap",
         "metadata": _meta(INJECTOR_CONFIGMAP),
         "data": {"config": config},
+    }
+
+
+def _root_cert_configmap(values: InstallValues) -> dict[str, Any]:
+    """The mesh's root for the node agents' bootstrap (what istiod publishes as
+    istio-ca-root-cert), known at generate time from the plug-in CA files."""
+    assert values.cacerts is not None
+    root = (values.cacerts / ROOT_CERT_FILE).read_text()
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(ROOT_CERT_CONFIGMAP),
+        "data": {ROOT_CERT_FILE: root},
     }
 
 
@@ -176,10 +203,11 @@ def _node_agent(values: InstallValues) -> dict[str, Any]:
     args = [
         "agent", "run", "--kubernetes",
         "--node", "$(NODE_NAME)",
-        "--ca-address", f"{WEBHOOK_SERVICE}.{NS}.svc:{ports.CONTROL_PLANE}",
-        "--socket", f"{values.socket_dir}/{SOCKET_NAME}",
-        "--state-dir", "/var/lib/meshward/agent",
+        "--ca-address", values.ca_address,
+        "--socket", f"{SOCKET_MOUNT_PATH}/{SOCKET_NAME}",
+        "--state-dir", AGENT_STATE_MOUNT,
         "--token-file", f"{TOKEN_MOUNT}/{TOKEN_FILE}",
+        "--trust-bundle", f"{ROOT_CERT_MOUNT}/{ROOT_CERT_FILE}",
     ]  # fmt: skip
     return {
         "apiVersion": "apps/v1",
@@ -191,8 +219,11 @@ def _node_agent(values: InstallValues) -> dict[str, Any]:
                 "metadata": {"labels": {"app": NODE_AGENT_APP, "sidecar.istio.io/inject": "false"}},
                 "spec": {
                     "serviceAccountName": NODE_AGENT_SERVICE_ACCOUNT,
-                    # Attestation reads other pods' processes' cgroups and credentials.
+                    # Attestation reads other pods' processes' cgroups and credentials; the
+                    # host's network reaches a control plane inside or outside the cluster.
                     "hostPID": True,
+                    "hostNetwork": True,
+                    "dnsPolicy": "ClusterFirstWithHostNet",
                     "containers": [
                         {
                             "name": "node-agent",
@@ -216,9 +247,14 @@ def _node_agent(values: InstallValues) -> dict[str, Any]:
                                 "readOnlyRootFilesystem": True,
                             },
                             "volumeMounts": [
-                                {"name": "agent-socket", "mountPath": values.socket_dir},
+                                {"name": "agent-socket", "mountPath": SOCKET_MOUNT_PATH},
                                 {"name": "istio-token", "mountPath": TOKEN_MOUNT, "readOnly": True},
-                                {"name": "state", "mountPath": "/var/lib/meshward/agent"},
+                                {
+                                    "name": "root-cert",
+                                    "mountPath": ROOT_CERT_MOUNT,
+                                    "readOnly": True,
+                                },
+                                {"name": "state", "mountPath": AGENT_STATE_MOUNT},
                             ],
                         }
                     ],
@@ -241,6 +277,7 @@ def _node_agent(values: InstallValues) -> dict[str, Any]:
                                 ]
                             },
                         },
+                        {"name": "root-cert", "configMap": {"name": ROOT_CERT_CONFIGMAP}},
                         {"name": "state", "emptyDir": {}},
                     ],
                 },
@@ -253,6 +290,8 @@ def _webhook_configuration(values: InstallValues) -> dict[str, Any]:
     client: dict[str, Any] = {
         "service": {"name": WEBHOOK_SERVICE, "namespace": NS, "path": INJECT_PATH, "port": 443}
     }
+    if values.injection_url:
+        client = {"url": values.injection_url}
     if values.cacerts is not None:
         client["caBundle"] = base64.b64encode(
             (values.cacerts / "root-cert.pem").read_bytes()
@@ -299,14 +338,14 @@ def generate(values: InstallValues) -> list[dict[str, Any]]:
         cluster_role_binding(),
         _injector_configmap(values),
     ]
+    external = bool(values.injection_url)  # the control plane runs outside the cluster
     if values.cacerts is not None:
-        objects.append(_cacerts_secret(values))
-    objects += [
-        _service(),
-        _control_plane(values),
-        _node_agent(values),
-        _webhook_configuration(values),
-    ]
+        if not external:  # an external control plane keeps its signing key to itself
+            objects.append(_cacerts_secret(values))
+        objects.append(_root_cert_configmap(values))
+    if not external:
+        objects += [_service(), _control_plane(values)]
+    objects += [_node_agent(values), _webhook_configuration(values)]
     return objects
 
 

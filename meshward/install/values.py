@@ -8,22 +8,45 @@ generate --set` takes them. Pure and validated; unknown keys are refused by name
                                    webhook's caBundle (the root)
     socketDir=/var/run/meshward/agent   the node agents' socket directory on each node
     tokenAudience=istio-ca         the audience of the agents' projected token
+    caAddress=HOST:PORT            where the node agents dial the CA (default: the control
+                                   plane's Service, meshward-control-plane.istio-system.svc:15012)
+    injectionURL=https://H:P/inject  an external control plane's webhook (Istio's
+                                   istiodRemote.injectionURL): no control plane Deployment,
+                                   Service or CA Secret in the cluster
     injector.<setting>=VALUE       the sidecar injector's settings (failure_policy=Ignore, ...)
 """
 
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ca.kube.rbac import TOKEN_AUDIENCE
-from injector.config import DEFAULT_IMAGE, DEFAULT_SOCKET_HOST_DIR, InjectorConfig
+from injector.config import (
+    CONTROL_PLANE_NAMESPACE,
+    DEFAULT_IMAGE,
+    DEFAULT_SOCKET_HOST_DIR,
+    WEBHOOK_SERVICE,
+    InjectorConfig,
+)
+from meshward_common import ports
+from meshward_common.addresses import parse_host_port
 from meshward_common.errors import ConfigError
 from meshward_common.spiffe_id import DEFAULT_TRUST_DOMAIN, validate_trust_domain
 
 CACERTS_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
-_KEYS = ("image", "trustDomain", "cacerts", "socketDir", "tokenAudience")
+_KEYS = (
+    "image",
+    "trustDomain",
+    "cacerts",
+    "socketDir",
+    "tokenAudience",
+    "caAddress",
+    "injectionURL",
+)
+DEFAULT_CA_ADDRESS = f"{WEBHOOK_SERVICE}.{CONTROL_PLANE_NAMESPACE}.svc:{ports.CONTROL_PLANE}"
 _AUDIENCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,252}$")
 
 
@@ -35,6 +58,8 @@ class InstallValues:
     socket_dir: str = DEFAULT_SOCKET_HOST_DIR
     token_audience: str = TOKEN_AUDIENCE
     injector: InjectorConfig = field(default_factory=InjectorConfig)
+    ca_address: str = DEFAULT_CA_ADDRESS
+    injection_url: str = ""  # set: the control plane runs outside the cluster
 
 
 def parse_values(pairs: tuple[str, ...] | list[str]) -> InstallValues:
@@ -70,6 +95,12 @@ def parse_values(pairs: tuple[str, ...] | list[str]) -> InstallValues:
         missing = [name for name in CACERTS_FILES if not (cacerts / name).is_file()]
         if missing:
             raise ConfigError(f"--set cacerts: {cacerts} lacks {', '.join(missing)}")
+    ca_address = plain.get("caAddress", DEFAULT_CA_ADDRESS)
+    parse_host_port(ca_address, "--set caAddress")
+    injection_url = plain.get("injectionURL", "")
+    parsed = urllib.parse.urlsplit(injection_url)
+    if injection_url and (parsed.scheme != "https" or not parsed.hostname):
+        raise ConfigError(f"--set injectionURL: {injection_url!r} is not an https:// URL")
     return InstallValues(
         image=injector_config.image,
         trust_domain=trust_domain,
@@ -77,4 +108,6 @@ def parse_values(pairs: tuple[str, ...] | list[str]) -> InstallValues:
         socket_dir=injector_config.socket_host_dir,
         token_audience=audience,
         injector=injector_config,
+        ca_address=ca_address,
+        injection_url=injection_url,
     )

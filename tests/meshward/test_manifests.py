@@ -81,6 +81,47 @@ def test_the_node_agents_get_the_socket_dir_and_a_projected_istio_ca_token() -> 
     token = volumes["istio-token"]["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == "istio-ca"
     assert agent["serviceAccountName"] == "meshward-node-agent"
+    assert volumes["root-cert"]["configMap"] == {"name": "istio-ca-root-cert"}
+    (container,) = agent["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    # the agent sees its socket dir where the sidecars do; every mount under /var/run/secrets
+    assert mounts["agent-socket"] == "/var/run/secrets/workload-spiffe-uds"
+    assert all(path.startswith("/var/run/secrets/") for path in mounts.values())
+    args = container["args"]
+    assert args[:3] == ["agent", "run", "--kubernetes"]
+    flags = dict(zip(args[3::2], args[4::2], strict=True))
+    assert flags == {
+        "--node": "$(NODE_NAME)",
+        "--ca-address": "meshward-control-plane.istio-system.svc:15012",
+        "--socket": "/var/run/secrets/workload-spiffe-uds/socket",
+        "--state-dir": mounts["state"],
+        "--token-file": "/var/run/secrets/tokens/istio-token",
+        "--trust-bundle": "/var/run/secrets/istio/root-cert.pem",
+    }
+    assert agent["hostNetwork"] is True
+
+
+def test_an_external_control_plane_is_called_by_url_and_keeps_its_key(cacerts: Path) -> None:
+    objects = generate(
+        parse_values(
+            [
+                f"cacerts={cacerts}",
+                "caAddress=127.0.0.1:15012",
+                "injectionURL=https://localhost:15017/inject",
+            ]
+        )
+    )
+    kinds = [o["kind"] for o in objects]
+    assert not {"Deployment", "Service", "Secret"} & set(kinds)
+    roots = [
+        o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == "istio-ca-root-cert"
+    ]
+    assert roots[0]["data"]["root-cert.pem"] == (cacerts / "root-cert.pem").read_text()
+    for hook in by_kind(objects, "MutatingWebhookConfiguration")[0]["webhooks"]:
+        assert hook["clientConfig"]["url"] == "https://localhost:15017/inject"
+        assert "service" not in hook["clientConfig"]
+    args = by_kind(objects, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--ca-address") + 1] == "127.0.0.1:15012"
 
 
 def test_the_webhook_configuration_trusts_the_plugin_root_and_carries_the_failure_policy(
@@ -101,7 +142,8 @@ def test_the_webhook_configuration_trusts_the_plugin_root_and_carries_the_failur
             "port": 443,
         }
         assert hook["failurePolicy"] == "Ignore"
-    config = yaml.safe_load(by_kind(objects, "ConfigMap")[0]["data"]["config"])
+    (injector,) = [o for o in by_kind(objects, "ConfigMap") if "config" in o["data"]]
+    config = yaml.safe_load(injector["data"]["config"])
     assert config["failure_policy"] == "Ignore"
 
 
@@ -113,6 +155,8 @@ def test_the_webhook_configuration_trusts_the_plugin_root_and_carries_the_failur
         (["cacerts=/nonexistent"], "lacks ca-cert.pem"),
         (["injector.failure_policy=Maybe"], "failure_policy"),
         (["trustDomain=Not A Domain"], "trustDomain"),
+        (["caAddress=nowhere"], "caAddress"),
+        (["injectionURL=http://x/inject"], "not an https:// URL"),
     ],
 )
 def test_bad_settings_are_refused_by_name(sets: list[str], message: str) -> None:
