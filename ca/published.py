@@ -143,12 +143,20 @@ class Publications:
         self._authority_version = ""
         self._data_version: int | None = None
         self._listeners: list[Callable[[PublishedAuthority], object]] = []
+        # One refresh at a time: the poll and the CSRs' catch-ups call it concurrently, and a
+        # second caller must not return (seeing data_version already taken) before the first
+        # has applied what it read.
+        self._refreshing = asyncio.Lock()
 
     def on_authority(self, listener: Callable[[PublishedAuthority], object]) -> None:
         self._listeners.append(listener)
 
     async def refresh(self) -> None:
         """Re-read the snapshots if anything was committed since the last look."""
+        async with self._refreshing:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         data_version = self.store.data_version()
         if data_version == self._data_version:
             return

@@ -320,6 +320,7 @@ class CaWorker:
             cfg.max_ttl,
             self.clock,
             self.metrics,
+            catch_up=self.publications.refresh,
         )
         istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(  # type: ignore[no-untyped-call]
             service, server

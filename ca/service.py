@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -219,10 +219,15 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         max_ttl: dt.timedelta,
         clock: Clock = utc_now,
         metrics: CaMetrics | None = None,
+        catch_up: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.metrics = metrics if metrics is not None else CaMetrics()
         self.auth = auth
         self.mesh = mesh
+        # Reads what the supervisor published since this worker last looked (`Publications.
+        # refresh`): a node agent acts on a state another worker streamed it, maybe a moment
+        # before this worker's poll; its CSR must be judged by that state, not an older one.
+        self.catch_up = catch_up
         self.limiter = limiter
         self.audit = audit_log
         self.workload_ttl = workload_ttl
@@ -239,6 +244,8 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
         caller_text = "unauthenticated"
         requested = ""
         try:
+            if self.catch_up is not None:
+                await self.catch_up()
             info = self.auth.peer_of(context)
             caller_text = f"unauthenticated {info.remote}"
             impersonated = _impersonated_identity(request)

@@ -222,3 +222,60 @@ def test_workers_must_be_a_positive_count(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "workers: 0 is not a number of processes from 1 to 256" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_a_csr_is_judged_by_what_was_published_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node agent acts on the state one worker streamed it; its CSR may land on another worker
+    that has not polled since. That worker catches up before judging, instead of refusing an
+    identity the agent was just told is its own (test_server's discovery test failed so, once)."""
+    import asyncio
+
+    import ca.published
+    from ca.authority import cert_pem
+    from ca.config import build_config
+    from ca.published import MESH_STATE
+    from ca.server import ControlPlane
+
+    monkeypatch.setattr(ca.published, "POLL_SECONDS", 3600.0)  # the worker never polls itself
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(REGISTRY)  # reviews on node-1
+    cfg = build_config(
+        {"listen": "127.0.0.1:0", "state-dir": str(tmp_path / "state"), "registry": str(registry)}
+    )
+    cp = ControlPlane(cfg)
+    await cp.start()
+    try:
+        assert cp.worker is not None
+        assert cp.publisher is not None
+        address = f"127.0.0.1:{cp.port}"
+        bundle = cert_pem(*cp.authority.roots)
+        token = JoinTokenStore(cp.worker.store).create(
+            "node-2", dt.timedelta(hours=1), wire.utcnow()
+        )
+        node2 = await asyncio.to_thread(wire.bootstrap, address, bundle, token)
+        reviews = "spiffe://cluster.local/ns/default/sa/reviews"
+        refused = await asyncio.to_thread(
+            wire.rpc_error, wire.issue, address, bundle, node2, impersonate=reviews
+        )
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        registry.write_text(REGISTRY.replace("node-1", "node-2"))
+        publisher = cp.publisher
+        for _ in range(600):
+            published = publisher.store.published_version(MESH_STATE)
+            if published == publisher.mesh.state.version_info and any(
+                w.node == "node-2" for w in publisher.mesh.registry.workloads
+            ):
+                break
+            await asyncio.sleep(0.05)
+        assert any(w.node == "node-2" for w in publisher.mesh.registry.workloads)
+        stale = cp.worker.publications.mesh.state.version_info
+        assert stale != publisher.mesh.state.version_info, "the worker has not polled"
+
+        cred = await asyncio.to_thread(wire.issue, address, bundle, node2, impersonate=reviews)
+        assert cred.chain
+        assert cp.worker.publications.mesh.state.version_info == publisher.mesh.state.version_info
+    finally:
+        await cp.stop()
