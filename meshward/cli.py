@@ -20,6 +20,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("authz", "policy.cli", "authz"),
     ("kube-inject", "injector.cli", "kube_inject"),
     ("manifest", "meshward.install.cli", "manifest"),
+    ("node", "meshward.kube.cli", "node"),
     ("traces", "meshward.traces", "traces"),
     ("up", "meshward.mesh_cli", "up"),
     ("down", "meshward.mesh_cli", "down"),

@@ -115,6 +115,7 @@ class PodNetwork:
         self.host_ip = str(network.network_address + 1)
         self.pods: dict[str, Pod] = {}
         self._hosts: dict[str, list[str]] = {}
+        self._pod_hosts: dict[str, dict[str, list[str]]] = {}  # a pod's own table, if set
         self._spawned: list[tuple[str, subprocess.Popen[Any]]] = []  # (netns, process)
         self._created = False
 
@@ -194,6 +195,17 @@ class PodNetwork:
         hosts_file = NETNS_ETC / next(iter(net.pods.values())).netns / "hosts" if net.pods else None
         if hosts_file is not None and hosts_file.is_file():
             net._hosts = _parse_hosts(hosts_file.read_text(encoding="utf-8"))
+        return net
+
+    @classmethod
+    def join(cls, prefix: str, subnet: str) -> PodNetwork:
+        """The bridge another process made, to add and remove pods of one's own on it (a node
+        runner: several share one bridge). Unlike attach(), the pods already there are left to
+        whoever made them: destroy() is not for a joined network."""
+        net = cls(prefix, subnet)
+        if net.bridge not in list_links():
+            raise ConfigError(f"pods: no network {prefix}: bridge {net.bridge} does not exist")
+        net._created = True
         return net
 
     @staticmethod
@@ -316,6 +328,7 @@ class PodNetwork:
     def remove_pod(self, name: str) -> None:
         """Remove one pod: kill its processes, delete its netns (the veth goes with it), hosts dir."""
         pod = self.pods.pop(name, None)
+        self._pod_hosts.pop(name, None)
         if pod is None:
             return
         for netns, proc in self._spawned:
@@ -336,26 +349,22 @@ class PodNetwork:
 
     def set_hosts(self, names: Mapping[str, Sequence[str]]) -> None:
         """Map service names to addresses in every pod's /etc/hosts (and in pods added later)."""
-        table: dict[str, list[str]] = {}
-        for host, addresses in names.items():
-            if not _HOSTNAME_RE.match(host):
-                raise ConfigError(f"pods: {host!r} is not a valid host name for a hosts file")
-            if isinstance(addresses, str):
-                raise ConfigError(f"pods: addresses of {host!r} must be a list, not a string")
-            for address in addresses:
-                try:
-                    ipaddress.ip_address(address)
-                except ValueError as exc:
-                    raise ConfigError(f"pods: address {address!r} of {host!r}: {exc}") from exc
-            table[host] = list(addresses)
-        self._hosts = table
+        self._hosts = _hosts_table(names)
         for pod in self.pods.values():
             self._write_hosts(pod)
 
-    def hosts_text(self) -> str:
-        """The hosts file every pod gets: localhost, then one line per address with its names."""
+    def set_pod_hosts(self, name: str, names: Mapping[str, Sequence[str]]) -> None:
+        """One pod's own table (pods in different Kubernetes namespaces resolve different short
+        names); it replaces the network's table for that pod."""
+        pod = self.pod(name)
+        self._pod_hosts[name] = _hosts_table(names)
+        self._write_hosts(pod)
+
+    def hosts_text(self, pod_name: str | None = None) -> str:
+        """The hosts file a pod gets: localhost, then one line per address with its names."""
         by_address: dict[str, list[str]] = {}
-        for host, addresses in self._hosts.items():
+        table = self._pod_hosts.get(pod_name, self._hosts) if pod_name else self._hosts
+        for host, addresses in table.items():
             for address in addresses:
                 by_address.setdefault(address, []).append(host)
         lines = [f"{address}\t{' '.join(hosts)}\n" for address, hosts in by_address.items()]
@@ -368,7 +377,7 @@ class PodNetwork:
         with open(path, "a+", encoding="utf-8") as fh:
             fh.seek(0)
             fh.truncate()
-            fh.write(self.hosts_text())
+            fh.write(self.hosts_text(pod.name))
         path.chmod(0o644)
 
     # -- processes -----------------------------------------------------------------------------
@@ -440,6 +449,22 @@ class PodNetwork:
             check=False,
             start_new_session=True,
         )
+
+
+def _hosts_table(names: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    table: dict[str, list[str]] = {}
+    for host, addresses in names.items():
+        if not _HOSTNAME_RE.match(host):
+            raise ConfigError(f"pods: {host!r} is not a valid host name for a hosts file")
+        if isinstance(addresses, str):
+            raise ConfigError(f"pods: addresses of {host!r} must be a list, not a string")
+        for address in addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError as exc:
+                raise ConfigError(f"pods: address {address!r} of {host!r}: {exc}") from exc
+        table[host] = list(addresses)
+    return table
 
 
 def _parse_hosts(text: str) -> dict[str, list[str]]:

@@ -89,12 +89,13 @@ class KubeApi:
         query: list[tuple[str, str]] | None = None,
         body: Any = None,
         limits: aiohttp.ClientTimeout | None = None,
+        content_type: str = "application/json",
     ) -> aiohttp.ClientResponse:
         params = await self.api.param_serialize(
             method,
             path,
             query_params=query or [],
-            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            header_params={"Accept": "application/json", "Content-Type": content_type},
             body=body,
             auth_settings=["BearerToken"],
         )
@@ -113,8 +114,10 @@ class KubeApi:
             raise _error(raw.status, text)
         return raw
 
-    async def _json(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        raw = await self._request(method, path, body=body)
+    async def _json(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> dict[str, Any]:
+        raw = await self._request(method, path, body=body, content_type=content_type)
         try:
             data = await raw.json()
         except (aiohttp.ClientError, ValueError) as exc:
@@ -167,6 +170,13 @@ class KubeApi:
             if exc.status == 404:
                 return None
             raise
+
+    async def call(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> dict[str, Any]:
+        """Any other request (the development node runner's writes: Node, Pod status, TokenRequest,
+        deletes); PATCH bodies need their content type (application/merge-patch+json)."""
+        return await self._json(method, path, body, content_type)
 
     async def token_review(self, token: str, audiences: list[str]) -> dict[str, Any]:
         """The TokenReview's status (authenticated, user, audiences, error)."""
