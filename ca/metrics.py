@@ -8,7 +8,7 @@ or /stats/prometheus.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -131,3 +131,29 @@ class AuthorityCollector:
         for fingerprint, not_after in roots:
             expiry.add_metric([fingerprint], not_after)
         yield expiry
+
+
+POLICY_KINDS = ("AuthorizationPolicy", "PeerAuthentication")
+
+
+class KubernetesCollector:
+    """On Kubernetes, the supervisor's watches: how many API objects of each kind the policy
+    engine refuses right now (their last good version, if any, stays in force), read at scrape
+    time from the sources ("Kind/namespace/name") the mesh source holds refused."""
+
+    def __init__(self, refused: Callable[[], Iterable[str]]) -> None:
+        self.refused = refused
+
+    def collect(self) -> Iterator[Metric]:
+        counts = dict.fromkeys(POLICY_KINDS, 0)
+        for source in self.refused():
+            kind = source.partition("/")[0]
+            counts[kind] = counts.get(kind, 0) + 1
+        gauge = GaugeMetricFamily(
+            telemetry.CA_KUBE_REFUSED,
+            "Kubernetes objects the policy engine refuses (see the log and `meshward check`).",
+            labels=["kind"],
+        )
+        for kind, count in sorted(counts.items()):
+            gauge.add_metric([kind], float(count))
+        yield gauge

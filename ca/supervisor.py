@@ -147,13 +147,20 @@ class Supervisor:
             return {}
         from prometheus_client import CollectorRegistry
 
-        from ca.metrics import AuthorityCollector, start_multiprocess_metrics_server
+        from ca.metrics import (
+            AuthorityCollector,
+            KubernetesCollector,
+            start_multiprocess_metrics_server,
+        )
 
         path = self.config.state_dir / METRICS_DIR
         shutil.rmtree(path, ignore_errors=True)  # the counts of an earlier run
         path.mkdir(mode=0o700)
         registry = CollectorRegistry()
         registry.register(AuthorityCollector(self._authority_state))
+        kube = self.publisher.kube
+        if kube is not None:
+            registry.register(KubernetesCollector(lambda: list(kube.refused)))
         address = start_multiprocess_metrics_server(*self.config.metrics_listen, path, registry)
         log.info("metrics on http://%s:%d/metrics", *address)
         return {"PROMETHEUS_MULTIPROC_DIR": str(path)}

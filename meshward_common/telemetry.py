@@ -16,6 +16,7 @@ CA_CSR_LATENCY = "meshward_ca_csr_duration_seconds"
 CA_ROTATION_PHASE = "meshward_ca_root_rotation_phase"  # 1 for the phase in force
 CA_BUNDLE_ROOTS = "meshward_ca_trust_bundle_roots"
 CA_ROOT_EXPIRY = "meshward_ca_root_expiry_timestamp_seconds"
+CA_KUBE_REFUSED = "meshward_ca_kubernetes_refused_objects"  # by kind
 
 # Node agent.
 AGENT_ROTATIONS = "meshward_agent_svid_rotations_total"

@@ -3,7 +3,8 @@
 `registry_from_cluster` and `policy_document` are pure. `KubeMeshStateSource` has the file
 source's interface (`registry`, `state`, `changed`, `trust_domain`, `watch()`): one reflector per
 resource, and after each change the state is rebuilt and subscribers woken. A policy object the
-engine refuses is reported (log line, metric, `refused` for `meshward check`) and its last good
+engine refuses is reported (a log line; `refused`, which the supervisor's metrics read; the
+state dir's REFUSED_FILE, which `meshward check` reads) and its last good
 version stays in force, as with a bad file in the policy directory; deleting it removes it.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ca.kube import REFUSED_FILE
 from ca.kube import api as kapi
 from ca.kube.watch import Reflector
 from ca.mesh_state import build_mesh_state
@@ -33,7 +35,6 @@ log = logging.getLogger(__name__)
 
 FINISHED_PHASES = ("Succeeded", "Failed")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-REFUSED_FILE = "kubernetes-refused.json"
 Objects = Mapping[str, dict[str, Any]]
 
 
@@ -137,13 +138,11 @@ class KubeMeshStateSource:
         trust_domain: str,
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
         state_dir: Path | None = None,
-        on_refused: Any = None,
     ) -> None:
         self.api = api
         self.trust_domain = trust_domain
         self.root_namespace = root_namespace
         self.state_dir = state_dir
-        self.on_refused = on_refused  # callable(count) for the metric, or None
         self.registry = Registry()
         self.changed = asyncio.Condition()
         self.refused: dict[str, str] = {}  # source -> why
@@ -229,8 +228,6 @@ class KubeMeshStateSource:
         return self._rebuild()
 
     def _report_refused(self) -> None:
-        if self.on_refused is not None:
-            self.on_refused(len(self.refused))
         if self.state_dir is None:
             return
         path = self.state_dir / REFUSED_FILE

@@ -152,3 +152,19 @@ def rotation_line(rotation: Mapping[str, Any]) -> str:
         f"{rotation['started']}, signs from {rotation['switch_at']}; old root "
         f"{str(rotation['old_root'])[:16]} leaves the bundle at {rotation['retire_at']}"
     )
+
+
+def kubernetes_policy_check(refused: Mapping[str, str] | None) -> CheckResult | None:
+    """What the control plane on Kubernetes refused of the API's policy objects (its
+    `kubernetes-refused.json`: {"Kind/namespace/name": why}); None when it does not watch one."""
+    if refused is None:
+        return None
+    name = "every AuthorizationPolicy and PeerAuthentication in the API is accepted"
+    if not refused:
+        return CheckResult("policy", name, True)
+    detail = " | ".join(f"{source}: {why}" for source, why in sorted(refused.items()))
+    return CheckResult(
+        "policy", name, False, f"{len(refused)} refused: {detail}"[:600],
+        "fix or delete the object named above (kubectl edit/delete); the mesh keeps enforcing "
+        "its last good version",
+    )  # fmt: skip

@@ -16,12 +16,14 @@ from typing import Any
 
 from cryptography import x509
 
+from ca.kube import REFUSED_FILE
 from ca.publisher import STATUS_FILE
 from meshward.inspect.admin import sidecar_certs, sidecar_ready
 from meshward.inspect.checks import (
     CheckResult,
     check_sidecar_svid,
     check_signing_certs,
+    kubernetes_policy_check,
     rotation_line,
     trust_bundle_check,
 )
@@ -67,10 +69,25 @@ class MeshView:
             return None
         return data
 
+    def kubernetes_refused(self) -> dict[str, str] | None:
+        return kubernetes_refused(self.layout.ca_dir)
+
     def expected_ids(self) -> dict[str, str]:
         registry = load_registry(self.layout.registry)
         td = registry.trust_domain or self.spec.options.trust_domain
         return {w.name: str(w.spiffe_id(td)) for w in registry.workloads}
+
+
+def kubernetes_refused(ca_dir: Path) -> dict[str, str] | None:
+    """The policy objects a control plane on Kubernetes refused, or None if it watches no API
+    (no such file) or the file cannot be read (the check then says nothing rather than guess)."""
+    try:
+        data = json.loads((ca_dir / REFUSED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def pod_secret(view: MeshView, pod_name: str, now: dt.datetime) -> SecretView:
@@ -216,4 +233,7 @@ def run_checks(view: MeshView, now: dt.datetime) -> list[CheckResult]:
     results += check_signing_certs(bundle, signing, now)
     results += sidecar_results
     results.append(policy_check(view))
+    kube_policies = kubernetes_policy_check(view.kubernetes_refused())
+    if kube_policies is not None:
+        results.append(kube_policies)
     return results

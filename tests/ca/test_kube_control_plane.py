@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from meshward.inspect.checks import kubernetes_policy_check
+from meshward.inspect.gather import kubernetes_refused
 from meshward_common.protos import meshward_discovery_pb2 as discovery_pb2
 from meshward_common.spiffe_id import node_id
 from meshward_common.svid import verify_x509_svid
 from tests.ca import wire
+from tests.harness.control_plane import free_port
 from tests.harness.kube import Kube, KubeMesh, kube_control_plane, wait_for
 
 pytestmark = pytest.mark.slow
@@ -28,8 +33,23 @@ TD = "cluster.local"
 
 @pytest.fixture
 def mesh(kube: Kube, tmp_path: Path) -> Iterator[KubeMesh]:
-    with kube_control_plane(kube, tmp_path / "cp") as m:
+    metrics = ("--metrics-listen", f"127.0.0.1:{free_port()}")
+    with kube_control_plane(kube, tmp_path / "cp", metrics) as m:
         yield m
+
+
+def refused_gauges(mesh: KubeMesh) -> dict[str, float]:
+    """meshward_ca_kubernetes_refused_objects by kind, scraped from the supervisor."""
+    args = mesh.cp.extra_args
+    address = args[args.index("--metrics-listen") + 1]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {
+        s.labels["kind"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "meshward_ca_kubernetes_refused_objects"
+    }
 
 
 def bootstrap(mesh: KubeMesh, node: str, token: str) -> wire.Credential:
@@ -254,6 +274,10 @@ def test_an_invalid_policy_is_reported_and_changes_nothing(
         _policy(kube, ns, "good", DENY_REVIEWS)
         good = f"AuthorizationPolicy/{ns}/good"
         wait_for("the good policy", lambda: good in states.policy_sources())
+        assert refused_gauges(mesh) == {"AuthorizationPolicy": 0, "PeerAuthentication": 0}
+        check = kubernetes_policy_check(kubernetes_refused(mesh.cp.state_dir))
+        assert check is not None
+        assert check.ok
         version = states.latest.version_info if states.latest else ""
         served = {p.source: p.yaml for p in states.latest.policies} if states.latest else {}
 
@@ -271,6 +295,13 @@ def test_an_invalid_policy_is_reported_and_changes_nothing(
         )
         assert "source.ipp" in reasons
         assert "policy refused" in mesh.cp.log()
+        assert refused_gauges(mesh)["AuthorizationPolicy"] == 1
+        # `meshward check`'s line: failed, naming the object and why.
+        check = kubernetes_policy_check(kubernetes_refused(mesh.cp.state_dir))
+        assert check is not None
+        assert not check.ok
+        assert bad in check.detail
+        assert "source.ipp" in check.detail
         assert bad not in states.policy_sources()
         assert states.latest is not None
         assert states.latest.version_info == version
@@ -285,6 +316,14 @@ def test_an_invalid_policy_is_reported_and_changes_nothing(
             lambda: good in json.loads(refused_file.read_text()),
         )
         assert {p.source: p.yaml for p in states.latest.policies}[good] == served[good]
+        assert refused_gauges(mesh)["AuthorizationPolicy"] == 2
+
+        # Deleting a refused object clears its report.
+        kube.custom.delete_namespaced_custom_object(
+            "security.istio.io", "v1", ns, "authorizationpolicies", "typo"
+        )
+        wait_for("the refusal cleared", lambda: bad not in json.loads(refused_file.read_text()))
+        assert refused_gauges(mesh)["AuthorizationPolicy"] == 1
     finally:
         states.close()
 

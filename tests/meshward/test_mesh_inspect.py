@@ -177,3 +177,23 @@ def test_render_groups_marks_and_summarises():
     assert f"{FAIL_MARK} b: chains [expired]\n    fix: restart b" in text
     assert text.endswith(f"1 check(s) failed {FAIL_MARK}")
     assert render(results[:2]).endswith(f"Status check results are {OK_MARK}")
+
+
+def test_kubernetes_policy_check_names_each_refused_object() -> None:
+    from meshward.inspect.checks import kubernetes_policy_check
+
+    assert kubernetes_policy_check(None) is None  # no API watched: no line
+    ok = kubernetes_policy_check({})
+    assert ok is not None
+    assert ok.ok
+    bad = kubernetes_policy_check(
+        {
+            "AuthorizationPolicy/shop/typo": "unknown key source.ipp",
+            "PeerAuthentication/shop/pa": "mtls.mode: 'STRIKT' is not one of ...",
+        }
+    )
+    assert bad is not None
+    assert not bad.ok
+    assert bad.detail.startswith("2 refused: AuthorizationPolicy/shop/typo: unknown key")
+    assert "PeerAuthentication/shop/pa" in bad.detail
+    assert "last good version" in bad.fix
