@@ -8,7 +8,8 @@ the API server was not reached), so no library exception leaks into the control 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,12 @@ from typing import Any
 import aiohttp
 from kubernetes.aio import client as aio_client
 from kubernetes.aio import config as aio_config
+from kubernetes.aio.config.incluster_config import InClusterConfigLoader
 
 from meshward_common.errors import ConfigError, MeshwardError
 
 WATCH_SECONDS = 240  # the server ends each watch after this; we resume from the last version
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")  # in a pod
 _MAX_LINE = 8 * 1024 * 1024  # one watch event; a larger one is refused, not buffered forever
 
 
@@ -53,8 +56,16 @@ class Gone(KubeApiError):
     """410: the resourceVersion we hold is too old to watch from; list again."""
 
 
-async def connect(kubeconfig: Path | None) -> KubeApi:
-    """A client from a kubeconfig file, or the pod's in-cluster config when none is given."""
+async def connect(
+    kubeconfig: Path | None,
+    *,
+    service_account_dir: Path = SERVICE_ACCOUNT_DIR,
+    environ: Mapping[str, str] = os.environ,
+) -> KubeApi:
+    """A client from a kubeconfig file, or the pod's in-cluster config when none is given: the
+    API server at $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, verified with the
+    service account's ca.crt, authenticated by its token (re-read every minute: the kubelet
+    rotates projected tokens)."""
     cfg = aio_client.Configuration()
     try:
         if kubeconfig is not None:
@@ -62,10 +73,18 @@ async def connect(kubeconfig: Path | None) -> KubeApi:
                 config_file=str(kubeconfig), client_configuration=cfg
             )
         else:
-            aio_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            InClusterConfigLoader(  # type: ignore[no-untyped-call]
+                token_filename=str(service_account_dir / "token"),
+                cert_filename=str(service_account_dir / "ca.crt"),
+                environ=environ,
+            ).load_and_set(client_configuration=cfg)
     except (aio_config.ConfigException, OSError, ValueError, TypeError) as exc:
-        where = str(kubeconfig) if kubeconfig else "in-cluster config"
-        raise ConfigError(f"--kubeconfig: {where}: {exc}") from exc
+        if kubeconfig is not None:
+            raise ConfigError(f"--kubeconfig: {kubeconfig}: {exc}") from exc
+        raise ConfigError(
+            f"in-cluster config ({service_account_dir}, $KUBERNETES_SERVICE_HOST/PORT): {exc} "
+            "(outside a pod, give --kubeconfig)"
+        ) from exc
     return KubeApi(aio_client.ApiClient(configuration=cfg))
 
 

@@ -9,10 +9,13 @@ so tests never see each other's objects.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import secrets
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +37,28 @@ def running_cluster(root: Path) -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+def compact_etcd(cluster: LocalCluster) -> int:
+    """Move etcd's revision on (a key outside the API server's prefix) and compact its history up
+    to there, as the API server itself does every 5 minutes: a watch from an older
+    resourceVersion that etcd must serve is then refused. Returns the compacted revision."""
+
+    def call(method: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{cluster.etcd_port}/v3/{method}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 (loopback etcd)
+            answer: dict[str, Any] = json.loads(resp.read())
+        return answer
+
+    key = base64.b64encode(b"/meshward-tests/compaction").decode()
+    value = base64.b64encode(str(time.time()).encode()).decode()
+    revision = int(call("kv/put", {"key": key, "value": value})["header"]["revision"])
+    call("kv/compaction", {"revision": str(revision), "physical": True})
+    return revision
 
 
 def admin_client(cluster: LocalCluster) -> k8s.ApiClient:
@@ -280,14 +305,11 @@ class KubeMesh:
         )
 
 
-@contextlib.contextmanager
-def kube_control_plane(
-    kube: Kube, tmp_path: Path, extra_args: tuple[str, ...] = ()
-) -> Iterator[KubeMesh]:
+def control_plane_account(kube: Kube) -> str:
+    """A namespace whose `meshward-control-plane` service account is bound to exactly the
+    shipped ClusterRole (and no more); returns the namespace."""
     from ca.kube.rbac import CLUSTER_ROLE_NAME, cluster_role_binding
-    from tests.harness.control_plane import ControlPlane
 
-    install_security_crds(kube.api)
     install_cluster_role(kube.api)
     cp_ns = kube.namespace("cp")
     kube.service_account(cp_ns, "meshward-control-plane")
@@ -295,6 +317,17 @@ def kube_control_plane(
     binding["metadata"]["name"] = f"meshward-control-plane-{cp_ns}"
     kube.rbac.create_cluster_role_binding(binding)
     kube.cluster_objects.append(("ClusterRoleBinding", binding["metadata"]["name"]))
+    return cp_ns
+
+
+@contextlib.contextmanager
+def kube_control_plane(
+    kube: Kube, tmp_path: Path, extra_args: tuple[str, ...] = ()
+) -> Iterator[KubeMesh]:
+    from tests.harness.control_plane import ControlPlane
+
+    install_security_crds(kube.api)
+    cp_ns = control_plane_account(kube)
     agents = kube.namespace("agents")
     kube.service_account(agents, "meshward-node-agent")
     tmp_path.mkdir(parents=True, exist_ok=True)
