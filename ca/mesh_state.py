@@ -49,6 +49,7 @@ def build_mesh_state(
                 netns=w.selector.netns if w.selector else "",
                 uids=list(w.selector.uids) if w.selector else [],
                 pod_uid=w.pod_uid,
+                sidecar_container_id=w.sidecar_container_id,
             )
         )
     state = pb.MeshState(

@@ -29,6 +29,7 @@ def registry_from_mesh_state(state: mdpb.MeshState) -> registry.Registry:
                 labels=dict(w.labels),
                 selector=selector,
                 pod_uid=w.pod_uid,
+                sidecar_container_id=w.sidecar_container_id,
             )
         )
     return registry.Registry(tuple(items), state.trust_domain)

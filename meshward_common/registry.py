@@ -61,6 +61,7 @@ class Workload:
     labels: Mapping[str, str] = field(default_factory=dict)
     selector: Selector | None = None
     pod_uid: str = ""  # on Kubernetes: the Pod's uid (agents attest by the kubelet's cgroup)
+    sidecar_container_id: str = ""  # on Kubernetes: its istio-proxy container's runtime id
 
     def spiffe_id(self, trust_domain: str) -> SpiffeId:
         return workload_id(trust_domain, self.namespace, self.service_account)

@@ -9,8 +9,12 @@ a pod's cgroup with either driver:
     systemd:  /kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid, _ for ->.slice/
               cri-containerd-<container id>.scope   (crio-…, docker-… for other runtimes)
 
-Only the sidecar (uid 1337) gets the pod's identity, as with the netns selector: the app's own
-processes share the pod's cgroup parent but not its uid. Pure functions; the caller reads /proc.
+Only the sidecar gets the pod's identity: a process in the container the Pod's status names
+`istio-proxy` (its containerID, which the kubelet names the container's cgroup after), running as
+uid 1337. The app's containers share the pod's cgroup parent but not that container; a process in
+the sidecar's container as another uid is refused too. Until the status reports the sidecar's
+containerID (it is being created), nothing is issued: the sidecar retries. Pure functions; the
+caller reads /proc.
 """
 
 from __future__ import annotations
@@ -67,13 +71,27 @@ def _pod_of_path(path: str) -> PodCgroup | None:
 def match_pod(
     pid: int, uid: int, cgroup: PodCgroup, workloads: Iterable[registry.Workload]
 ) -> registry.Workload:
-    """The workload of the caller's Pod on this node, for the sidecar's uid only."""
+    """The workload of the caller's Pod on this node, for its sidecar container and uid only."""
     found = [w for w in workloads if w.pod_uid and w.pod_uid == cgroup.pod_uid]
     if not found:
         raise PermissionDenied(
             f"caller pid {pid} is in pod {cgroup.pod_uid}, which is not a running Pod on this node"
         )
     w = found[0]
+    pod = f"{w.namespace}/{w.name}"
+    if not cgroup.container_id:
+        raise PermissionDenied(f"caller pid {pid} is in pod {pod}'s cgroup but in no container")
+    if not w.sidecar_container_id:
+        raise PermissionDenied(
+            f"caller pid {pid}: pod {pod} has no {ports.PROXY_CONTAINER} container in its status "
+            "(yet): nothing to match the caller's container against"
+        )
+    if cgroup.container_id != w.sidecar_container_id:
+        raise PermissionDenied(
+            f"caller pid {pid} is in container {cgroup.container_id[:12]} of pod {pod}, not its "
+            f"{ports.PROXY_CONTAINER} container ({w.sidecar_container_id[:12]}): only the sidecar "
+            "gets the pod's identity"
+        )
     if uid != ports.PROXY_UID:
         raise PermissionDenied(
             f"caller pid {pid} of pod {w.namespace}/{w.name} runs as uid {uid}: only the sidecar "

@@ -25,6 +25,7 @@ from ca.kube import REFUSED_FILE
 from ca.kube import api as kapi
 from ca.kube.watch import Reflector
 from ca.mesh_state import build_mesh_state
+from meshward_common import ports as mesh_ports
 from meshward_common.errors import ConfigError, SpiffeIdError
 from meshward_common.registry import Registry, Workload
 from meshward_common.spiffe_id import validate_name
@@ -70,6 +71,15 @@ def _services_of_pods(
     return out
 
 
+def sidecar_container_id(status: dict[str, Any]) -> str:
+    """The istio-proxy container's id as its runtime reported it (`containerd://<id>` ->
+    `<id>`), or "" while not reported (the container is not created yet)."""
+    for container in status.get("containerStatuses") or []:
+        if isinstance(container, dict) and container.get("name") == mesh_ports.PROXY_CONTAINER:
+            return str(container.get("containerID") or "").rpartition("://")[2]
+    return ""
+
+
 def workload_of_pod(pod: dict[str, Any], service: str, ports: tuple[int, ...]) -> Workload | None:
     """The registry entry of a Pod bound to a node and not finished; None otherwise."""
     meta, spec, status = _meta(pod), pod.get("spec") or {}, pod.get("status") or {}
@@ -96,6 +106,7 @@ def workload_of_pod(pod: dict[str, Any], service: str, ports: tuple[int, ...]) -
         ports=ports,
         labels={str(k): str(v) for k, v in labels.items()},
         pod_uid=str(meta.get("uid", "")),
+        sidecar_container_id=sidecar_container_id(status),
     )
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshward_discovery.proto\x12\x0bmeshward.v1\"(\n\x10MeshStateRequest\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\"\xa6\x02\n\x08Workload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x17\n\x0fservice_account\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x31\n\x06labels\x18\x05 \x03(\x0b\x32!.meshward.v1.Workload.LabelsEntry\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12\x0f\n\x07service\x18\x07 \x01(\t\x12\r\n\x05ports\x18\x08 \x03(\r\x12\x11\n\tspiffe_id\x18\t \x01(\t\x12\r\n\x05netns\x18\n \x01(\t\x12\x0c\n\x04uids\x18\x0b \x03(\r\x12\x0f\n\x07pod_uid\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\x0ePolicyDocument\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"\x9e\x02\n\tMeshState\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x02 \x01(\t\x12(\n\tworkloads\x18\x03 \x03(\x0b\x32\x15.meshward.v1.Workload\x12-\n\x08policies\x18\x04 \x03(\x0b\x32\x1b.meshward.v1.PolicyDocument\x12\x16\n\x0eroot_namespace\x18\x05 \x01(\t\x12?\n\rtrust_bundles\x18\x06 \x03(\x0b\x32(.meshward.v1.MeshState.TrustBundlesEntry\x1a\x33\n\x11TrustBundlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32]\n\rMeshDiscovery\x12L\n\x0fStreamMeshState\x12\x1d.meshward.v1.MeshStateRequest\x1a\x16.meshward.v1.MeshState\"\x00\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshward_discovery.proto\x12\x0bmeshward.v1\"(\n\x10MeshStateRequest\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\"\xc4\x02\n\x08Workload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x17\n\x0fservice_account\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x31\n\x06labels\x18\x05 \x03(\x0b\x32!.meshward.v1.Workload.LabelsEntry\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12\x0f\n\x07service\x18\x07 \x01(\t\x12\r\n\x05ports\x18\x08 \x03(\r\x12\x11\n\tspiffe_id\x18\t \x01(\t\x12\r\n\x05netns\x18\n \x01(\t\x12\x0c\n\x04uids\x18\x0b \x03(\r\x12\x0f\n\x07pod_uid\x18\x0c \x01(\t\x12\x1c\n\x14sidecar_container_id\x18\r \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\x0ePolicyDocument\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"\x9e\x02\n\tMeshState\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x02 \x01(\t\x12(\n\tworkloads\x18\x03 \x03(\x0b\x32\x15.meshward.v1.Workload\x12-\n\x08policies\x18\x04 \x03(\x0b\x32\x1b.meshward.v1.PolicyDocument\x12\x16\n\x0eroot_namespace\x18\x05 \x01(\t\x12?\n\rtrust_bundles\x18\x06 \x03(\x0b\x32(.meshward.v1.MeshState.TrustBundlesEntry\x1a\x33\n\x11TrustBundlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32]\n\rMeshDiscovery\x12L\n\x0fStreamMeshState\x12\x1d.meshward.v1.MeshStateRequest\x1a\x16.meshward.v1.MeshState\"\x00\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,15 +38,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESHSTATEREQUEST']._serialized_start=41
   _globals['_MESHSTATEREQUEST']._serialized_end=81
   _globals['_WORKLOAD']._serialized_start=84
-  _globals['_WORKLOAD']._serialized_end=378
-  _globals['_WORKLOAD_LABELSENTRY']._serialized_start=333
-  _globals['_WORKLOAD_LABELSENTRY']._serialized_end=378
-  _globals['_POLICYDOCUMENT']._serialized_start=380
-  _globals['_POLICYDOCUMENT']._serialized_end=426
-  _globals['_MESHSTATE']._serialized_start=429
-  _globals['_MESHSTATE']._serialized_end=715
-  _globals['_MESHSTATE_TRUSTBUNDLESENTRY']._serialized_start=664
-  _globals['_MESHSTATE_TRUSTBUNDLESENTRY']._serialized_end=715
-  _globals['_MESHDISCOVERY']._serialized_start=717
-  _globals['_MESHDISCOVERY']._serialized_end=810
+  _globals['_WORKLOAD']._serialized_end=408
+  _globals['_WORKLOAD_LABELSENTRY']._serialized_start=363
+  _globals['_WORKLOAD_LABELSENTRY']._serialized_end=408
+  _globals['_POLICYDOCUMENT']._serialized_start=410
+  _globals['_POLICYDOCUMENT']._serialized_end=456
+  _globals['_MESHSTATE']._serialized_start=459
+  _globals['_MESHSTATE']._serialized_end=745
+  _globals['_MESHSTATE_TRUSTBUNDLESENTRY']._serialized_start=694
+  _globals['_MESHSTATE_TRUSTBUNDLESENTRY']._serialized_end=745
+  _globals['_MESHDISCOVERY']._serialized_start=747
+  _globals['_MESHDISCOVERY']._serialized_end=840
 # @@protoc_insertion_point(module_scope)

@@ -13,7 +13,7 @@ class MeshStateRequest(_message.Message):
     def __init__(self, version_info: _Optional[str] = ...) -> None: ...
 
 class Workload(_message.Message):
-    __slots__ = ("name", "namespace", "service_account", "node", "labels", "address", "service", "ports", "spiffe_id", "netns", "uids", "pod_uid")
+    __slots__ = ("name", "namespace", "service_account", "node", "labels", "address", "service", "ports", "spiffe_id", "netns", "uids", "pod_uid", "sidecar_container_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class Workload(_message.Message):
     NETNS_FIELD_NUMBER: _ClassVar[int]
     UIDS_FIELD_NUMBER: _ClassVar[int]
     POD_UID_FIELD_NUMBER: _ClassVar[int]
+    SIDECAR_CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     namespace: str
     service_account: str
@@ -45,7 +46,8 @@ class Workload(_message.Message):
     netns: str
     uids: _containers.RepeatedScalarFieldContainer[int]
     pod_uid: str
-    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ..., node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., service: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ..., spiffe_id: _Optional[str] = ..., netns: _Optional[str] = ..., uids: _Optional[_Iterable[int]] = ..., pod_uid: _Optional[str] = ...) -> None: ...
+    sidecar_container_id: str
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ..., node: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., address: _Optional[str] = ..., service: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ..., spiffe_id: _Optional[str] = ..., netns: _Optional[str] = ..., uids: _Optional[_Iterable[int]] = ..., pod_uid: _Optional[str] = ..., sidecar_container_id: _Optional[str] = ...) -> None: ...
 
 class PolicyDocument(_message.Message):
     __slots__ = ("source", "yaml")

@@ -132,7 +132,9 @@ class Kube:
         ip: str | None = None,
         phase: str = "Running",
     ) -> dict[str, Any]:
-        """A Pod bound to `node`, its status set as a kubelet would (phase, podIP, Ready)."""
+        """A Pod bound to `node`, its status set as a kubelet would (phase, podIP, Ready, and for
+        each container a runtime id, `containerd://<64 hex>`); returns its name, uid and
+        {container name: id}."""
         body = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -148,14 +150,25 @@ class Kube:
             },
         }
         created = self.core.create_namespaced_pod(namespace, body)
-        status: dict[str, Any] = {"phase": phase}
+        ids = {c["name"]: secrets.token_hex(32) for c in body["spec"]["containers"]}
+        status: dict[str, Any] = {
+            "phase": phase,
+            "containerStatuses": [
+                {
+                    "name": name, "image": f"meshward/{name}", "imageID": "", "ready": True,
+                    "restartCount": 0, "started": True, "containerID": f"containerd://{cid}",
+                    "state": {"running": {"startedAt": "2026-12-01T00:00:00Z"}},
+                }
+                for name, cid in ids.items()
+            ],
+        }  # fmt: skip
         if ip is not None:
             status["podIP"] = ip
             status["podIPs"] = [{"ip": ip}]
         if phase == "Running":
             status["conditions"] = [{"type": "Ready", "status": "True"}]
         self.core.patch_namespaced_pod_status(name, namespace, {"status": status})
-        return {"name": name, "uid": created.metadata.uid}
+        return {"name": name, "uid": created.metadata.uid, "containers": ids}
 
     def delete_pod(self, namespace: str, name: str) -> None:
         # Grace 0: no kubelet will confirm a graceful deletion, so the Pod goes at once.

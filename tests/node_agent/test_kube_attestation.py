@@ -14,13 +14,16 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ca.kube.mesh import registry_from_cluster
+from ca.kube.mesh import registry_from_cluster, sidecar_container_id
+from meshward_common import registry
 from meshward_common.errors import PermissionDenied
+from meshward_common.ports import PROXY_CONTAINER
 from node_agent.attestation import PeerCred, ProcReader, attest, gather_facts
-from node_agent.kube_attestation import PodCgroup, pod_of_cgroup
+from node_agent.kube_attestation import PodCgroup, match_pod, pod_of_cgroup
 from tests.harness.kube import Kube
 
 UID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
@@ -108,11 +111,11 @@ def process_in(netns: str, uid: int, cgroup: Path | None) -> Iterator[int]:
                 path.rmdir()
 
 
-def kubelet_cgroup(root: Path, pod_uid: str) -> Path:
-    pod = f"kubepods-besteffort-pod{pod_uid.replace('-', '_')}.slice"
-    return (
-        root / "kubepods.slice" / "kubepods-besteffort.slice" / pod / f"cri-containerd-{CID}.scope"
-    )
+def kubelet_cgroup(root: Path, pod: dict[str, Any], container: str = PROXY_CONTAINER) -> Path:
+    """The cgroup the kubelet (systemd driver, containerd) gives one of the Pod's containers."""
+    slice_ = f"kubepods-besteffort-pod{pod['uid'].replace('-', '_')}.slice"
+    scope = f"cri-containerd-{pod['containers'][container]}.scope"
+    return root / "kubepods.slice" / "kubepods-besteffort.slice" / slice_ / scope
 
 
 def node_workloads(kube: Kube, node: str):
@@ -137,11 +140,12 @@ def test_sidecar_in_a_pod_cgroup_gets_its_pods_identity(
     ns, node, other = kube.namespace("att"), kube.node(), kube.node()
     kube.service_account(ns, "reviews")
     pod = kube.pod(ns, "reviews-1", service_account="reviews", node=node)
-    cg = kubelet_cgroup(cgroup2, pod["uid"])
+    cg = kubelet_cgroup(cgroup2, pod)
     with process_in(netns, 1337, cg) as pid:
         assert f"pod{pod['uid'].replace('-', '_')}" in Path(f"/proc/{pid}/cgroup").read_text()
         w = attest_pid(pid, 1337, kube, node)
         assert (w.namespace, w.name, w.service_account) == (ns, "reviews-1", "reviews")
+        assert w.sidecar_container_id == pod["containers"][PROXY_CONTAINER]
         # The same process, asked about on another node: its Pod is not there.
         with pytest.raises(PermissionDenied, match="not a running Pod on this node"):
             attest_pid(pid, 1337, kube, other)
@@ -158,9 +162,56 @@ def test_the_app_container_and_processes_outside_pods_get_nothing(
     ns, node = kube.namespace("att"), kube.node()
     kube.service_account(ns, "ratings")
     pod = kube.pod(ns, "ratings-1", service_account="ratings", node=node)
-    app = kubelet_cgroup(cgroup2, pod["uid"])
-    with process_in(netns, 1000, app) as pid, pytest.raises(PermissionDenied, match="only the sid"):
+    app = kubelet_cgroup(cgroup2, pod, "app")
+    for uid in (1000, 1337):  # the app's container, whatever its uid
+        with process_in(netns, uid, app) as pid, pytest.raises(PermissionDenied, match="not its"):
+            attest_pid(pid, uid, kube, node)
+    # The sidecar's container, but not the sidecar's uid.
+    sidecar = kubelet_cgroup(cgroup2, pod)
+    with process_in(netns, 1000, sidecar) as pid, pytest.raises(PermissionDenied, match="uid 1000"):
         attest_pid(pid, 1000, kube, node)
     # In the pod's network namespace as uid 1337, but in no pod's cgroup.
     with process_in(netns, 1337, None) as pid, pytest.raises(PermissionDenied, match="no regis"):
         attest_pid(pid, 1337, kube, node)
+
+
+def _workload(sidecar: str) -> registry.Workload:
+    return registry.Workload("r-1", "ns", "sa", "node-1", pod_uid=UID, sidecar_container_id=sidecar)
+
+
+@pytest.mark.parametrize(
+    ("cgroup", "uid", "sidecar", "refusal"),
+    [
+        (PodCgroup(UID, CID), 1337, CID, None),
+        (PodCgroup(UID, ""), 1337, CID, "in no container"),  # the pod's cgroup itself
+        (PodCgroup(UID, CID), 1337, "", "no istio-proxy container in its status"),  # not yet
+        (PodCgroup(UID, "cd" * 32), 1337, CID, "not its istio-proxy container"),
+        (PodCgroup(UID, CID), 0, CID, "runs as uid 0"),
+        (PodCgroup("1" * 8 + UID[8:], CID), 1337, CID, "not a running Pod on this node"),
+    ],
+)
+def test_match_pod_wants_the_sidecar_container_and_uid(
+    cgroup: PodCgroup, uid: int, sidecar: str, refusal: str | None
+) -> None:
+    if refusal is None:
+        assert match_pod(42, uid, cgroup, [_workload(sidecar)]).name == "r-1"
+        return
+    with pytest.raises(PermissionDenied, match=refusal):
+        match_pod(42, uid, cgroup, [_workload(sidecar)])
+
+
+@pytest.mark.parametrize(
+    ("status", "want"),
+    [
+        ({"containerStatuses": [{"name": "app", "containerID": "containerd://aa"},
+                                {"name": "istio-proxy", "containerID": f"containerd://{CID}"}]}, CID),
+        ({"containerStatuses": [{"name": "istio-proxy", "containerID": f"meshward://{CID}"}]}, CID),
+        ({"containerStatuses": [{"name": "istio-proxy", "state": {"waiting": {}}}]}, ""),
+        ({"containerStatuses": [{"name": "app", "containerID": f"docker://{CID}"}]}, ""),
+        ({}, ""),
+    ],
+)  # fmt: skip
+def test_the_sidecar_container_id_comes_from_the_pod_status(
+    status: dict[str, Any], want: str
+) -> None:
+    assert sidecar_container_id(status) == want
