@@ -15,7 +15,7 @@ binds the pod's hosts file over /etc/hosts) or, for hostNetwork pods, in a priva
 SPEC is a JSON file the runner wrote (0600): {"argv", "env", "uid", "gid", "cgroup_fd",
 "mounts": [{"source", "target", "read_only"}]}; `cgroup_fd` is the container cgroup's
 cgroup.procs, opened by the runner and inherited (`ip netns exec` mounts a fresh /sys, which has
-no cgroup file systems under it). A failure is one line on stderr (the container's
+no cgroup file systems under it); `hosts_file` (hostNetwork pods) is bound over /etc/hosts. A failure is one line on stderr (the container's
 log) and exit status 127, as a runtime that cannot start a container reports it.
 """
 
@@ -90,6 +90,8 @@ def enter(spec: dict[str, Any]) -> None:
     os.write(fd, f"{os.getpid()}\n".encode())
     os.close(fd)
     mount_volumes(list(spec.get("mounts") or []))
+    if spec.get("hosts_file"):  # a hostNetwork pod: the runner's hosts file (netns pods have
+        _mount(str(spec["hosts_file"]), "/etc/hosts", None, MS_BIND)  # ip netns exec's)
     uid, gid = int(spec["uid"]), int(spec["gid"])
     os.setgroups([])
     os.setresgid(gid, gid, gid)

@@ -43,6 +43,7 @@ HEARTBEAT_S = 20.0
 CLUSTER_DOMAIN = "cluster.local"
 RUNNER_LABEL = "node.meshward.io/runner"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,20 @@ class NodeRunner:
             if exc.status != 409:  # 409: registered before (a restarted runner)
                 raise
         await self._heartbeat(dt.datetime.now(dt.UTC))
+        await self._untaint()
+
+    async def _untaint(self) -> None:
+        """The API server taints a new Node not-ready until the node lifecycle controller sees it
+        Ready; that controller is off in a cluster of development nodes (they send no leases),
+        so the runner lifts the taint once its node is Ready, and only that taint."""
+        node = await self.api.get(f"/api/v1/nodes/{self.cfg.node}")
+        taints = ((node or {}).get("spec") or {}).get("taints") or []
+        kept = [t for t in taints if t.get("key") != NOT_READY_TAINT]
+        if len(kept) != len(taints):
+            await self.api.call(
+                "PATCH", f"/api/v1/nodes/{self.cfg.node}", {"spec": {"taints": kept}},
+                "application/merge-patch+json",
+            )  # fmt: skip
 
     async def _heartbeat(self, since: dt.datetime) -> None:
         now = dt.datetime.now(dt.UTC)
@@ -212,10 +227,10 @@ class NodeRunner:
         services = self.reflectors["Service"].objects
         slices = self.reflectors["EndpointSlice"].objects
         for runtime in self.runtimes.values():
-            if runtime.net_pod is not None and runtime.net_pod.name in self.network.pods:
-                table = hosts_for(runtime.namespace, services, slices)
+            ready = runtime.host_network and runtime.hosts_file.parent.is_dir()
+            if ready or (runtime.net_pod is not None and runtime.net_pod.name in self.network.pods):
                 try:
-                    self.network.set_pod_hosts(runtime.net_pod.name, table)
+                    runtime.write_hosts(hosts_for(runtime.namespace, services, slices))
                 except (ConfigError, OSError) as exc:
                     log.warning("pod %s: hosts file not written: %s", runtime.key, exc)
 

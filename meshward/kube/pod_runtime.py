@@ -106,6 +106,7 @@ class PodRuntime:
         self.host_network = bool((pod.get("spec") or {}).get("hostNetwork"))
         self.pod_ip = node.host_ip if self.host_network else pod_ip
         self.dir = node.root / "pods" / self.uid
+        self.hosts_file = self.dir / "hosts"  # a hostNetwork pod's /etc/hosts
         self.clock = clock
         self.started = clock()
         self.transitions: dict[str, dt.datetime] = {}
@@ -172,6 +173,8 @@ class PodRuntime:
         self._record()
         if not self.host_network:
             await asyncio.to_thread(self._add_netns)
+        else:
+            self.write_hosts({})
         await self._publish()
         await self._fill_volumes()
         self._make_cgroups()
@@ -179,6 +182,25 @@ class PodRuntime:
     def _waiting(self, p: ProcessPlan, images: Mapping[str, str]) -> ContainerFacts:
         reason = "PodInitializing" if not p.init else "ContainerCreating"
         return ContainerFacts(p.container, p.container_id, images[p.container], "waiting", reason)
+
+    def write_hosts(self, table: Mapping[str, list[str]]) -> None:
+        """A hostNetwork pod's /etc/hosts, as the kubelet manages it: the host's own lines, then
+        the Services' names. Rewritten in place (containers see it through a bind mount)."""
+        if self.net_pod is not None:
+            self.node.network.set_pod_hosts(self.net_pod.name, table)
+            return
+        if not self.host_network:
+            return
+        host = Path("/etc/hosts").read_text(encoding="utf-8", errors="replace")
+        lines = [f"{ip}\t{name}\n" for name, ips in table.items() for ip in ips[:1]]
+        text = (
+            host.rstrip("\n") + "\n# Kubernetes Services (meshward node runner)\n" + "".join(lines)
+        )
+        with open(self.hosts_file, "a+", encoding="utf-8") as fh:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(text)
+        self.hosts_file.chmod(0o644)
 
     def _add_netns(self) -> None:
         net = self.node.network
@@ -252,6 +274,7 @@ class PodRuntime:
             "uid": p.uid,
             "gid": p.gid,
             "cgroup_fd": -1,
+            "hosts_file": str(self.hosts_file) if self.host_network else "",
             "mounts": [
                 {"source": m.source, "target": m.target, "read_only": m.read_only} for m in p.mounts
             ],
