@@ -68,8 +68,9 @@ kube:
 dev-certs: install
 	.venv/bin/meshward ca dev-certs --out certs-dev
 
+# `make up MESH=kubernetes`: the same mesh on a real API server (see README).
 up:
-	@bash scripts/mesh_up.sh up
+	@bash scripts/mesh_up.sh up $(if $(filter kubernetes,$(MESH)),--kubernetes)
 
 down:
 	@bash scripts/mesh_up.sh down

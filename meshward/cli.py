@@ -21,6 +21,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("kube-inject", "injector.cli", "kube_inject"),
     ("manifest", "meshward.install.cli", "manifest"),
     ("node", "meshward.kube.cli", "node"),
+    ("kube", "meshward.kube.cli", "kube"),
     ("traces", "meshward.traces", "traces"),
     ("up", "meshward.mesh_cli", "up"),
     ("down", "meshward.mesh_cli", "down"),

@@ -60,6 +60,8 @@ state_dir_option = click.option(
 @click.option("--subnet", default="10.213.0.0/24", show_default=True)
 @click.option("--ingress-port", default=8080, show_default=True, type=int)
 @click.option("--control-plane-port", default=15012, show_default=True, type=int)
+@click.option("--webhook-port", default=15017, show_default=True, type=int,
+              help="With --kubernetes: the injection webhook (loopback).")  # fmt: skip
 @click.option("--workload-ttl", default="1h", show_default=True)
 @click.option("--jaeger/--no-jaeger", default=True, show_default=True, help="Run Jaeger if found.")
 @click.option(
@@ -67,16 +69,40 @@ state_dir_option = click.option(
 )
 @click.option("--jaeger-query-port", default=16686, show_default=True, type=int)
 @click.option("--jaeger-query-grpc-port", default=16685, show_default=True, type=int)
-@click.option("--timeout", "timeout_s", default=30.0, show_default=True, help="Seconds to wait.")
+@click.option(
+    "--kubernetes", is_flag=True,
+    help="On a real API server: manifests applied, the demo as Pods injected by the webhook, run "
+    "by two development node runners (`make up MESH=kubernetes`).",
+)  # fmt: skip
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    help="Seconds to wait (default 30; 240 with --kubernetes).",
+)
 @_one_line_errors
-def up(state_dir: Path, timeout_s: float, **opts: Any) -> None:
+def up(state_dir: Path, timeout_s: float | None, **opts: Any) -> None:
     """Start the local mesh (root or CAP_NET_ADMIN); a second run reports it and heals it."""
     require_net_admin("up")
     launcher = Launcher(MeshOptions(state_dir=state_dir.absolute(), **opts), say=click.echo)
+    if timeout_s is None:
+        timeout_s = 240.0 if launcher.options.kubernetes else 30.0
     report = launcher.up(ready_timeout_s=timeout_s)
     click.echo(_up_summary(launcher.spec, report))
     if report.not_ready:
         sys.exit(1)
+
+
+def _policy_hint(o: MeshOptions) -> tuple[str, str]:
+    if o.kubernetes:
+        from meshward.kube.cluster import kube_bin_dir
+
+        kubectl = f"{kube_bin_dir()}/kubectl --kubeconfig {o.state_dir}/kube/admin.kubeconfig"
+        return (f"{kubectl} apply -f <policy.yaml>", "Istio AuthorizationPolicy, in seconds")
+    return (
+        f"cp <policy.yaml> {o.state_dir}/policies/",
+        "Istio AuthorizationPolicy, applied in seconds",
+    )
 
 
 def _up_summary(spec: MeshSpec, report: UpReport) -> str:
@@ -85,7 +111,8 @@ def _up_summary(spec: MeshSpec, report: UpReport) -> str:
     head = "the mesh is already running" if report.already_running else "the mesh is up"
     if report.already_running and report.started:
         head = f"the mesh was running; restarted {', '.join(report.started)}"
-    lines = [f"meshward: {head} ({len(spec.pods)} pods on {', '.join(spec.nodes)})"]
+    where = " from the Kubernetes API" if o.kubernetes else ""
+    lines = [f"meshward: {head} ({len(spec.pods)} pods on {', '.join(spec.nodes)}{where})"]
     if report.not_ready:
         lines[0] = "meshward: the mesh is NOT ready:"
         lines += [f"  {p}" for p in report.not_ready]
@@ -98,7 +125,7 @@ def _up_summary(spec: MeshSpec, report: UpReport) -> str:
         (f"meshward proxy-config secret{state} productpage", "the pod's SVID, chain and bundle"),
         (f"meshward check{state}", "is everything healthy, and what to do if not"),
         (f"meshward logs{state} <component>", f"logs of every process ({o.state_dir}/logs/)"),
-        (f"cp <policy.yaml> {o.state_dir}/policies/", "Istio AuthorizationPolicy, applied in seconds"),
+        _policy_hint(o),
     ]  # fmt: skip
     if report.jaeger:
         hints.append(
@@ -146,20 +173,45 @@ def status(state_dir: Path) -> None:
 def logs(state_dir: Path, component: str | None, follow: bool, lines: int) -> None:
     """Show a component's log (a pod name shows its sidecar and app); no name lists them."""
     view = MeshView.open(state_dir)
-    names = [c.name for c in cmd.components(view.spec, jaeger=True)]
-    if component is None:
-        click.echo("components: " + " ".join(names))
-        return
-    wanted = [component] if component in names else [f"sidecar-{component}", f"app-{component}"]
-    paths = [view.layout.log(n) for n in wanted if view.layout.log(n).exists()]
+    if view.kube_pods is not None:
+        paths = _kube_logs(view, component)
+    else:
+        names = [c.name for c in cmd.components(view.spec, jaeger=True)]
+        if component is None:
+            click.echo("components: " + " ".join(names))
+            return
+        wanted = [component] if component in names else [f"sidecar-{component}", f"app-{component}"]
+        paths = [view.layout.log(n) for n in wanted if view.layout.log(n).exists()]
+        if not paths:
+            raise click.UsageError(f"no log for {component!r}; components: {' '.join(names)}")
     if not paths:
-        raise click.UsageError(f"no log for {component!r}; components: {' '.join(names)}")
+        return
     if follow:
         os.execvp("tail", ["tail", "-n", str(lines), "-F", *map(str, paths)])  # noqa: S606
     for path in paths:
         if len(paths) > 1:
-            click.echo(f"==> {path.stem} <==")
+            click.echo(f"==> {path.stem.replace('_', '/')} <==")
         click.echo("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+
+
+def _kube_logs(view: MeshView, component: str | None) -> list[Path]:
+    """On Kubernetes: a supervised process's log, or a Pod's containers' logs (its node
+    runner's files `<namespace>_<pod>_<container>.log`; a pod of the demo by its name)."""
+    from meshward.mesh.kube_launcher import components, records
+
+    names = [c.name for c in components(view.spec, jaeger=True)]
+    pods = {str(r["name"]): r for r in records(view.layout)}
+    if component is None:
+        click.echo("components: " + " ".join(names))
+        click.echo("pods: " + " ".join(sorted(pods)))
+        return []
+    if component in names:
+        return [view.layout.log(component)]
+    if component not in pods:
+        known = " ".join([*names, *sorted(pods)])
+        raise click.UsageError(f"no log for {component!r}; components and pods: {known}")
+    logs = [Path(c["log"]) for c in pods[component]["containers"].values()]
+    return [p for p in logs if p.exists()]
 
 
 @click.command("exec", context_settings={"ignore_unknown_options": True})

@@ -18,6 +18,10 @@ case "$action" in
     # What is missing: the venv, iptables and friends, then Jaeger (traces are optional: the mesh
     # comes up without them if Jaeger cannot be built here).
     make --no-print-directory install system-deps
+    # On Kubernetes: the API server and friends, built once from the Go module proxy (cached).
+    for arg in "$@"; do
+      if [[ "$arg" == "--kubernetes" ]]; then make --no-print-directory kube; fi
+    done
     if ! make --no-print-directory jaeger; then
       echo "meshward up: could not build Jaeger (see above); starting the mesh without traces" >&2
     fi

@@ -30,11 +30,11 @@ from meshward.inspect.checks import (
 from meshward.inspect.secrets import SecretView, format_table, secret_view, split_certs
 from meshward.mesh import components as cmd
 from meshward.mesh.layout import StateLayout, load_options
-from meshward.mesh.spec import MeshSpec, build_spec
+from meshward.mesh.spec import MeshSpec, PodSpec, build_spec
 from meshward.mesh.supervisor import Supervisor
 from meshward_common.errors import ConfigError, MeshwardError, SvidError
 from meshward_common.registry import load_registry
-from meshward_common.spiffe_id import control_plane_id
+from meshward_common.spiffe_id import control_plane_id, workload_id
 from meshward_common.svid import fingerprint_sha256, load_pem_chain, uri_sans
 
 TLS_TIMEOUT_S = 3.0
@@ -45,6 +45,9 @@ class MeshView:
     spec: MeshSpec
     layout: StateLayout
     sup: Supervisor
+    # On Kubernetes: the Pods as the API reports them ("namespace/name" -> Pod), or why not.
+    kube_pods: dict[str, dict[str, Any]] | None = None
+    kube_error: str = ""
 
     @classmethod
     def open(cls, state_dir: Path) -> MeshView:
@@ -52,7 +55,15 @@ class MeshView:
         options = load_options(layout)
         if options is None:
             raise ConfigError(f"meshward: no mesh in {state_dir} (start one with `meshward up`)")
-        return cls(build_spec(options), layout, Supervisor(layout.run_dir, layout.logs))
+        sup = Supervisor(layout.run_dir, layout.logs)
+        spec = build_spec(options)
+        if not options.kubernetes:
+            return cls(spec, layout, sup)
+        from meshward.inspect.kube_view import api_pods
+        from meshward.mesh.kube_launcher import overlay
+
+        pods, error = api_pods(layout)
+        return cls(overlay(spec, layout), layout, sup, pods, error)
 
     def bundle(self) -> list[x509.Certificate]:
         path = Path(cmd.trust_bundle(self.layout))
@@ -73,6 +84,11 @@ class MeshView:
         return kubernetes_refused(self.layout.ca_dir)
 
     def expected_ids(self) -> dict[str, str]:
+        if self.kube_pods is not None:
+            td = self.spec.options.trust_domain
+            return {
+                p.name: str(workload_id(td, p.namespace, p.service_account)) for p in self.spec.pods
+            }
         registry = load_registry(self.layout.registry)
         td = registry.trust_domain or self.spec.options.trust_domain
         return {w.name: str(w.spiffe_id(td)) for w in registry.workloads}
@@ -102,6 +118,10 @@ def _running(view: MeshView, name: str) -> str:
 
 def status_table(view: MeshView, now: dt.datetime) -> str:
     """One table: control plane, node agents, and per pod its identity, expiry and readiness."""
+    if view.kube_pods is not None:
+        from meshward.inspect.kube_view import kube_status_table
+
+        return kube_status_table(view, now)
     rows = [("NODE", "POD", "SPIFFE ID", "CERT EXPIRES", "READY", "PROCESSES")]
     cp = view.spec.options.control_plane_port
     rows.append(
@@ -109,20 +129,12 @@ def status_table(view: MeshView, now: dt.datetime) -> str:
     )
     for node in view.spec.nodes:
         rows.append((node, "(node agent)", "-", "-", _running(view, f"agent-{node}"), "-"))
-    ids = view.expected_ids()
     for pod in sorted(view.spec.pods, key=lambda p: (p.node, p.name)):
         procs = ",".join(
             f"{kind}:{'up' if view.sup.running(f'{kind}-{pod.name}') else 'DOWN'}"
             for kind in ("sidecar", "app")
         )
-        try:
-            secret = pod_secret(view, pod.name, now)
-            sid, expires = secret.leaf.spiffe_id, _expiry(secret.leaf.not_after, now)
-            if secret.problems:
-                expires += " INVALID"
-        except (MeshwardError, ValueError):
-            # `meshward check` says why; the table only says that nothing was learnt.
-            sid, expires = ids.get(pod.name, "?") + " (expected)", "unknown (no answer)"
+        sid, expires = identity_cells(view, pod, now)
         ready = "true" if sidecar_ready(pod.netns) else "false"
         rows.append((pod.node, pod.name, sid, expires, ready, procs))
     ing = view.spec.ingress_node
@@ -140,6 +152,20 @@ def status_table(view: MeshView, now: dt.datetime) -> str:
     table = format_table(rows)
     rotation = (view.ca_status() or {}).get("rotation")
     return table + (f"\nroot rotation: {rotation_line(rotation)}" if rotation else "")
+
+
+def identity_cells(view: MeshView, pod: PodSpec, now: dt.datetime) -> tuple[str, str]:
+    """(SPIFFE ID, expiry) as the pod's sidecar answers, or the expected ID and why not."""
+    try:
+        secret = pod_secret(view, pod.name, now)
+        sid, expires = secret.leaf.spiffe_id, _expiry(secret.leaf.not_after, now)
+        if secret.problems:
+            expires += " INVALID"
+    except (MeshwardError, ValueError):
+        # `meshward check` says why; the table only says that nothing was learnt.
+        sid = view.expected_ids().get(pod.name, "?") + " (expected)"
+        expires = "unknown (no answer)"
+    return sid, expires
 
 
 def _expiry(when: dt.datetime, now: dt.datetime) -> str:
@@ -203,7 +229,11 @@ def run_checks(view: MeshView, now: dt.datetime) -> list[CheckResult]:
     bundle_status = trust_bundle_check(view.ca_status())
     if bundle_status is not None:
         results.append(bundle_status)
-    for c in cmd.components(view.spec, jaeger=False):
+    if view.kube_pods is not None:
+        from meshward.inspect.kube_view import kube_process_checks
+
+        results += kube_process_checks(view)
+    for c in [] if view.kube_pods is not None else cmd.components(view.spec, jaeger=False):
         if c.kind in ("agent", "control-plane", "ingress"):
             ok = view.sup.running(c.name)
             results.append(
@@ -232,7 +262,8 @@ def run_checks(view: MeshView, now: dt.datetime) -> list[CheckResult]:
     signing = [c for fp, c in intermediates.items() if fp not in roots]
     results += check_signing_certs(bundle, signing, now)
     results += sidecar_results
-    results.append(policy_check(view))
+    if view.kube_pods is None:  # on Kubernetes there is no policy directory, only the API
+        results.append(policy_check(view))
     kube_policies = kubernetes_policy_check(view.kubernetes_refused())
     if kube_policies is not None:
         results.append(kube_policies)

@@ -63,3 +63,39 @@ def run(node_name: str, kubeconfig: Path | None, root: Path, prefix: str, subnet
         asyncio.run(run_node(cfg))
     except MeshwardError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@click.group("kube")
+def kube() -> None:
+    """A local Kubernetes control plane (the binaries `make kube` builds)."""
+
+
+@kube.group("cluster")
+def cluster() -> None:
+    """etcd, kube-apiserver, kube-controller-manager and kube-scheduler on loopback."""
+
+
+@cluster.command("run")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Its directory: PKI, etcd data, logs, admin.kubeconfig.")  # fmt: skip
+def cluster_run(root: Path) -> None:
+    """Run the local cluster in the foreground until SIGTERM (what `meshward up --kubernetes`
+    supervises); ROOT/admin.kubeconfig reaches it once it says it is ready."""
+    import signal
+    import threading
+
+    from meshward.kube.cluster import LocalCluster, kube_bin_dir
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        local = LocalCluster(root.absolute(), kube_bin_dir(), controllers=True)
+        local.start()
+    except MeshwardError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        click.echo(f"kube cluster: API server at {local.server}, kubeconfig {local.kubeconfig}")
+        stop.wait()
+    finally:
+        local.stop()

@@ -17,7 +17,7 @@ from meshward.mesh.network import command_in_pod
 from meshward.mesh.spec import APP_PORT, MeshSpec
 from meshward_common import ports
 
-Kind = Literal["jaeger", "control-plane", "agent", "sidecar", "app", "ingress"]
+Kind = Literal["jaeger", "control-plane", "agent", "sidecar", "app", "ingress", "kube", "node"]
 TRUST_BUNDLE = "trust-bundle.pem"  # written by `ca serve` into its state dir
 
 

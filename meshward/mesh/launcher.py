@@ -18,6 +18,8 @@ from pathlib import Path
 
 from meshward.jaeger import find_jaeger, jaeger_argv
 from meshward.mesh import components as cmd
+from meshward.mesh import kube_launcher as kl
+from meshward.mesh import kube_spec as ks
 from meshward.mesh.components import Component, JaegerPorts
 from meshward.mesh.layout import StateLayout, load_options, save_options
 from meshward.mesh.network import build_network, leftovers, network_exists, remove_network
@@ -36,6 +38,8 @@ from meshward_common.errors import ConfigError, NotReady, PermissionDenied
 
 NEEDS_ROOT = "needs root or CAP_NET_ADMIN (try sudo)"
 STEP_TIMEOUT_S = 20.0
+KUBE_START_TIMEOUT_S = 120.0
+NODE_STOP_GRACE_S = 30.0  # the API server on a loaded machine (ready in ~7 s here)
 
 
 def require_net_admin(command: str) -> None:
@@ -65,15 +69,28 @@ class Launcher:
 
     @property
     def components(self) -> list[Component]:
+        if self.options.kubernetes:
+            return kl.components(self.spec, jaeger=self.jaeger is not None)
         return cmd.components(self.spec, jaeger=self.jaeger is not None)
+
+    def _exists(self) -> bool:
+        if self.options.kubernetes:
+            return f"{self.options.prefix}-br" in list_links()
+        return network_exists(self.spec)
 
     # -- up -------------------------------------------------------------------------------------
 
     def up(self, ready_timeout_s: float = 30.0) -> UpReport:
         require_net_admin("up")
         report = UpReport(jaeger=self.jaeger is not None)
-        if load_options(self.layout) is not None and network_exists(self.spec):
+        if load_options(self.layout) is not None and self._exists():
             dead = [c for c in self.components if not self.sup.running(c.name)]
+            if self.options.kubernetes and any(c.kind == "kube" for c in dead):
+                # A new API server has new ports: everything that talks to it starts again.
+                names = [c.name for c in self.components]
+                dead = self.components[min(names.index(c.name) for c in dead) :]
+                for c in dead:
+                    self.sup.stop(c.name)
             report.already_running = True
             if not dead:
                 report.not_ready = self.not_ready()
@@ -109,17 +126,34 @@ class Launcher:
     def _build(self, report: UpReport) -> None:
         self.layout.make()
         save_options(self.layout, self.options)
-        self.layout.registry.write_text(registry_yaml(self.spec))
         self.say(f"meshward up: pods {', '.join(p.name for p in self.spec.pods)}")
-        build_network(self.spec)
+        if self.options.kubernetes:
+            kl.prepare(self.spec, self.layout)
+        else:
+            self.layout.registry.write_text(registry_yaml(self.spec))
+            build_network(self.spec)
         for c in self.components:
             self.start_component(c)
             report.started.append(c.name)
+        if self.options.kubernetes:
+            self.say("meshward up: the demo's Pods and the ingress, through the API")
+            kl.apply_demo(self.spec, self.layout, self.jaeger)
 
     def start_component(self, c: Component) -> None:
         spec, layout = self.spec, self.layout
         if c.kind == "jaeger":
             self._start_jaeger(c)
+        elif c.kind == "kube":
+            self.sup.start(c.name, ks.cluster_argv(layout))
+            self._wait(c, lambda: kl.cluster_ready(layout), KUBE_START_TIMEOUT_S)
+            self.say("meshward up: the API server is up; applying `meshward manifest generate`")
+            kl.install(spec, layout, self.jaeger)
+        elif c.kind == "control-plane" and self.options.kubernetes:
+            self.sup.start(c.name, ks.control_plane_argv(spec, layout))
+            self._wait(c, lambda: kl.control_plane_ready(spec), KUBE_START_TIMEOUT_S)
+        elif c.kind == "node":
+            Path(ks.node_root(layout, c.node)).mkdir(parents=True, exist_ok=True)
+            self.sup.start(c.name, ks.node_runner_argv(spec, layout, c.node))
         elif c.kind == "control-plane":
             self.sup.start(c.name, cmd.control_plane_argv(spec, layout))
             bundle = file_present(Path(cmd.trust_bundle(layout)))
@@ -149,8 +183,10 @@ class Launcher:
         self.sup.start(c.name, jaeger_argv(binary, str(config)))
         self._wait(c, lambda: tcp_open(self.spec.bridge_ip, jaeger.otlp_http))
 
-    def _wait(self, c: Component, check: Callable[[], bool]) -> None:
-        ok = wait_until(lambda: check() or not self.sup.running(c.name), STEP_TIMEOUT_S)
+    def _wait(
+        self, c: Component, check: Callable[[], bool], timeout_s: float = STEP_TIMEOUT_S
+    ) -> None:
+        ok = wait_until(lambda: check() or not self.sup.running(c.name), timeout_s)
         if not ok or not self.sup.running(c.name):
             raise NotReady(
                 f"meshward up: {c.name} did not start (see `meshward logs {c.name}`: "
@@ -180,6 +216,8 @@ class Launcher:
             for c in self.components
             if not self.sup.running(c.name)
         ]
+        if self.options.kubernetes:
+            return problems or self._kube_not_ready()
         for pod in self.spec.pods:
             url = f"http://{pod.ip}:{ports.HEALTH}/healthz/ready"
             if self.sup.running(f"sidecar-{pod.name}") and http_status(url, 1.0) != 200:
@@ -187,6 +225,15 @@ class Launcher:
             if self.sup.running(f"app-{pod.name}") and not self._app_answers(pod.netns):
                 problems.append(f"app-{pod.name}: not answering on :{APP_PORT}")
         if self.sup.running("ingress") and not problems:
+            url = f"http://127.0.0.1:{self.options.ingress_port}/productpage"
+            status = http_status(url, 5.0)
+            if status != 200:
+                problems.append(f"ingress: {url} answered {status or 'nothing'}")
+        return problems
+
+    def _kube_not_ready(self) -> list[str]:
+        problems = kl.pods_not_ready(self.spec, self.layout)
+        if not problems:
             url = f"http://127.0.0.1:{self.options.ingress_port}/productpage"
             status = http_status(url, 5.0)
             if status != 200:
@@ -206,19 +253,23 @@ class Launcher:
     def down(self) -> list[str]:
         """Remove everything; returns what is left (empty when the teardown is complete)."""
         require_net_admin("down")
-        self._teardown()
-        return self.leftovers()
+        left = self._teardown()
+        return self.leftovers() + left
 
-    def _teardown(self) -> None:
+    def _teardown(self) -> list[str]:
         for record in reversed(self.sup.records()):
-            self.sup.stop(record.name, grace_s=3.0)
+            # A node runner stops its pods first (processes, namespaces, cgroups).
+            grace = NODE_STOP_GRACE_S if record.name.startswith("node-") else 3.0
+            self.sup.stop(record.name, grace_s=grace)
         kill_pids(self._strays())
+        left = kl.teardown(self.layout)  # what a crashed node runner left, if any
         remove_network(self.options.prefix)
         for path in (self.layout.run_dir, self.layout.ca_dir, self.layout.policies):
             shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(self.layout.root / "agents", ignore_errors=True)
         for name in ("mesh.json", "registry.yaml", "jaeger.yaml"):
             (self.layout.root / name).unlink(missing_ok=True)
+        return left
 
     def _strays(self) -> list[int]:
         """Processes started from this state dir that have no record (a crash between start and

@@ -45,6 +45,9 @@ class MeshOptions:
     jaeger_otlp_port: int = ports.JAEGER_OTLP_HTTP
     jaeger_query_port: int = ports.JAEGER_QUERY
     jaeger_query_grpc_port: int = 16685
+    # On a real API server (`up --kubernetes`): the demo as Pods, run by node runners.
+    kubernetes: bool = False
+    webhook_port: int = 15017  # the injection webhook, on loopback (the API server calls it)
 
     def __post_init__(self) -> None:
         if _PREFIX_RE.fullmatch(self.prefix) is None:
@@ -64,6 +67,7 @@ class MeshOptions:
             self.jaeger_otlp_port,
             self.jaeger_query_port,
             self.jaeger_query_grpc_port,
+            self.webhook_port,
         ):
             if not 0 < port < 65536:
                 raise ConfigError(f"mesh: port {port} is not 1..65535")

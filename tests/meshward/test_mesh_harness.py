@@ -51,11 +51,13 @@ def meshward_argv(*args: str) -> list[str]:
 
 
 class LocalMesh:
-    def __init__(self, state_dir: Path, jaeger: str | None) -> None:
+    def __init__(self, state_dir: Path, jaeger: str | None, kubernetes: bool = False) -> None:
         self.state_dir = state_dir
         self.jaeger = jaeger
+        self.kubernetes = kubernetes
         self.ingress_port = free_port()
         self.control_plane_port = free_port()
+        self.webhook_port = free_port()
         self.jaeger_ports = (free_port(), free_port(), free_port())
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         if jaeger:
@@ -90,6 +92,8 @@ class LocalMesh:
             "--jaeger-query-grpc-port", str(query_grpc),
             "--workload-ttl", "10m",
         ]  # fmt: skip
+        if self.kubernetes:
+            args += ["--kubernetes", "--webhook-port", str(self.webhook_port)]
         return [*args, "--jaeger" if self.jaeger else "--no-jaeger"]
 
     def make(self, action: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -145,11 +149,23 @@ class LocalMesh:
 
     def logs(self) -> str:
         out = []
-        for log in sorted((self.state_dir / "logs").glob("*.log")):
+        logs = [
+            *(self.state_dir / "logs").glob("*.log"),
+            *(self.state_dir / "nodes").glob("*/logs/*.log"),
+        ]
+        for log in sorted(logs):
             out.append(
                 f"==> {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             )
         return "\n".join(out)
+
+    def kubectl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The cluster's kubectl with the mesh's admin kubeconfig (`up --kubernetes`)."""
+        from meshward.kube.cluster import kube_bin_dir
+
+        kubeconfig = self.state_dir / "kube" / "admin.kubeconfig"
+        argv = [str(kube_bin_dir() / "kubectl"), "--kubeconfig", str(kubeconfig), *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
     def leftovers(self) -> list[str]:
         found = leftovers(PREFIX)
@@ -163,7 +179,7 @@ class LocalMesh:
 
 
 @contextlib.contextmanager
-def local_mesh(*, jaeger: bool) -> Iterator[LocalMesh]:
+def local_mesh(*, jaeger: bool, kubernetes: bool = False) -> Iterator[LocalMesh]:
     require_root()
     binary = None
     if jaeger:
@@ -174,7 +190,7 @@ def local_mesh(*, jaeger: bool) -> Iterator[LocalMesh]:
     # agents' sockets in the state dir.
     state_dir = Path(tempfile.mkdtemp(prefix="mwup-state-", dir="/tmp"))
     state_dir.chmod(0o755)
-    mesh = LocalMesh(state_dir, binary)
+    mesh = LocalMesh(state_dir, binary, kubernetes)
     try:
         yield mesh
     finally:
