@@ -25,6 +25,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from sidecar_tls.http2.headers import Encoder
+
 if TYPE_CHECKING:
     from sidecar_tls.http2.streams import StreamPair
 
@@ -71,6 +73,7 @@ class H2Side:
             normalize_outbound_headers=False,
         )
         self.conn = h2.connection.H2Connection(config)
+        self.conn.encoder = Encoder()
         self.conn.local_settings = h2.settings.Settings(
             client=client_side,
             initial_values={

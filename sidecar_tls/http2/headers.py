@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 from urllib.parse import quote
 
-from hpack import NeverIndexedHeaderTuple
+import hpack
 
 from sidecar_tls.answers import LocalReply
 
@@ -25,9 +25,11 @@ GRPC_CONTENT_TYPE: Final = b"application/grpc"
 _CONNECTION_SPECIFIC: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
+# Values new on every request (trace context, request ids, deadlines): in HPACK's dynamic table
+# they would only push out the headers that do repeat, and make every lookup in it longer.
 _PER_REQUEST: Final = frozenset(
-    {"traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
-     "x-b3-sampled", "x-request-id"}
+    {b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid",
+     b"x-b3-sampled", b"x-request-id", b"grpc-timeout"}
 )  # fmt: skip
 _REQUEST_PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path"})
 _UPPER: Final = bytes(range(ord("A"), ord("Z") + 1))
@@ -139,14 +141,7 @@ def edit(
     headers: Sequence[Header], remove: Iterable[str], set_: Sequence[tuple[str, str]]
 ) -> list[Header]:
     """`headers` without the `remove` names and the `set_` names, then `set_` appended."""
-    # Values new on every request (trace context, request ids) are sent without indexing: in
-    # HPACK's table they would only push out the headers that do repeat.
-    set_encoded: list[Header] = [
-        NeverIndexedHeaderTuple(n.encode("latin-1"), v.encode("latin-1"))
-        if n in _PER_REQUEST
-        else (n.encode("latin-1"), v.encode("latin-1"))
-        for n, v in set_
-    ]
+    set_encoded = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in set_]
     drop = {n.encode("latin-1") for n in remove}
     drop.update(n for n, _ in set_encoded)
     if not drop:
@@ -154,6 +149,16 @@ def edit(
     kept = [(n, v) for n, v in headers if n not in drop]
     kept.extend(set_encoded)
     return kept
+
+
+class Encoder(hpack.Encoder):
+    """The sidecar's HPACK encoder: per-request values (`_PER_REQUEST`) are sent as literals
+    without indexing, and no literal is Huffman-coded. Huffman coding in Python costs more CPU
+    per header block than the bytes it saves on a loopback or in-cluster hop (RFC 7541 leaves it
+    to the encoder; the decoders at both ends take either)."""
+
+    def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
+        return super().add(to_add, sensitive or to_add[0] in _PER_REQUEST, False)
 
 
 def status_of(headers: Sequence[Header]) -> int:
