@@ -11,8 +11,9 @@ JAEGER_VERSION := v1.76.0
 # compiler, and the sidecar runs its sources.
 install: $(VENV_STAMP)
 
-# The sidecar's hot path compiled with mypyc into build/compiled/ (rebuilt only when its sources
-# changed; sidecar_tls/_compiled.py). Used when current, unless MESHWARD_INTERPRETED=1.
+# The sidecar's hot path compiled with mypyc, and the HTTP/2 libraries under it with Cython, into
+# build/compiled/ (rebuilt only when their sources changed; sidecar_tls/_compiled.py). Used when
+# current, unless MESHWARD_INTERPRETED=1.
 compiled: install
 	@$(PY) -m sidecar_tls.hot_path
 

@@ -85,3 +85,61 @@ def test_the_digest_covers_every_hot_source(tmp_path: Path) -> None:
     before = _compiled.digest(tmp_path)
     (tmp_path / f"{_compiled.HOT_PATH[-1]}.py").write_text("# edited\n")
     assert _compiled.digest(tmp_path) != before
+
+
+@pytest.mark.parametrize("name", _compiled.LIBRARY_MODULES)
+def test_the_http2_libraries_run_compiled_unless_switched_off(name: str) -> None:
+    module = importlib.import_module(name.replace("/", "."))
+    if os.environ.get(_compiled.SWITCH) == "1":
+        assert not hot_path.is_compiled(module), f"{name} runs compiled despite the switch"
+        assert str(module.__file__).startswith(str(_compiled.library_root()))
+    else:
+        assert hot_path.is_compiled(module), (
+            f"{name} runs interpreted from {module.__file__}; `make compiled` builds it"
+        )
+        assert str(module.__file__).startswith(str(_compiled.LIBRARIES_DIR))
+
+
+def test_compiled_libraries_built_from_other_sources_are_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "site-packages"
+    for name in ("h2/__init__", "h2/connection", "hpack/__init__", "hyperframe/__init__"):
+        (root / f"{name}.py").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"{name}.py").write_text(f"# {name}\n")
+    digest_file = tmp_path / "libraries.sha256"
+    monkeypatch.setattr(_compiled, "LIBRARIES_DIGEST_FILE", digest_file)
+    monkeypatch.setattr(_compiled, "library_root", lambda: root)
+    monkeypatch.delenv(_compiled.SWITCH, raising=False)
+
+    def decide() -> bool:
+        _compiled.use_compiled_libraries.cache_clear()
+        return _compiled.use_compiled_libraries()
+
+    try:
+        assert decide() is False  # never built
+        digest_file.write_text(_compiled.library_digest(root) + "\n")
+        assert decide() is True
+        monkeypatch.setenv(_compiled.SWITCH, "1")
+        assert decide() is False
+        monkeypatch.delenv(_compiled.SWITCH)
+        (root / "h2" / "connection.py").write_text("# another h2\n")  # upgraded, not rebuilt
+        assert decide() is False
+    finally:
+        _compiled.use_compiled_libraries.cache_clear()
+
+
+def test_the_libraries_go_first_on_sys_path_only_before_they_are_imported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setattr(_compiled, "use_compiled_libraries", lambda: True)
+    path = [p for p in sys.path if p != str(_compiled.LIBRARIES_DIR)]
+    monkeypatch.setattr(sys, "path", list(path))
+    _compiled.put_libraries_first()  # h2 is imported in this process already
+    assert sys.path == path
+    for name in _compiled.LIBRARIES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    _compiled.put_libraries_first()
+    assert sys.path == [str(_compiled.LIBRARIES_DIR), *path]
