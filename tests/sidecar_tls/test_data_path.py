@@ -206,23 +206,33 @@ async def test_rotation_under_load_fails_no_request() -> None:
         stop = asyncio.Event()
         results: list[int] = []
 
+        answered = asyncio.Event()
+
         async def client() -> None:
             while not stop.is_set():
                 results.append((await http_get(pair.outbound_port, "/"))[0])
+                answered.set()
+
+        async def served(n: int) -> None:
+            """Until `n` requests have been answered (requests, not time: a loaded machine)."""
+            async with asyncio.timeout(60):
+                while len(results) < n:
+                    answered.clear()
+                    await answered.wait()
 
         clients = [asyncio.create_task(client()) for _ in range(4)]
         serials = set()
         for _ in range(4):
-            await asyncio.sleep(0.15)
+            await served(len(results) + 6)  # requests in flight across every rotation
             new_client, new_server = ca.issue(CLIENT_ID), ca.issue(SERVER_ID)
             pair.client_svids.set(new_client)
             pair.server_svids.set(new_server)
             serials.add(new_client.leaf.serial_number)
-        await asyncio.sleep(0.15)
+        await served(len(results) + 6)
         stop.set()
         await asyncio.gather(*clients)
     assert len(serials) == 4
-    assert len(results) > 20
+    assert len(results) >= 30
     assert set(results) == {200}
     assert pair.client_state.rotations == 5  # the first SVID and four rotations
 
