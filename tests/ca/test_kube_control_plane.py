@@ -25,7 +25,7 @@ from meshward_common.spiffe_id import node_id
 from meshward_common.svid import verify_x509_svid
 from tests.ca import wire
 from tests.harness.control_plane import free_port
-from tests.harness.kube import Kube, KubeMesh, kube_control_plane, wait_for
+from tests.harness.kube import Kube, KubeMesh, kube_control_plane, kube_node_agent, wait_for
 
 pytestmark = pytest.mark.slow
 TD = "cluster.local"
@@ -176,44 +176,6 @@ def test_join_tokens_keep_working_beside_kubernetes(mesh: KubeMesh) -> None:
     assert sid == node_id(TD, "outside-node")
 
 
-def _service(kube: Kube, ns: str, name: str, pod: dict[str, Any], ip: str, port: int) -> None:
-    kube.core.create_namespaced_service(
-        ns,
-        {
-            "metadata": {"name": name},
-            "spec": {"selector": {"app": name}, "ports": [{"port": port, "targetPort": port}]},
-        },
-    )
-    # The slice as the endpointslice controller writes it for a ready pod (written here so the
-    # test does not wait on the controller's batching).
-    kube.discovery.create_namespaced_endpoint_slice(
-        ns,
-        {
-            "metadata": {
-                "name": f"{name}-test",
-                "labels": {"kubernetes.io/service-name": name},
-            },
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-            "endpoints": [
-                {
-                    "addresses": [ip],
-                    "conditions": {"ready": True},
-                    "targetRef": {"kind": "Pod", "name": pod["name"], "namespace": ns},
-                }
-            ],
-        },
-    )
-
-
-def _policy(kube: Kube, ns: str, name: str, spec: dict[str, Any]) -> None:
-    kube.custom.create_namespaced_custom_object(
-        "security.istio.io", "v1", ns, "authorizationpolicies",
-        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
-         "metadata": {"name": name}, "spec": spec},
-    )  # fmt: skip
-
-
 DENY_REVIEWS = {
     "selector": {"matchLabels": {"app": "reviews"}},
     "action": "DENY",
@@ -237,7 +199,7 @@ def test_mesh_state_follows_pods_services_and_policies(
         assert (w.node, w.address, w.pod_uid) == (node_a, "10.244.1.7", pod["uid"])
         assert dict(w.labels) == {"app": "reviews", "version": "v1"}
 
-        _service(kube, ns, "reviews", pod, "10.244.1.7", 9080)
+        kube.service(ns, "reviews", pod, "10.244.1.7", 9080)
         w = wait_for(
             "the pod's service",
             lambda: (x := states.workload(ns, "reviews-v1")) is not None and x.service and x,
@@ -250,7 +212,7 @@ def test_mesh_state_follows_pods_services_and_policies(
             lambda: (x := states.workload(ns, "reviews-v1")) is not None and "v" in x.labels,
         )
 
-        _policy(kube, ns, "deny-y", DENY_REVIEWS)
+        kube.policy(ns, "deny-y", DENY_REVIEWS)
         source = f"AuthorizationPolicy/{ns}/deny-y"
         wait_for("the policy in the mesh state", lambda: source in states.policy_sources())
 
@@ -271,7 +233,7 @@ def test_an_invalid_policy_is_reported_and_changes_nothing(
     states = States(mesh, agent_of(mesh, node_a))
     try:
         ns = kube.namespace("pol")
-        _policy(kube, ns, "good", DENY_REVIEWS)
+        kube.policy(ns, "good", DENY_REVIEWS)
         good = f"AuthorizationPolicy/{ns}/good"
         wait_for("the good policy", lambda: good in states.policy_sources())
         assert refused_gauges(mesh) == {"AuthorizationPolicy": 0, "PeerAuthentication": 0}
@@ -286,7 +248,7 @@ def test_an_invalid_policy_is_reported_and_changes_nothing(
             "action": "DENY",
             "rules": [{"when": [{"key": "source.ipp", "values": ["1.2.3.4"]}]}],
         }
-        _policy(kube, ns, "typo", typo)
+        kube.policy(ns, "typo", typo)
         refused_file = mesh.cp.state_dir / "kubernetes-refused.json"
         bad = f"AuthorizationPolicy/{ns}/typo"
         reasons = wait_for(
@@ -390,30 +352,10 @@ def test_survives_an_api_server_restart_and_catches_up(
         states.close()
 
 
-def _agent(tmp_path: Path, mesh: KubeMesh, node: str, token: str):
-    """`meshward agent run --kubernetes --token-file F` (the projected token's place in a pod)."""
-    import os
-
-    from tests.harness.node_agent import NodeAgent
-
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    token_file = tmp_path / f"{node}.token"
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
-
-    class KubeAgent(NodeAgent):
-        def argv(self) -> list[str]:
-            self._bootstrapped = True  # no join token: the ServiceAccount token instead
-            return [*super().argv(), "--kubernetes", "--token-file", str(token_file)]
-
-    return KubeAgent(tmp_path, mesh.cp, node, "1h")
-
-
 def test_node_agent_bootstraps_with_its_projected_token(
     mesh: KubeMesh, tmp_path: Path, node_a: str, node_b: str
 ) -> None:
-    agent = _agent(tmp_path, mesh, node_a, mesh.agent_token(mesh.agent_pod(node_a)))
+    agent = kube_node_agent(tmp_path, mesh, node_a, mesh.agent_token(mesh.agent_pod(node_a)))
     try:
         agent.start()
         assert f"bootstrapped: node SVID spiffe://{TD}/meshward/node/{node_a}" in agent.log()
@@ -421,7 +363,7 @@ def test_node_agent_bootstraps_with_its_projected_token(
     finally:
         agent.stop()
     # A token of an agent pod on another node: refused, one clear line, no traceback.
-    other = _agent(tmp_path / "b", mesh, node_a, mesh.agent_token(mesh.agent_pod(node_b)))
+    other = kube_node_agent(tmp_path / "b", mesh, node_a, mesh.agent_token(mesh.agent_pod(node_b)))
     with pytest.raises(Exception, match=r"exited|not ready|timed out"):
         other.start()
     assert "bootstrap refused by the CA" in other.log()

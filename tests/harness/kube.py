@@ -237,6 +237,48 @@ class Kube:
             fh.write(text)
         return path
 
+    def service(self, namespace: str, name: str, pod: dict[str, Any], ip: str, port: int) -> None:
+        """A Service selecting app=`name`, and its EndpointSlice as the endpointslice controller
+        writes it for the ready `pod` (written here so tests do not wait on its batching)."""
+        self.core.create_namespaced_service(
+            namespace,
+            {
+                "metadata": {"name": name},
+                "spec": {"selector": {"app": name}, "ports": [{"port": port, "targetPort": port}]},
+            },
+        )
+        self.discovery.create_namespaced_endpoint_slice(
+            namespace,
+            {
+                "metadata": {
+                    "name": f"{name}-test",
+                    "labels": {"kubernetes.io/service-name": name},
+                },
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+                "endpoints": [
+                    {
+                        "addresses": [ip],
+                        "conditions": {"ready": True},
+                        "targetRef": {"kind": "Pod", "name": pod["name"], "namespace": namespace},
+                    }
+                ],
+            },
+        )
+
+    def policy(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        """A security.istio.io/v1 AuthorizationPolicy."""
+        self.custom.create_namespaced_custom_object(
+            "security.istio.io", "v1", namespace, "authorizationpolicies",
+            {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+             "metadata": {"name": name}, "spec": spec},
+        )  # fmt: skip
+
+    def delete_policy(self, namespace: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(
+            "security.istio.io", "v1", namespace, "authorizationpolicies", name
+        )
+
     def cleanup(self) -> None:
         for ns in self.namespaces:
             with contextlib.suppress(ApiException):
@@ -366,3 +408,22 @@ def kube_control_plane(
         yield KubeMesh(kube, cp, agents)
     finally:
         cp.stop()
+
+
+def kube_node_agent(tmp_path: Path, mesh: KubeMesh, node: str, token: str) -> Any:
+    """`meshward agent run --kubernetes --token-file F` for `node` (not started): F holds the
+    agent pod's projected ServiceAccount token, as the kubelet writes it."""
+    from tests.harness.node_agent import NodeAgent
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    token_file = tmp_path / f"{node}.token"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+
+    class KubeAgent(NodeAgent):
+        def argv(self) -> list[str]:
+            self._bootstrapped = True  # no join token: the ServiceAccount token instead
+            return [*super().argv(), "--kubernetes", "--token-file", str(token_file)]
+
+    return KubeAgent(tmp_path, mesh.cp, node, "1h")

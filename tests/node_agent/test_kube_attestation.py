@@ -25,6 +25,7 @@ from meshward_common.ports import PROXY_CONTAINER
 from node_agent.attestation import PeerCred, ProcReader, attest, gather_facts
 from node_agent.kube_attestation import PodCgroup, match_pod, pod_of_cgroup
 from tests.harness.kube import Kube
+from tests.harness.kubelet import cgroup2_hierarchy, cgroups_made, container_cgroup, in_cgroup
 
 UID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 CID = "ab" * 32
@@ -63,13 +64,8 @@ PREFIX = "h16k"
 
 @pytest.fixture
 def cgroup2(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "cgroup2"
-    root.mkdir()
-    subprocess.run(["mount", "-t", "cgroup2", "none", str(root)], check=True)
-    try:
+    with cgroup2_hierarchy(tmp_path / "cgroup2") as root:
         yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
 
 
 @pytest.fixture
@@ -84,38 +80,21 @@ def netns() -> Iterator[str]:
 
 @contextlib.contextmanager
 def process_in(netns: str, uid: int, cgroup: Path | None) -> Iterator[int]:
-    """A process in the pod's network namespace as `uid`, moved into `cgroup` (made as the
-    kubelet names it), cleaned up afterwards."""
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", netns, "setpriv", f"--reuid={uid}", f"--regid={uid}",
-         "--clear-groups", "sleep", "120"],
-    )  # fmt: skip
-    made: list[Path] = []
-    try:
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{proc.pid}/status").read_text().find(f"Uid:\t{uid}\t") < 0:
-            assert time.monotonic() < deadline, "the process did not drop to its uid"
-            time.sleep(0.02)
-        if cgroup is not None:
-            for parent in reversed([cgroup, *cgroup.parents]):
-                if not parent.exists():
-                    parent.mkdir()
-                    made.append(parent)
-            (cgroup / "cgroup.procs").write_text(str(proc.pid))
-        yield proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
-        for path in reversed(made):
-            with contextlib.suppress(OSError):
-                path.rmdir()
-
-
-def kubelet_cgroup(root: Path, pod: dict[str, Any], container: str = PROXY_CONTAINER) -> Path:
-    """The cgroup the kubelet (systemd driver, containerd) gives one of the Pod's containers."""
-    slice_ = f"kubepods-besteffort-pod{pod['uid'].replace('-', '_')}.slice"
-    scope = f"cri-containerd-{pod['containers'][container]}.scope"
-    return root / "kubepods.slice" / "kubepods-besteffort.slice" / slice_ / scope
+    """A process in the pod's network namespace as `uid`, in `cgroup` (made as the kubelet names
+    it) from its start, cleaned up afterwards."""
+    argv = ["ip", "netns", "exec", netns, "setpriv", f"--reuid={uid}", f"--regid={uid}",
+            "--clear-groups", "sleep", "120"]  # fmt: skip
+    with cgroups_made(cgroup):
+        proc = subprocess.Popen(in_cgroup(cgroup, argv))
+        try:
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{proc.pid}/status").read_text().find(f"Uid:\t{uid}\t") < 0:
+                assert time.monotonic() < deadline, "the process did not drop to its uid"
+                time.sleep(0.02)
+            yield proc.pid
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 def node_workloads(kube: Kube, node: str):
@@ -140,7 +119,7 @@ def test_sidecar_in_a_pod_cgroup_gets_its_pods_identity(
     ns, node, other = kube.namespace("att"), kube.node(), kube.node()
     kube.service_account(ns, "reviews")
     pod = kube.pod(ns, "reviews-1", service_account="reviews", node=node)
-    cg = kubelet_cgroup(cgroup2, pod)
+    cg = container_cgroup(cgroup2, pod)
     with process_in(netns, 1337, cg) as pid:
         assert f"pod{pod['uid'].replace('-', '_')}" in Path(f"/proc/{pid}/cgroup").read_text()
         w = attest_pid(pid, 1337, kube, node)
@@ -162,12 +141,12 @@ def test_the_app_container_and_processes_outside_pods_get_nothing(
     ns, node = kube.namespace("att"), kube.node()
     kube.service_account(ns, "ratings")
     pod = kube.pod(ns, "ratings-1", service_account="ratings", node=node)
-    app = kubelet_cgroup(cgroup2, pod, "app")
+    app = container_cgroup(cgroup2, pod, "app")
     for uid in (1000, 1337):  # the app's container, whatever its uid
         with process_in(netns, uid, app) as pid, pytest.raises(PermissionDenied, match="not its"):
             attest_pid(pid, uid, kube, node)
     # The sidecar's container, but not the sidecar's uid.
-    sidecar = kubelet_cgroup(cgroup2, pod)
+    sidecar = container_cgroup(cgroup2, pod)
     with process_in(netns, 1000, sidecar) as pid, pytest.raises(PermissionDenied, match="uid 1000"):
         attest_pid(pid, 1000, kube, node)
     # In the pod's network namespace as uid 1337, but in no pod's cgroup.
