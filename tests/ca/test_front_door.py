@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -151,7 +152,11 @@ async def test_each_connection_is_mapped_until_it_closes(plane: ControlPlane) ->
     assert await _wait_until(lambda: len(door.peers) == 4), "a relayed connection is not mapped"
     for _, writer in conns:
         writer.close()
-        await writer.wait_closed()
+        # The CA's gRPC server may send its SETTINGS after our close_notify; our side then ends
+        # the TLS shutdown with APPLICATION_DATA_AFTER_CLOSE_NOTIFY. The connection is closed
+        # either way, and that is what this test is about.
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            await writer.wait_closed()
     assert await _wait_until(lambda: len(door.peers) == 0), "a closed connection stays mapped"
 
 
