@@ -11,14 +11,16 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshward_common.errors import ConfigError
+from meshward_common.limits import MESH_STATE_MAX_BYTES
 from meshward_common.protos import meshward_discovery_pb2 as pb
 from meshward_common.registry import Registry, load_registry
 from policy import parse_text
 from policy.model import DEFAULT_ROOT_NAMESPACE
+from policy.parse import PolicyFileError, read_policy_text
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,28 @@ def _stamp(path: Path) -> _Stamp | None:
     return _Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+@dataclass
+class _Scan:
+    """What one read of the files found (made in a worker thread, applied on the event loop)."""
+
+    registry: Registry | None = None  # a new good registry, or None: unchanged or refused
+    policies: dict[str, str] = field(default_factory=dict)  # name -> new good text
+    gone: list[str] = field(default_factory=list)  # policy files no longer there
+
+
+def _entry_size(name: str, text: str) -> int:
+    """The bytes one policy file adds to a MeshState (a repeated field's element is independent
+    of the others, so the state's size is the base plus the sum of these)."""
+    return pb.MeshState(policies=[pb.PolicyDocument(source=name, yaml=text)]).ByteSize()
+
+
 class MeshStateSource:
-    """Holds the current registry and MeshState; `changed` wakes waiters on every new version."""
+    """Holds the current registry and MeshState; `changed` wakes waiters on every new version.
+
+    Files are read and parsed in a worker thread, never on the event loop: a file that is slow
+    to parse (at most what `meshward_common.yaml_lines` bounds it to) does not stall the loop's
+    other work. A change that would make the state larger than `MESH_STATE_MAX_BYTES` is refused
+    at the source, with the file that caused it, and the last good state is kept."""
 
     def __init__(
         self,
@@ -88,33 +110,42 @@ class MeshStateSource:
         policy_dir: Path | None,
         trust_domain: str,
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+        max_state_bytes: int = MESH_STATE_MAX_BYTES,
     ) -> None:
         self.registry_path = registry_path
         self.policy_dir = policy_dir
         self.trust_domain = trust_domain
         self.root_namespace = root_namespace
+        self.max_state_bytes = max_state_bytes
         self.registry = Registry()
         self._policies: dict[str, str] = {}
         self._bundles: dict[str, bytes] = {}
-        self._stamps: dict[Path, _Stamp | None] = {}
+        self._stamps: dict[Path, _Stamp | None] = {}  # touched by the scanning thread only
         self.changed = asyncio.Condition()
         self.state = build_mesh_state(self.registry, {}, trust_domain, root_namespace)
+        self._base_size = self.state.ByteSize()  # the state without its policies
 
     def load_initial(self) -> None:
-        """First load: a bad registry at startup is a ConfigError (nothing good to keep)."""
+        """First load: a bad registry at startup is a ConfigError (nothing good to keep); a bad
+        policy file is reported and skipped, as at runtime."""
+        registry = None
         if self.registry_path is not None:
-            self.registry = self._checked(load_registry(self.registry_path))
+            registry = self._checked(load_registry(self.registry_path))
             self._stamps[self.registry_path] = _stamp(self.registry_path)
-        self._scan_policies()
+        self._apply(self._scan_policies(_Scan(registry=registry)))
+        if registry is not None and self.registry is not registry:
+            raise ConfigError(f"{self.registry_path}:1: registry: {self._over_bound_reason()}")
         self._rebuild()
 
     def _checked(self, registry: Registry) -> Registry:
         if registry.trust_domain and registry.trust_domain != self.trust_domain:
             raise ConfigError(
-                f"{self.registry_path}: trustDomain {registry.trust_domain!r} does not match the "
-                f"CA's {self.trust_domain!r}"
+                f"{self.registry_path}:1: trustDomain: {registry.trust_domain!r} does not match "
+                f"the CA's {self.trust_domain!r}"
             )
         return registry
+
+    # -- reading the files (worker thread) -------------------------------------------------------
 
     def _policy_files(self) -> list[Path]:
         if self.policy_dir is None:
@@ -129,56 +160,102 @@ class MeshStateSource:
             log.error("%s: cannot list policy directory: %s", self.policy_dir, exc.strerror)
             return []
 
-    def _scan_policies(self) -> bool:
-        """Re-read changed policy files; True if the served set changed."""
-        changed = False
+    def _scan_policies(self, scan: _Scan) -> _Scan:
         files = self._policy_files()
         names = {p.name for p in files}
-        for gone in [n for n in self._policies if n not in names]:
-            del self._policies[gone]
-            changed = True
+        scan.gone = [n for n in self._policies if n not in names]
         for path in files:
             stamp = _stamp(path)
             if path in self._stamps and self._stamps[path] == stamp:
                 continue
             self._stamps[path] = stamp
             try:
-                text = path.read_text()
+                text = read_policy_text(path)
                 parse_text(text, str(path))
-            except ConfigError as exc:
-                log.error("policy refused, keeping the last good version: %s", exc)
-                continue
-            except OSError as exc:
-                log.error("%s: cannot read policy: %s", path, exc.strerror)
+            except PolicyFileError as exc:
+                for problem in exc.problems:  # one line each, as `meshward authz lint` prints
+                    log.error("policy refused, keeping the last good version: %s", problem)
                 continue
             if self._policies.get(path.name) != text:
-                self._policies[path.name] = text
-                changed = True
-        return changed
+                scan.policies[path.name] = text
+        return scan
 
-    def _scan_registry(self) -> bool:
+    def _scan_registry(self, scan: _Scan) -> _Scan:
         if self.registry_path is None:
-            return False
+            return scan
         stamp = _stamp(self.registry_path)
         if stamp == self._stamps.get(self.registry_path):
-            return False
+            return scan
         self._stamps[self.registry_path] = stamp
         try:
             registry = self._checked(load_registry(self.registry_path))
         except ConfigError as exc:
             log.error("registry refused, keeping the last good one: %s", exc)
-            return False
-        if registry == self.registry:
-            return False
-        self.registry = registry
-        log.info("registry reloaded: %d workloads", len(registry.workloads))
-        return True
+            return scan
+        if registry != self.registry:
+            scan.registry = registry
+        return scan
+
+    def _scan(self) -> _Scan:
+        return self._scan_policies(self._scan_registry(_Scan()))
+
+    # -- applying what was read (event loop) -------------------------------------------------------
+
+    def _size(self, base: int, policies: Mapping[str, str]) -> int:
+        return base + sum(_entry_size(n, t) for n, t in policies.items())
+
+    def _over_bound_reason(self) -> str:
+        return (
+            f"the mesh state would exceed {self.max_state_bytes} bytes with it (the mesh "
+            f"state's bound, MESH_STATE_MAX_BYTES)"
+        )
+
+    def _apply(self, scan: _Scan) -> bool:
+        """Take the scan's changes that keep the state within its bound; True if any was taken."""
+        policies = dict(self._policies)
+        for name in scan.gone:
+            del policies[name]
+        changed = bool(scan.gone)
+        base = self._base_size
+        if scan.registry is not None:
+            new_base = build_mesh_state(
+                scan.registry, {}, self.trust_domain, self.root_namespace, self._bundles
+            ).ByteSize()
+            if self._size(new_base, policies) > self.max_state_bytes:
+                log.error(
+                    "registry refused, keeping the last good one: %s:1: registry: %s",
+                    self.registry_path, self._over_bound_reason(),
+                )  # fmt: skip
+            else:
+                self.registry, base, changed = scan.registry, new_base, True
+                log.info("registry reloaded: %d workloads", len(self.registry.workloads))
+        size = self._size(base, policies)
+        for name in sorted(scan.policies):
+            text = scan.policies[name]
+            grown = (
+                size
+                + _entry_size(name, text)
+                - (_entry_size(name, policies[name]) if name in policies else 0)
+            )
+            if grown > self.max_state_bytes:
+                where = self.policy_dir / name if self.policy_dir is not None else name
+                log.error(
+                    "policy refused, keeping the last good version: %s:1: file: %s",
+                    where, self._over_bound_reason(),
+                )  # fmt: skip
+                continue
+            policies[name], size, changed = text, grown, True
+        self._policies, self._base_size = policies, base
+        return changed
 
     def set_trust_bundles(self, bundles: Mapping[str, bytes]) -> bool:
         """New trust bundles (a root rotation); True if the served state changed."""
         if dict(bundles) == self._bundles:
             return False
         self._bundles = dict(bundles)
+        self._base_size = build_mesh_state(
+            self.registry, {}, self.trust_domain, self.root_namespace, self._bundles
+        ).ByteSize()
         self._rebuild()
         return True
 
@@ -188,9 +265,8 @@ class MeshStateSource:
         )
 
     async def poll_once(self) -> None:
-        reg = self._scan_registry()
-        pol = self._scan_policies()
-        if reg or pol:
+        scan = await asyncio.to_thread(self._scan)
+        if self._apply(scan):
             old = self.state.version_info
             self._rebuild()
             if self.state.version_info != old:

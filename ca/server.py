@@ -54,6 +54,7 @@ from meshward_common.front_door import (
     raise_descriptor_limit,
 )
 from meshward_common.grpc_boundary import StatusBoundary
+from meshward_common.limits import MESH_STATE_MESSAGE_LIMIT
 from meshward_common.protos import istio_ca_pb2_grpc
 from meshward_common.protos import meshward_discovery_pb2_grpc as discovery_pb2_grpc
 from meshward_common.spiffe_id import control_plane_id
@@ -298,6 +299,7 @@ class CaWorker:
             interceptors=[StatusBoundary(source_of)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MESH_STATE_MESSAGE_LIMIT),
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
                 *keepalive_options(self.config.idle_timeout),
             ],

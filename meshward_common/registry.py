@@ -29,9 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from meshward_common import ports
-from meshward_common.errors import ConfigError, SpiffeIdError
-from meshward_common.spiffe_id import SpiffeId, validate_name, workload_id
-from meshward_common.yaml_lines import LineDict, load_documents
+from meshward_common.errors import SpiffeIdError
+from meshward_common.spiffe_id import SpiffeId, validate_name, validate_trust_domain, workload_id
+from meshward_common.yaml_lines import (
+    FieldError,
+    Limits,
+    LineDict,
+    load_documents,
+    read_text,
+    shown,
+    shown_key,
+)
 
 HOST_NETNS = "host"
 
@@ -90,115 +98,189 @@ class Registry:
         )
 
 
+# What a registry file may cost (meshward_common.yaml_lines). A 10,000-workload registry is about
+# 2.4 MB and 220,000 values; these bounds leave room for ~60,000 workloads, and the mesh state the
+# control plane serves has its own bound (meshward_common.mesh_state).
+REGISTRY_LIMITS = Limits(
+    max_bytes=16 << 20, max_nodes=1_500_000, max_depth=64, what="registry files"
+)
+_MAX_UID = 2**32 - 2  # (uid_t)-1 means "no uid"
+
+
 def parse_registry(text: str, source: str) -> Registry:
-    """Parse and validate a registry file; a ConfigError names the file, line and field."""
-    docs = load_documents(text, source)
+    """Parse and validate a registry file; a FieldError (a ConfigError) names file, line, field."""
+    docs = load_documents(text, source, REGISTRY_LIMITS)
     if not docs:
         return Registry()
     if len(docs) > 1:
-        raise ConfigError(f"{source}: a registry is one YAML document, found {len(docs)}")
-    top = docs[0]
+        raise FieldError(source, docs[1].line, "registry", "a registry is one YAML document")
+    top = docs[0].value
     if not isinstance(top, LineDict):
-        raise ConfigError(f"{source}:1: registry must be a mapping with a 'workloads' list")
-    _unknown_keys(top, _TOP_KEYS, source, "registry")
+        raise FieldError(
+            source,
+            docs[0].line,
+            "registry",
+            f"must be a mapping with a workloads list, got {_kind(top)}",
+        )
+    _unknown_keys(top, _TOP_KEYS, source, "")
     td = top.get("trustDomain", "")
-    raw = top.get("workloads") or []
+    if td != "":
+        if not isinstance(td, str):
+            raise FieldError(
+                source,
+                top.line_of("trustDomain"),
+                "trustDomain",
+                f"must be a string, got {_kind(td)}",
+            )
+        try:
+            validate_trust_domain(td)
+        except SpiffeIdError as exc:
+            raise FieldError(source, top.line_of("trustDomain"), "trustDomain", str(exc)) from exc
+    raw = top.get("workloads")
+    if raw is None:
+        raw = []
     if not isinstance(raw, list):
-        raise ConfigError(f"{source}:{top.line_of('workloads')}: 'workloads' must be a list")
-    workloads = [_parse_workload(item, source, top.line_of("workloads")) for item in raw]
+        raise FieldError(
+            source, top.line_of("workloads"), "workloads", f"must be a list, got {_kind(raw)}"
+        )
+    workloads = [
+        _parse_workload(item, source, top.line_of("workloads"), f"workloads[{i}]")
+        for i, item in enumerate(raw)
+    ]
     seen: dict[tuple[str, str], int] = {}
-    for item, w in zip(raw, workloads, strict=True):
+    for i, (item, w) in enumerate(zip(raw, workloads, strict=True)):
         key = (w.namespace, w.name)
         if key in seen:
-            raise ConfigError(
-                f"{source}:{item.line}: workload {w.namespace}/{w.name} is listed twice "
-                f"(first on line {seen[key]})"
+            raise FieldError(
+                source,
+                item.line,
+                f"workloads[{i}].name",
+                f"workload {w.namespace}/{w.name} is listed twice (first on line {seen[key]})",
             )
         seen[key] = item.line
-    return Registry(tuple(workloads), str(td))
+    return Registry(tuple(workloads), td)
 
 
 def load_registry(path: Path) -> Registry:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read registry: {exc.strerror}") from exc
-    return parse_registry(text, str(path))
+    return parse_registry(read_text(path, REGISTRY_LIMITS), str(path))
 
 
-def _unknown_keys(d: LineDict, allowed: set[str], source: str, what: str) -> None:
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return "nothing" if value is None else f"{type(value).__name__} {shown(value)}"
+
+
+def _unknown_keys(d: LineDict, allowed: set[str], source: str, field: str) -> None:
     for key in d:
         if key not in allowed:
-            raise ConfigError(
-                f"{source}:{d.line_of(key)}: unknown field {key!r} in {what} "
-                f"(known: {', '.join(sorted(allowed))})"
+            raise FieldError(
+                source,
+                d.line_of(key),
+                f"{field}.{shown_key(key)}" if field else shown_key(key),
+                f"unknown field (known: {', '.join(sorted(allowed))})",
             )
 
 
-def _parse_workload(item: Any, source: str, line: int) -> Workload:
+def _parse_workload(item: Any, source: str, line: int, field: str) -> Workload:
     if not isinstance(item, LineDict):
-        raise ConfigError(f"{source}:{line}: each workload must be a mapping")
-    _unknown_keys(item, _WORKLOAD_KEYS, source, "workload")
+        raise FieldError(source, line, field, f"must be a mapping, got {_kind(item)}")
+    _unknown_keys(item, _WORKLOAD_KEYS, source, field)
 
-    def req(key: str) -> str:
+    def problem(key: str, reason: str) -> FieldError:
+        return FieldError(source, item.line_of(key), f"{field}.{key}", reason)
+
+    def text(key: str, *, required: bool) -> str:
         value = item.get(key)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{source}:{item.line_of(key)}: workload field {key!r} is required")
+        if value is None or value == "":
+            if required:
+                raise problem(key, "required")
+            return ""
+        if not isinstance(value, str):
+            raise problem(key, f"must be a string, got {_kind(value)}")
         return value
 
-    def name(key: str, kind: str) -> str:
+    def name(key: str, kind: str, *, required: bool = True) -> str:
+        value = text(key, required=required)
+        if not value:
+            return ""
         try:
-            return validate_name(kind, req(key))
+            return validate_name(kind, value)
         except SpiffeIdError as exc:
-            raise ConfigError(f"{source}:{item.line_of(key)}: {exc}") from exc
+            raise problem(key, str(exc)) from exc
 
-    address = item.get("address", "") or ""
+    address = text("address", required=False)
     if address:
         try:
             ipaddress.ip_address(address)
         except ValueError as exc:
-            raise ConfigError(
-                f"{source}:{item.line_of('address')}: address {address!r} is not an IP address"
-            ) from exc
-    port_list = item.get("ports", []) or []
-    if not isinstance(port_list, list) or not all(
-        isinstance(p, int) and 0 < p < 65536 for p in port_list
-    ):
-        raise ConfigError(f"{source}:{item.line_of('ports')}: ports must be a list of 1..65535")
-    labels = item.get("labels", {}) or {}
-    if not isinstance(labels, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-    ):
-        raise ConfigError(f"{source}:{item.line_of('labels')}: labels must map strings to strings")
+            raise problem("address", f"{shown(address)} is not an IP address") from exc
+    port_list = item.get("ports") or []
+    if not isinstance(port_list, list) or not all(_is_int(p) and 0 < p < 65536 for p in port_list):
+        raise problem("ports", "must be a list of port numbers from 1 to 65535")
+    labels = item.get("labels")
+    if labels is None:
+        labels = LineDict()
+        labels.key_lines = {}
+    if not isinstance(labels, LineDict):
+        raise problem("labels", f"must be a mapping, got {_kind(labels)}")
+    for key, value in labels.items():
+        if not isinstance(value, str):
+            raise FieldError(
+                source,
+                labels.line_of(key),
+                f"{field}.labels.{shown_key(key)}",
+                f"label value must be a string (quote it), got {_kind(value)}",
+            )
     return Workload(
         name=name("name", "workload name"),
         namespace=name("namespace", "namespace"),
         service_account=name("serviceAccount", "service account"),
         node=name("node", "node name"),
-        address=str(address),
-        service=str(item.get("service", "") or ""),
+        address=address,
+        service=name("service", "service name", required=False),
         ports=tuple(port_list),
         labels=dict(labels),
-        selector=_parse_selector(item.get("selector"), source, item.line_of("selector")),
+        selector=_parse_selector(item.get("selector"), source, item.line_of("selector"), field),
     )
 
 
-def _parse_selector(raw: Any, source: str, line: int) -> Selector | None:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # `true` is not port 1
+
+
+def _parse_selector(raw: Any, source: str, line: int, parent: str) -> Selector | None:
+    field = f"{parent}.selector"
     if raw is None:
         return None
     if not isinstance(raw, LineDict):
-        raise ConfigError(f"{source}:{line}: selector must be a mapping with netns and uids")
-    _unknown_keys(raw, _SELECTOR_KEYS, source, "selector")
+        raise FieldError(
+            source, line, field, f"must be a mapping with netns and uids, got {_kind(raw)}"
+        )
+    _unknown_keys(raw, _SELECTOR_KEYS, source, field)
     netns = raw.get("netns")
     if not isinstance(netns, str) or not netns:
-        raise ConfigError(f"{source}:{raw.line_of('netns')}: selector.netns is required")
+        raise FieldError(
+            source, raw.line_of("netns"), f"{field}.netns", "required, a network namespace name"
+        )
+    if "/" in netns or netns in (".", "..") or len(netns) > 255:
+        raise FieldError(
+            source,
+            raw.line_of("netns"),
+            f"{field}.netns",
+            f"{shown(netns)} is not a name under /run/netns",
+        )
     uids = raw.get("uids", [ports.PROXY_UID])
     if (
         not isinstance(uids, list)
         or not uids
-        or not all(isinstance(u, int) and u >= 0 for u in uids)
+        or not all(_is_int(u) and 0 <= u <= _MAX_UID for u in uids)
     ):
-        raise ConfigError(f"{source}:{raw.line_of('uids')}: selector.uids must be a list of uids")
+        raise FieldError(
+            source, raw.line_of("uids"), f"{field}.uids", "must be a non-empty list of uids"
+        )
     return Selector(netns=netns, uids=tuple(uids))
 
 

@@ -37,7 +37,8 @@ def validate_trust_domain(name: str) -> str:
 def validate_name(kind: str, value: str) -> str:
     """Check a namespace, service account or node name (Kubernetes DNS-1123 rules)."""
     if _K8S_NAME_RE.fullmatch(value) is None:
-        raise SpiffeIdError(f"{kind} {value!r} is not a valid name (lowercase DNS-1123)")
+        shown = value if len(value) <= 40 else f"{value[:35]}..."  # never a whole long value
+        raise SpiffeIdError(f"{kind} {shown!r} is not a valid name (lowercase DNS-1123)")
     return value
 
 

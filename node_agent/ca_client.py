@@ -30,6 +30,7 @@ from meshward_common.errors import (
     Unauthenticated,
 )
 from meshward_common.grpc_status import error_for
+from meshward_common.limits import MESH_STATE_MESSAGE_LIMIT
 from meshward_common.protos import istio_ca_pb2, istio_ca_pb2_grpc
 from meshward_common.protos import meshward_discovery_pb2 as mdpb
 from meshward_common.protos import meshward_discovery_pb2_grpc as mdpb_grpc
@@ -108,6 +109,7 @@ def make_channel(
         options=[
             ("grpc.ssl_target_name_override", CONTROL_PLANE_DNS),
             ("grpc.default_authority", CONTROL_PLANE_DNS),
+            ("grpc.max_receive_message_length", MESH_STATE_MESSAGE_LIMIT),
         ],
     )
 

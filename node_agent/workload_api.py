@@ -25,6 +25,7 @@ from spiffe._proto import workload_pb2, workload_pb2_grpc
 from meshward_common.clock import Clock, utc_now
 from meshward_common.errors import InvalidRequest, MeshwardError, NotReady
 from meshward_common.grpc_boundary import StatusBoundary
+from meshward_common.limits import MESH_STATE_MESSAGE_LIMIT
 from meshward_common.protos import meshward_discovery_pb2 as mdpb
 from meshward_common.protos import meshward_discovery_pb2_grpc as mdpb_grpc
 from meshward_common.registry import Workload
@@ -100,7 +101,10 @@ def _require_header(context: grpc.aio.ServicerContext[Any, Any]) -> None:
 
 def new_server(guard: Guard) -> grpc.aio.Server:
     """The internal gRPC server behind the front door, with the one error boundary."""
-    return grpc.aio.server(interceptors=[StatusBoundary(guard.source_of)])
+    return grpc.aio.server(
+        interceptors=[StatusBoundary(guard.source_of)],
+        options=[("grpc.max_send_message_length", MESH_STATE_MESSAGE_LIMIT)],
+    )
 
 
 class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):

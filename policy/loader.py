@@ -14,7 +14,7 @@ from pathlib import Path
 from meshward_common.errors import ConfigError
 from meshward_common.yaml_lines import yaml_files
 from policy.model import Resource, first_of_each
-from policy.parse import PolicyFileError, Problem, parse_text
+from policy.parse import PolicyFileError, Problem, parse_text, read_policy_text
 
 
 @dataclass
@@ -29,17 +29,17 @@ def load_paths(paths: Iterable[Path]) -> Loaded:
     out = Loaded()
     for path in paths:
         if not path.exists():
-            out.problems.append(Problem(str(path), 0, "path", "no such file or directory"))
+            out.problems.append(Problem(str(path), 1, "path", "no such file or directory"))
             continue
-        for file in yaml_files(path):
+        try:
+            files = list(yaml_files(path))
+        except OSError as exc:
+            out.problems.append(Problem(str(path), 1, "path", f"cannot list: {exc.strerror}"))
+            continue
+        for file in files:
             out.files += 1
             try:
-                text = file.read_text()
-            except (OSError, UnicodeDecodeError) as exc:
-                out.problems.append(Problem(str(file), 0, "file", f"cannot read: {exc}"))
-                continue
-            try:
-                out.resources.extend(parse_text(text, str(file)))
+                out.resources.extend(parse_text(read_policy_text(file), str(file)))
             except PolicyFileError as exc:
                 out.problems.extend(exc.problems)
     out.resources, repeats = first_of_each(out.resources)

@@ -7,13 +7,22 @@ half a policy file applied could allow what the whole file meant to deny.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from meshward_common.errors import ConfigError
-from meshward_common.yaml_lines import LineDict, load_documents
+from meshward_common.yaml_lines import (
+    Document,
+    Limits,
+    LineDict,
+    YamlError,
+    load_documents,
+    read_text,
+    shown,
+    shown_key,
+)
 from policy.model import (
     Action,
     AuthorizationPolicy,
@@ -60,15 +69,25 @@ class PolicyFileError(ConfigError):
         super().__init__("; ".join(str(p) for p in self.problems))
 
 
+# What one policy file may cost (meshward_common.yaml_lines): Istio policies are a few KiB; a
+# file of 1 MiB or 100,000 values (after aliases) is not a policy an operator wrote by hand.
+POLICY_LIMITS = Limits(max_bytes=1 << 20, max_nodes=100_000, max_depth=64, what="policy files")
+
+
+def read_policy_text(path: Path) -> str:
+    """A policy file's text, read within POLICY_LIMITS; PolicyFileError (one problem) otherwise."""
+    try:
+        return read_text(path, POLICY_LIMITS)
+    except YamlError as exc:
+        raise PolicyFileError([Problem(exc.source, exc.line, "file", exc.reason)]) from exc
+
+
 def parse_text(text: str, source: str) -> tuple[Resource, ...]:
     """All policies of one YAML text, or PolicyFileError listing every problem in it."""
     try:
-        documents = load_documents(text, source)
-    except ConfigError as exc:
-        line = _line_from_message(str(exc), source)
-        raise PolicyFileError(
-            [Problem(source, line, "yaml", _strip_prefix(str(exc), source))]
-        ) from exc
+        documents = load_documents(text, source, POLICY_LIMITS)
+    except YamlError as exc:
+        raise PolicyFileError([Problem(source, exc.line, "yaml", exc.reason)]) from exc
     parser = _Parser(source)
     resources = []
     for index, doc in enumerate(documents):
@@ -84,16 +103,6 @@ def parse_text(text: str, source: str) -> tuple[Resource, ...]:
     if parser.problems:
         raise PolicyFileError(sorted(parser.problems, key=lambda p: p.line))
     return tuple(resources)
-
-
-def _line_from_message(message: str, source: str) -> int:
-    m = re.match(re.escape(source) + r":(\d+):", message)
-    return int(m.group(1)) if m else 0
-
-
-def _strip_prefix(message: str, source: str) -> str:
-    m = re.match(re.escape(source) + r"(:\d+)?: ", message)
-    return message[m.end() :] if m else message
 
 
 class _Parser:
@@ -121,7 +130,7 @@ class _Parser:
     ) -> None:
         for key in m:
             if key not in allowed:
-                where = f"{field}.{key}" if field else key
+                where = f"{field}.{shown_key(key)}" if field else shown_key(key)
                 self.problem(
                     m.line_of(key),
                     where,
@@ -165,7 +174,7 @@ class _Parser:
             if key not in ("matchLabels", "matchExpressions"):
                 self.problem(
                     sel.line_of(key),
-                    f"{field}.selector.{key}",
+                    f"{field}.selector.{shown_key(key)}",
                     "unknown field (expected matchLabels)",
                 )
         labels = self.mapping(
@@ -178,7 +187,7 @@ class _Parser:
             if not isinstance(v, str):
                 self.problem(
                     labels.line_of(k),
-                    f"{field}.selector.matchLabels.{k}",
+                    f"{field}.selector.matchLabels.{shown_key(k)}",
                     f"label value must be a string (quote it), got {kind_of(v)}",
                 )
             else:
@@ -187,25 +196,28 @@ class _Parser:
 
     # -- documents -----------------------------------------------------------------------------
 
-    def document(self, doc: Any, index: int) -> Resource | None:
+    def document(self, document: Document, index: int) -> Resource | None:
+        doc = document.value
         if not isinstance(doc, LineDict):
-            self.problem(0, f"document {index + 1}", f"must be a mapping, got {kind_of(doc)}")
+            self.problem(
+                document.line, f"document {index + 1}", f"must be a mapping, got {kind_of(doc)}"
+            )
             return None
         before = len(self.problems)
         self.unknown_keys(doc, TOP_LEVEL_KEYS, "")
         api = doc.get("apiVersion")
-        if api not in API_VERSIONS:
+        if not isinstance(api, str) or api not in API_VERSIONS:
             self.problem(
                 doc.line_of("apiVersion"),
                 "apiVersion",
-                f"{api!r} is not one of {', '.join(sorted(API_VERSIONS))}",
+                f"{shown(api)} is not one of {', '.join(sorted(API_VERSIONS))}",
             )
         kind = doc.get("kind")
-        if kind not in KINDS:
+        if not isinstance(kind, str) or kind not in KINDS:
             self.problem(
                 doc.line_of("kind"),
                 "kind",
-                f"{kind!r} is not AuthorizationPolicy or PeerAuthentication",
+                f"{shown(kind)} is not AuthorizationPolicy or PeerAuthentication",
             )
             return None
         name, namespace = self.metadata(doc)
@@ -231,7 +243,7 @@ class _Parser:
             self.problem(
                 meta.line_of("name") if "name" in meta else doc.line_of("metadata"),
                 "metadata.name",
-                f"required, a lowercase DNS-1123 name; got {name!r}",
+                f"required, a lowercase DNS-1123 name; got {shown(name)}",
             )
             name = None
         namespace = meta.get("namespace", "default")
@@ -239,7 +251,7 @@ class _Parser:
             self.problem(
                 meta.line_of("namespace"),
                 "metadata.namespace",
-                f"must be a lowercase DNS-1123 name; got {namespace!r}",
+                f"must be a lowercase DNS-1123 name; got {shown(namespace)}",
             )
             namespace = None
         return name, namespace
@@ -266,7 +278,9 @@ class _Parser:
             return None
         if action not in ("ALLOW", "DENY", "AUDIT"):
             self.problem(
-                spec.line_of("action"), "spec.action", f"{action!r} is not ALLOW, DENY or AUDIT"
+                spec.line_of("action"),
+                "spec.action",
+                f"{shown(action)} is not ALLOW, DENY or AUDIT",
             )
             return None
         labels = self.match_labels(spec, "spec")
@@ -374,7 +388,7 @@ class _Parser:
                 self.problem(
                     cond.line_of("key"),
                     f"{where}.key",
-                    f"unknown key {key!r} (supported: request.headers[<name>], {', '.join(sorted(CONDITION_KEYS))})",
+                    f"unknown key {shown(key)} (supported: request.headers[<name>], {', '.join(sorted(CONDITION_KEYS))})",
                 )
                 continue
             if "values" not in cond and "notValues" not in cond:
@@ -417,7 +431,7 @@ class _Parser:
                         "needs a workload selector (Istio applies port-level mTLS only to selected workloads)",
                     )
                 for port_text in plm:
-                    where = f"spec.portLevelMtls.{port_text}"
+                    where = f"spec.portLevelMtls.{shown_key(port_text)}"
                     port = port_number(port_text)
                     if port is None:
                         self.problem(
@@ -433,11 +447,11 @@ class _Parser:
             return "UNSET"
         self.unknown_keys(m, frozenset({"mode"}), field)
         mode = m.get("mode", "UNSET")
-        if mode not in PEER_MODES:
+        if not isinstance(mode, str) or mode not in PEER_MODES:
             self.problem(
                 m.line_of("mode"),
                 f"{field}.mode",
-                f"{mode!r} is not one of STRICT, PERMISSIVE, DISABLE, UNSET",
+                f"{shown(mode)} is not one of STRICT, PERMISSIVE, DISABLE, UNSET",
             )
             return "UNSET"
         return cast(PeerMode, mode)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from meshward_common.yaml_lines import LineDict, LineList
+from meshward_common.yaml_lines import LineDict, LineList, shown
 from policy.model import IP_ATTRIBUTES, PORT_ATTRIBUTES
 
 API_VERSIONS = frozenset({"security.istio.io/v1", "security.istio.io/v1beta1"})
@@ -76,26 +76,26 @@ def value_problem(attribute: str, value: str) -> str:
         try:
             ipaddress.ip_network(value, strict=False)
         except ValueError:
-            return f"{value!r} is not an IP address or CIDR block"
+            return f"{shown(value)} is not an IP address or CIDR block"
         return ""
     if attribute in PORT_ATTRIBUTES:
         return (
             ""
             if port_number(value) is not None
-            else f"{value!r} is not a port number from 1 to 65535"
+            else f"{shown(value)} is not a port number from 1 to 65535"
         )
     if attribute in ("source.principal", "request.principal") and value.startswith("spiffe://"):
-        return f"write principals without the spiffe:// prefix: {value[len('spiffe://') :]!r}"
+        return f"write principals without the spiffe:// prefix: {shown(value[len('spiffe://') :])}"
     if value != "*" and "*" in value[1:-1]:
-        return f"{value!r}: '*' is supported only alone, at the start or at the end"
+        return f"{shown(value)}: '*' is supported only alone, at the start or at the end"
     if value.startswith("*") and value.endswith("*") and value != "*":
-        return f"{value!r}: '*' is supported only alone, at the start or at the end, not both"
+        return f"{shown(value)}: '*' is supported only alone, at the start or at the end, not both"
     return ""
 
 
 def port_number(value: Any) -> int | None:
     text = str(value)
-    if not text.isdigit():
+    if not text.isdigit() or len(text) > 5:  # int() of a huge digit string is costly, or refused
         return None
     port = int(text)
     return port if 1 <= port <= 65535 else None
@@ -108,4 +108,4 @@ def kind_of(value: Any) -> str:
         return "a list"
     if value is None:
         return "nothing"
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {shown(value)}"

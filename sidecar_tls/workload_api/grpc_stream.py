@@ -24,12 +24,13 @@ import h2.events
 import h2.exceptions
 
 from meshward_common.errors import MeshwardError
+from meshward_common.limits import MESH_STATE_MESSAGE_LIMIT
 
 log = logging.getLogger(__name__)
 
 # The SPIFFE Workload API's required header (the agent also requires it on the mesh state stream).
 WORKLOAD_API_METADATA = (("workload.spiffe.io", "true"),)
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # far above any SVID or mesh state; bounds a broken peer
+MAX_MESSAGE_BYTES = MESH_STATE_MESSAGE_LIMIT  # the largest message on the stream: a mesh state
 _PREFIX = struct.Struct(">BI")  # compressed flag, message length
 # The gRPC status codes by number (grpc/doc/statuscodes.md), to name them in errors and logs.
 STATUS_NAMES = (

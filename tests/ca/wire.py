@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509.oid import NameOID
 from google.protobuf import struct_pb2
 
+from meshward_common.limits import MESH_STATE_MESSAGE_LIMIT
 from meshward_common.protos import istio_ca_pb2, istio_ca_pb2_grpc
 from meshward_common.protos import meshward_discovery_pb2 as discovery_pb2
 from meshward_common.protos import meshward_discovery_pb2_grpc as discovery_pb2_grpc
@@ -78,7 +79,12 @@ def channel(address: str, bundle: bytes, credential: Credential | None = None) -
         certificate_chain="".join(credential.chain_pem[:-1]).encode() if credential else None,
     )
     return grpc.secure_channel(
-        address, creds, options=[("grpc.ssl_target_name_override", SERVER_NAME)]
+        address,
+        creds,
+        options=[
+            ("grpc.ssl_target_name_override", SERVER_NAME),
+            ("grpc.max_receive_message_length", MESH_STATE_MESSAGE_LIMIT),  # as node agents
+        ],
     )
 
 

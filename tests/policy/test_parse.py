@@ -359,7 +359,8 @@ REFUSALS: list[tuple[str, str, int, str, str]] = [
         "yaml",
         "duplicate key",
     ),
-    ("not a mapping", "- a\n- b\n", 0, "document 1", "must be a mapping"),
+    ("not a mapping", "- a\n- b\n", 1, "document 1", "must be a mapping"),
+    ("a later document not a mapping", _doc("") + "---\n- a\n", 7, "document 2", "a list"),
     (
         "defined twice",
         _doc("  action: DENY\n") + "---\n" + _doc("  action: ALLOW\n"),
