@@ -90,10 +90,57 @@ class _Scan:
     gone: list[str] = field(default_factory=list)  # policy files no longer there
 
 
-def _entry_size(name: str, text: str) -> int:
-    """The bytes one policy file adds to a MeshState (a repeated field's element is independent
-    of the others, so the state's size is the base plus the sum of these)."""
-    return pb.MeshState(policies=[pb.PolicyDocument(source=name, yaml=text)]).ByteSize()
+def policy_entry_size(source: str, text: str) -> int:
+    """The bytes one policy adds to a MeshState (a repeated field's element is independent of
+    the others, so the state's size is its base plus the sum of these)."""
+    return pb.MeshState(policies=[pb.PolicyDocument(source=source, yaml=text)]).ByteSize()
+
+
+def policies_size(policies: Mapping[str, str]) -> int:
+    return sum(policy_entry_size(s, t) for s, t in policies.items())
+
+
+def base_size(
+    registry: Registry, trust_domain: str, root_namespace: str, bundles: Mapping[str, bytes]
+) -> int:
+    """The bytes of a MeshState without its policies."""
+    return build_mesh_state(registry, {}, trust_domain, root_namespace, bundles).ByteSize()
+
+
+def over_bound_reason(max_bytes: int) -> str:
+    return (
+        f"the mesh state would exceed {max_bytes} bytes with it (the mesh state's bound, "
+        "MESH_STATE_MAX_BYTES)"
+    )
+
+
+@dataclass(frozen=True)
+class Fitted:
+    policies: dict[str, str]
+    refused: tuple[str, ...]  # the sources whose change would not fit (their last good kept)
+
+
+def fit_policies(
+    base: int, current: Mapping[str, str], changes: Mapping[str, str], max_bytes: int
+) -> Fitted:
+    """`current` (the last good text of every policy that stays) with each of `changes` taken,
+    in source order, while the state (`base` plus every policy) stays within `max_bytes`.
+
+    The one rule of the mesh state's bound, for the files and for the Kubernetes API alike: a
+    change that would cross it is refused at its source and the rest of the mesh moves on."""
+    policies = dict(current)
+    size = base + policies_size(policies)
+    refused = []
+    for source in sorted(changes):
+        text = changes[source]
+        grown = size + policy_entry_size(source, text)
+        if source in policies:
+            grown -= policy_entry_size(source, policies[source])
+        if grown > max_bytes:
+            refused.append(source)
+            continue
+        policies[source], size = text, grown
+    return Fitted(policies, tuple(refused))
 
 
 class MeshStateSource:
@@ -134,7 +181,9 @@ class MeshStateSource:
             self._stamps[self.registry_path] = _stamp(self.registry_path)
         self._apply(self._scan_policies(_Scan(registry=registry)))
         if registry is not None and self.registry is not registry:
-            raise ConfigError(f"{self.registry_path}:1: registry: {self._over_bound_reason()}")
+            raise ConfigError(
+                f"{self.registry_path}:1: registry: {over_bound_reason(self.max_state_bytes)}"
+            )
         self._rebuild()
 
     def _checked(self, registry: Registry) -> Registry:
@@ -201,51 +250,32 @@ class MeshStateSource:
 
     # -- applying what was read (event loop) -------------------------------------------------------
 
-    def _size(self, base: int, policies: Mapping[str, str]) -> int:
-        return base + sum(_entry_size(n, t) for n, t in policies.items())
-
-    def _over_bound_reason(self) -> str:
-        return (
-            f"the mesh state would exceed {self.max_state_bytes} bytes with it (the mesh "
-            f"state's bound, MESH_STATE_MAX_BYTES)"
-        )
-
     def _apply(self, scan: _Scan) -> bool:
         """Take the scan's changes that keep the state within its bound; True if any was taken."""
-        policies = dict(self._policies)
-        for name in scan.gone:
-            del policies[name]
-        changed = bool(scan.gone)
+        policies = {n: t for n, t in self._policies.items() if n not in scan.gone}
         base = self._base_size
+        changed = bool(scan.gone)
         if scan.registry is not None:
-            new_base = build_mesh_state(
-                scan.registry, {}, self.trust_domain, self.root_namespace, self._bundles
-            ).ByteSize()
-            if self._size(new_base, policies) > self.max_state_bytes:
+            new_base = base_size(
+                scan.registry, self.trust_domain, self.root_namespace, self._bundles
+            )
+            if new_base + policies_size(policies) > self.max_state_bytes:
                 log.error(
                     "registry refused, keeping the last good one: %s:1: registry: %s",
-                    self.registry_path, self._over_bound_reason(),
+                    self.registry_path, over_bound_reason(self.max_state_bytes),
                 )  # fmt: skip
             else:
                 self.registry, base, changed = scan.registry, new_base, True
                 log.info("registry reloaded: %d workloads", len(self.registry.workloads))
-        size = self._size(base, policies)
-        for name in sorted(scan.policies):
-            text = scan.policies[name]
-            grown = (
-                size
-                + _entry_size(name, text)
-                - (_entry_size(name, policies[name]) if name in policies else 0)
-            )
-            if grown > self.max_state_bytes:
-                where = self.policy_dir / name if self.policy_dir is not None else name
-                log.error(
-                    "policy refused, keeping the last good version: %s:1: file: %s",
-                    where, self._over_bound_reason(),
-                )  # fmt: skip
-                continue
-            policies[name], size, changed = text, grown, True
-        self._policies, self._base_size = policies, base
+        fitted = fit_policies(base, policies, scan.policies, self.max_state_bytes)
+        for name in fitted.refused:
+            where = self.policy_dir / name if self.policy_dir is not None else name
+            log.error(
+                "policy refused, keeping the last good version: %s:1: file: %s",
+                where, over_bound_reason(self.max_state_bytes),
+            )  # fmt: skip
+        changed = changed or fitted.policies != policies
+        self._policies, self._base_size = fitted.policies, base
         return changed
 
     def set_trust_bundles(self, bundles: Mapping[str, bytes]) -> bool:
@@ -253,9 +283,9 @@ class MeshStateSource:
         if dict(bundles) == self._bundles:
             return False
         self._bundles = dict(bundles)
-        self._base_size = build_mesh_state(
-            self.registry, {}, self.trust_domain, self.root_namespace, self._bundles
-        ).ByteSize()
+        self._base_size = base_size(
+            self.registry, self.trust_domain, self.root_namespace, self._bundles
+        )
         self._rebuild()
         return True
 

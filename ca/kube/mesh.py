@@ -16,6 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,16 @@ import yaml
 from ca.kube import REFUSED_FILE
 from ca.kube import api as kapi
 from ca.kube.watch import Reflector
-from ca.mesh_state import build_mesh_state
+from ca.mesh_state import (
+    base_size,
+    build_mesh_state,
+    fit_policies,
+    over_bound_reason,
+    policies_size,
+)
 from meshward_common import ports as mesh_ports
 from meshward_common.errors import ConfigError, SpiffeIdError
+from meshward_common.limits import MESH_STATE_MAX_BYTES
 from meshward_common.registry import Registry, Workload
 from meshward_common.spiffe_id import validate_name
 from policy import parse_text
@@ -140,8 +148,28 @@ def policy_document(obj: dict[str, Any]) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+_Texts = dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """What one look at the watched objects gave (made in a worker thread)."""
+
+    registry: Registry
+    policies: dict[str, str]  # source -> the good YAML in force
+    refused: dict[str, str]  # source -> why (one line)
+    refused_texts: dict[str, str]  # source -> the refused YAML (not parsed again)
+
+
 class KubeMeshStateSource:
-    """The mesh state from the API server; same interface as `ca.mesh_state.MeshStateSource`."""
+    """The mesh state from the API server; same interface as `ca.mesh_state.MeshStateSource`.
+
+    Each look at the objects (after a change) is judged in a worker thread, never on the event
+    loop: the policy objects go through the same bounded parse as policy files
+    (`policy.parse.POLICY_LIMITS`), and a change that would make the state larger than
+    `max_state_bytes` is refused at its source (the object, or the Pods when the registry
+    outgrows it), the last good version kept. A refused version is not parsed again: only a
+    change to the object is looked at."""
 
     def __init__(
         self,
@@ -149,15 +177,19 @@ class KubeMeshStateSource:
         trust_domain: str,
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
         state_dir: Path | None = None,
+        max_state_bytes: int = MESH_STATE_MAX_BYTES,
     ) -> None:
         self.api = api
         self.trust_domain = trust_domain
         self.root_namespace = root_namespace
         self.state_dir = state_dir
+        self.max_state_bytes = max_state_bytes
         self.registry = Registry()
         self.changed = asyncio.Condition()
-        self.refused: dict[str, str] = {}  # source -> why
+        self.refused: dict[str, str] = {}  # source -> why (replaced whole: metrics read it)
         self._good: dict[str, str] = {}  # source -> last good YAML
+        self._refused_texts: dict[str, str] = {}  # source -> the YAML refused
+        self._registry_refused = -1  # workloads of the last registry refused for the bound
         self._dirty = asyncio.Event()
         self._bundles: dict[str, bytes] = {}
         self.reflectors = {
@@ -169,9 +201,6 @@ class KubeMeshStateSource:
         }  # fmt: skip
         self.state = build_mesh_state(self.registry, {}, trust_domain, root_namespace)
         self._tasks: list[asyncio.Task[None]] = []
-
-    def _objects(self, kind: str) -> Objects:
-        return self.reflectors[kind].objects
 
     async def start(self, wait: float = 60.0) -> None:
         """Start the watches and wait for every first list: nothing is served half-known."""
@@ -189,46 +218,76 @@ class KubeMeshStateSource:
                 f"Kubernetes API at {self.api.server}: no list of {', '.join(missing)} within "
                 f"{wait:.0f}s (see the log: unreachable, or RBAC forbids it?)"
             ) from exc
-        self._rebuild()
+        await self.refresh()
 
-    def _policies(self) -> dict[str, str]:
-        current: dict[str, str] = {}
+    def _judge_policies(
+        self, objects: Mapping[str, Objects]
+    ) -> tuple[_Texts, _Texts, _Texts, _Texts]:
+        """The last good text of each object that stays, the new good texts, the refused
+        (source -> why) and their texts."""
+        kept: dict[str, str] = {}
+        changes: dict[str, str] = {}
+        refused: dict[str, str] = {}
+        texts: dict[str, str] = {}
         for kind in ("AuthorizationPolicy", "PeerAuthentication"):
-            for obj in self._objects(kind).values():
+            for obj in objects[kind].values():
                 source = policy_source(obj)
                 text = policy_document(obj)
+                if source in self._good:
+                    kept[source] = self._good[source]
                 if self._good.get(source) == text:
-                    current[source] = text
+                    continue
+                if self._refused_texts.get(source) == text:
+                    refused[source], texts[source] = self.refused[source], text
                     continue
                 try:
                     parse_text(text, source)
                 except ConfigError as exc:
-                    if self.refused.get(source) != str(exc):
-                        log.error("policy refused, keeping the last good version: %s", exc)
-                    self.refused[source] = str(exc)
-                    if source in self._good:
-                        current[source] = self._good[source]
+                    log.error("policy refused, keeping the last good version: %s", exc)
+                    refused[source], texts[source] = str(exc), text
                     continue
-                self.refused.pop(source, None)
-                current[source] = text
-        for gone in [s for s in self.refused if s not in current and not self._exists(s)]:
-            del self.refused[gone]
-        self._good = current
-        return current
+                changes[source] = text
+        return kept, changes, refused, texts
 
-    def _exists(self, source: str) -> bool:
-        kind, _, key = source.partition("/")
-        return kind in self.reflectors and key in self._objects(kind)
-
-    def _rebuild(self) -> bool:
-        self.registry = registry_from_cluster(
-            self._objects("Pod"), self._objects("Service"), self._objects("EndpointSlice")
+    def _judge(self, objects: Mapping[str, Objects], bundles: Mapping[str, bytes]) -> _Judged:
+        kept, changes, refused, texts = self._judge_policies(objects)
+        registry = registry_from_cluster(
+            objects["Pod"], objects["Service"], objects["EndpointSlice"]
         )
+        base = base_size(registry, self.trust_domain, self.root_namespace, bundles)
+        if base + policies_size(kept) > self.max_state_bytes:
+            if len(registry.workloads) != self._registry_refused:
+                log.error(
+                    "Pods refused, keeping the last good registry (%d workloads): %d workloads: %s",
+                    len(self.registry.workloads), len(registry.workloads),
+                    over_bound_reason(self.max_state_bytes),
+                )  # fmt: skip
+            self._registry_refused = len(registry.workloads)
+            registry = self.registry
+            base = base_size(registry, self.trust_domain, self.root_namespace, bundles)
+        else:
+            self._registry_refused = -1
+        fitted = fit_policies(base, kept, changes, self.max_state_bytes)
+        for source in fitted.refused:
+            why = f"{source}:1: object: {over_bound_reason(self.max_state_bytes)}"
+            log.error("policy refused, keeping the last good version: %s", why)
+            refused[source], texts[source] = why, changes[source]
+        return _Judged(registry, fitted.policies, refused, texts)
+
+    async def refresh(self) -> bool:
+        """Judge the objects as they are now (in a worker thread); True if the state changed."""
+        objects = {kind: dict(r.objects) for kind, r in self.reflectors.items()}
+        judged = await asyncio.to_thread(self._judge, objects, dict(self._bundles))
+        self.registry, self._good = judged.registry, judged.policies
+        self.refused, self._refused_texts = judged.refused, judged.refused_texts
+        self._report_refused()
+        return self._assemble()
+
+    def _assemble(self) -> bool:
         old = self.state.version_info
         self.state = build_mesh_state(
-            self.registry, self._policies(), self.trust_domain, self.root_namespace, self._bundles
+            self.registry, self._good, self.trust_domain, self.root_namespace, self._bundles
         )
-        self._report_refused()
         return self.state.version_info != old
 
     def set_trust_bundles(self, bundles: Mapping[str, bytes]) -> bool:
@@ -236,7 +295,7 @@ class KubeMeshStateSource:
         if dict(bundles) == self._bundles:
             return False
         self._bundles = dict(bundles)
-        return self._rebuild()
+        return self._assemble()
 
     def _report_refused(self) -> None:
         if self.state_dir is None:
@@ -251,7 +310,7 @@ class KubeMeshStateSource:
             await self._dirty.wait()
             self._dirty.clear()
             try:
-                changed = self._rebuild()
+                changed = await self.refresh()
             except Exception:  # a rebuild that dies silently would freeze the mesh's state
                 log.exception("mesh state rebuild failed")
                 continue
