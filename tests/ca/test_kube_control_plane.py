@@ -194,7 +194,11 @@ def test_mesh_state_follows_pods_services_and_policies(
             ns, "reviews-v1", service_account="bookinfo-reviews", node=node_a,
             labels={"app": "reviews", "version": "v1"}, ip="10.244.1.7",
         )  # fmt: skip
-        w = wait_for("the pod in the mesh state", lambda: states.workload(ns, "reviews-v1"))
+        # Created, then its status reported (two events, as from a kubelet): wait for the second.
+        w = wait_for(
+            "the pod and its IP in the mesh state",
+            lambda: (x := states.workload(ns, "reviews-v1")) is not None and x.address and x,
+        )
         assert w.spiffe_id == f"spiffe://{TD}/ns/{ns}/sa/bookinfo-reviews"
         assert (w.node, w.address, w.pod_uid) == (node_a, "10.244.1.7", pod["uid"])
         assert dict(w.labels) == {"app": "reviews", "version": "v1"}
