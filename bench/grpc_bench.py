@@ -16,25 +16,24 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench.sidecar_bench import (
     CLK_TCK,
     REPO,
+    Result,
     _cpu_ticks,
     _free_port,
-    _nginx,
-    _nginx_workers,
     _rss_mb,
     _sidecar_proc,
     _stop,
     _wait_port,
     _write_pki,
+    report,
+    start_nginx_pair,
 )
 
 CONCURRENCY = 64
@@ -44,18 +43,6 @@ PAYLOAD = "bWVzaHdhcmQgZ3JwYyBiZW5jaG1hcmsgcGF5bG9hZCAoNjQgYnl0ZXMpIC4uLi4uLi4uL
 MESH = "meshward sidecars"
 NGINX = "nginx grpc_pass mTLS"
 GHZ = Path(os.environ.get("MESHWARD_GHZ", REPO / "tools" / "bin" / "ghz"))
-
-
-@dataclass
-class Result:
-    name: str
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    calls: int
-    failed: int
-    cpu_us_per_call: list[float]
-    rss_mb: list[float]
 
 
 def _ghz(name: str, port: int, pids: list[int]) -> Result:
@@ -78,15 +65,15 @@ def _ghz(name: str, port: int, pids: list[int]) -> Result:
     ).stdout
     after = [_cpu_ticks(p) for p in pids]
     rss = [_rss_mb(p) for p in pids]
-    report = json.loads(out)
-    calls = int(report["count"])
-    codes = report.get("statusCodeDistribution") or {}
+    summary = json.loads(out)
+    calls = int(summary["count"])
+    codes = summary.get("statusCodeDistribution") or {}
     failed = calls - int(codes.get("OK", 0))
     if failed:
-        print(f"   {name}: {failed} failed calls: {codes} {report.get('errorDistribution')}")
-    latency = {int(d["percentage"]): d["latency"] / 1e6 for d in report["latencyDistribution"]}
+        print(f"   {name}: {failed} failed calls: {codes} {summary.get('errorDistribution')}")
+    latency = {int(d["percentage"]): d["latency"] / 1e6 for d in summary["latencyDistribution"]}
     cpu = [(a - b) / CLK_TCK * 1e6 / max(calls, 1) for a, b in zip(after, before, strict=True)]
-    return Result(name, float(report["rps"]), latency[50], latency[99], calls, failed, cpu, rss)
+    return Result(name, float(summary["rps"]), latency[50], latency[99], calls, cpu, rss, failed)
 
 
 def _backend(port: int) -> subprocess.Popen[bytes]:
@@ -114,41 +101,6 @@ def _serve_backend(port: int) -> None:
     asyncio.run(run())
 
 
-def _start_nginx_pair(tmp: Path, backend: int, procs: list[subprocess.Popen[bytes]]) -> int:
-    """nginx-out (h2c in, gRPC over mTLS out) -> nginx-in (mTLS in, h2c out) -> backend."""
-    n_in, n_out = _free_port(), _free_port()
-    server_nginx = _nginx(
-        tmp,
-        "grpc-nginx-in",
-        f"""
-  upstream app {{ server 127.0.0.1:{backend}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{n_in} ssl http2; keepalive_requests 1000000;
-    ssl_certificate {tmp}/server.pem; ssl_certificate_key {tmp}/server-key.pem;
-    ssl_client_certificate {tmp}/root.pem; ssl_verify_client on;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    location / {{ grpc_pass grpc://app; grpc_set_header x-forwarded-client-cert $ssl_client_s_dn; }}
-  }}""",
-    )
-    client_nginx = _nginx(
-        tmp,
-        "grpc-nginx-out",
-        f"""
-  upstream peer {{ server 127.0.0.1:{n_in}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:{n_out} http2; keepalive_requests 1000000;
-    location / {{ grpc_pass grpcs://peer;
-      grpc_ssl_certificate {tmp}/client.pem; grpc_ssl_certificate_key {tmp}/client-key.pem;
-      grpc_ssl_trusted_certificate {tmp}/root.pem; grpc_ssl_verify on;
-      grpc_ssl_name server; grpc_ssl_session_reuse on; }}
-  }}""",
-    )
-    procs.extend([server_nginx, client_nginx])
-    _wait_port(n_in, server_nginx)
-    _wait_port(n_out, client_nginx)
-    return n_out
-
-
 def main() -> None:
     if not GHZ.exists() and shutil.which("go") is not None:
         subprocess.run(["bash", str(REPO / "scripts" / "build_ghz.sh")], check=False)
@@ -173,8 +125,8 @@ def main() -> None:
         _wait_port(inbound, pair[0])
         _wait_port(outbound, pair[1])
         paths.append((MESH, outbound, [p.pid for p in pair]))
-        n_out = _start_nginx_pair(tmp, backend, procs)
-        paths.append((NGINX, n_out, _nginx_workers(tmp, ("grpc-nginx-in", "grpc-nginx-out"))))
+        n_out, workers = start_nginx_pair(tmp, backend, procs, grpc=True)
+        paths.append((NGINX, n_out, workers))
         rounds: list[dict[str, Result]] = []
         for i in range(ROUNDS):
             order = paths[i % len(paths) :] + paths[: i % len(paths)]
@@ -182,42 +134,14 @@ def main() -> None:
     finally:
         _stop(procs)
         shutil.rmtree(tmp, ignore_errors=True)
-    _report(rounds)
-
-
-def _report(rounds: list[dict[str, Result]]) -> None:
-    print(
+    report(
+        rounds,
         f"ghz unary /test.Echo/Echo, 64-byte messages, -c{CONCURRENCY} on one connection, "
-        f"~{DURATION_S}s of calls per path, backend grpcio (loopback); {len(rounds)} rounds in "
-        "turn; medians"
-    )
-    print(f"{'path':<24}{'calls/s':>9}{'p50 ms':>9}{'p99 ms':>9}   CPU us/call per proxy   RSS MB")
-    for name in ("direct", MESH, NGINX):
-        runs = [r[name] for r in rounds]
-        cpu = " + ".join(
-            f"{statistics.median(r.cpu_us_per_call[i] for r in runs):.0f}"
-            for i in range(len(runs[0].cpu_us_per_call))
-        )
-        rss = " / ".join(
-            f"{max(r.rss_mb[i] for r in runs):.1f}" for i in range(len(runs[0].rss_mb))
-        )
-        print(
-            f"{name:<24}{statistics.median(r.rps for r in runs):>9.0f}"
-            f"{statistics.median(r.p50_ms for r in runs):>9.2f}"
-            f"{statistics.median(r.p99_ms for r in runs):>9.2f}   {cpu or '-':<22} {rss or '-'}"
-        )
-    throughput = [r[MESH].rps / r[NGINX].rps for r in rounds]
-    latency = [r[MESH].p99_ms / r[NGINX].p99_ms for r in rounds]
-    print(
-        "per round mesh/nginx: calls/s "
-        + ", ".join(f"{x:.0%}" for x in throughput)
-        + "; p99 "
-        + ", ".join(f"{x:.2f}x" for x in latency)
-    )
-    print(
-        f"mesh/nginx calls/s {statistics.median(throughput):.0%} (target >= 50%), "
-        f"p99 {statistics.median(latency):.2f}x (target <= 2x); failed calls: "
-        f"{sum(r[n].failed for r in rounds for n in r)}"
+        f"~{DURATION_S}s of calls per path, backend grpcio (loopback)",
+        "calls/s",
+        MESH,
+        NGINX,
+        (0.5, 2.0, None),
     )
 
 

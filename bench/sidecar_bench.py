@@ -107,6 +107,8 @@ http {{
 
 @dataclass
 class Result:
+    """One path's run: requests (or calls) per second, latency, and each proxy's CPU and RSS."""
+
     name: str
     rps: float
     p50_ms: float
@@ -114,6 +116,7 @@ class Result:
     requests: int
     cpu_us_per_req: list[float]
     rss_mb: list[float]
+    failed: int = 0
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -214,8 +217,8 @@ def main() -> None:
             _wait_port(inbound, pair[0])
             _wait_port(outbound, pair[1])
             paths.append((name, outbound, [p.pid for p in pair]))
-        n_out = _start_nginx_pair(tmp, backend, procs)
-        paths.append((NGINX, n_out, _nginx_workers(tmp, ("nginx-in", "nginx-out"))))
+        n_out, workers = start_nginx_pair(tmp, backend, procs, grpc=False)
+        paths.append((NGINX, n_out, workers))
         rounds: list[dict[str, Result]] = []
         for i in range(ROUNDS):
             # Each round in another order, so a slow spell of the machine hits every path.
@@ -224,44 +227,59 @@ def main() -> None:
     finally:
         _stop(procs)
         shutil.rmtree(tmp, ignore_errors=True)
-    _report(rounds)
+    report(
+        rounds,
+        f"wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s keep-alive, backend nginx 'ok\\n' (loopback)",
+        "req/s",
+        MESH,
+        NGINX,
+        (0.75, 1.5, 35.0),
+    )
 
 
-def _start_nginx_pair(tmp: Path, backend: int, procs: list[subprocess.Popen[bytes]]) -> int:
-    """nginx-out (plain in, mTLS out) -> nginx-in (mTLS in) -> backend; returns nginx-out's port."""
+def start_nginx_pair(
+    tmp: Path, backend: int, procs: list[subprocess.Popen[bytes]], *, grpc: bool
+) -> tuple[int, list[int]]:
+    """nginx-out (plain in, mTLS out) -> nginx-in (mTLS in, plain out) -> backend, proxying
+    HTTP/1.1 or (`grpc`) gRPC with grpc_pass; returns nginx-out's port and the two workers' pids."""
     n_in, n_out = _free_port(), _free_port()
+    prefix, h2 = ("grpc", " http2") if grpc else ("proxy", "")
+    names = (f"{prefix}-nginx-in", f"{prefix}-nginx-out")
+    if grpc:
+        to_app, to_peer = "grpc_pass grpc://app;", "grpc_pass grpcs://peer;"
+    else:
+        to_app = to_peer = 'proxy_http_version 1.1; proxy_set_header Connection "";'
+        to_app, to_peer = f"proxy_pass http://app; {to_app}", f"proxy_pass https://peer; {to_peer}"
     server_nginx = _nginx(
         tmp,
-        "nginx-in",
+        names[0],
         f"""
   upstream app {{ server 127.0.0.1:{backend}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:{n_in} ssl; keepalive_requests 100000;
+    listen 127.0.0.1:{n_in} ssl{h2}; keepalive_requests 1000000;
     ssl_certificate {tmp}/server.pem; ssl_certificate_key {tmp}/server-key.pem;
     ssl_client_certificate {tmp}/root.pem; ssl_verify_client on;
     ssl_protocols TLSv1.2 TLSv1.3;
-    location / {{ proxy_pass http://app; proxy_http_version 1.1;
-      proxy_set_header Connection ""; proxy_set_header x-forwarded-client-cert $ssl_client_s_dn; }}
+    location / {{ {to_app} {prefix}_set_header x-forwarded-client-cert $ssl_client_s_dn; }}
   }}""",
     )
     client_nginx = _nginx(
         tmp,
-        "nginx-out",
+        names[1],
         f"""
   upstream peer {{ server 127.0.0.1:{n_in}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:{n_out}; keepalive_requests 100000;
-    location / {{ proxy_pass https://peer; proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_ssl_certificate {tmp}/client.pem; proxy_ssl_certificate_key {tmp}/client-key.pem;
-      proxy_ssl_trusted_certificate {tmp}/root.pem; proxy_ssl_verify on;
-      proxy_ssl_name server; proxy_ssl_session_reuse on; }}
+    listen 127.0.0.1:{n_out}{h2}; keepalive_requests 1000000;
+    location / {{ {to_peer}
+      {prefix}_ssl_certificate {tmp}/client.pem; {prefix}_ssl_certificate_key {tmp}/client-key.pem;
+      {prefix}_ssl_trusted_certificate {tmp}/root.pem; {prefix}_ssl_verify on;
+      {prefix}_ssl_name server; {prefix}_ssl_session_reuse on; }}
   }}""",
     )
     procs.extend([server_nginx, client_nginx])
     _wait_port(n_in, server_nginx)
     _wait_port(n_out, client_nginx)
-    return n_out
+    return n_out, _nginx_workers(tmp, names)
 
 
 def _nginx_workers(tmp: Path, names: tuple[str, ...]) -> list[int]:
@@ -273,12 +291,19 @@ def _nginx_workers(tmp: Path, names: tuple[str, ...]) -> list[int]:
     return pids
 
 
-def _report(rounds: list[dict[str, Result]]) -> None:
-    print(
-        f"wrk -t2 -c{CONNECTIONS} -d{DURATION_S}s keep-alive, backend nginx 'ok\\n' (loopback); "
-        f"{len(rounds)} rounds, each path once per round in turn; medians"
-    )
-    print(f"{'path':<26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}   CPU us/req per proxy   RSS MB")
+def report(
+    rounds: list[dict[str, Result]],
+    setup: str,
+    unit: str,
+    mesh: str,
+    nginx: str,
+    targets: tuple[float, float, float | None],
+) -> None:
+    """The table of medians, then mesh/nginx within each round (the same minutes of the machine)
+    and their median against `targets`: (throughput ratio >=, p99 ratio <=, sidecar RSS MB <=)."""
+    per = unit.split("/")[0].removesuffix("s")  # req/s -> req, calls/s -> call
+    print(f"{setup}; {len(rounds)} rounds, each path once per round in turn; medians")
+    print(f"{'path':<26}{unit:>9}{'p50 ms':>9}{'p99 ms':>9}   CPU us/{per} per proxy  RSS MB")
     for name in rounds[0]:
         runs = [r[name] for r in rounds]
         cpu = " + ".join(
@@ -293,16 +318,24 @@ def _report(rounds: list[dict[str, Result]]) -> None:
             f"{statistics.median(r.p50_ms for r in runs):>9.2f}"
             f"{statistics.median(r.p99_ms for r in runs):>9.2f}   {cpu or '-':<22} {rss or '-'}"
         )
-    # Ratios within each round (the same minutes of the machine), then their median and range.
-    throughput = sorted(r[MESH].rps / r[NGINX].rps for r in rounds)
-    latency = sorted(r[MESH].p99_ms / r[NGINX].p99_ms for r in rounds)
-    rss_max = max(max(r[MESH].rss_mb) for r in rounds)
+    throughput = [r[mesh].rps / r[nginx].rps for r in rounds]
+    latency = [r[mesh].p99_ms / r[nginx].p99_ms for r in rounds]
     print(
-        f"mesh/nginx throughput {statistics.median(throughput):.0%} "
-        f"(rounds {throughput[0]:.0%}-{throughput[-1]:.0%}; target >= 75%), "
-        f"p99 {statistics.median(latency):.2f}x ({latency[0]:.2f}-{latency[-1]:.2f}x; "
-        f"target <= 1.5x), max sidecar RSS {rss_max:.1f} MB (target <= 35 MB)"
+        f"per round mesh/nginx: {unit} "
+        + ", ".join(f"{x:.0%}" for x in throughput)
+        + "; p99 "
+        + ", ".join(f"{x:.2f}x" for x in latency)
     )
+    min_ratio, max_p99, max_rss = targets
+    line = (
+        f"mesh/nginx {unit} {statistics.median(throughput):.0%} (target >= {min_ratio:.0%}), "
+        f"p99 {statistics.median(latency):.2f}x (target <= {max_p99:g}x)"
+    )
+    if max_rss is not None:
+        rss_max = max(max(r[mesh].rss_mb) for r in rounds)
+        line += f", max sidecar RSS {rss_max:.1f} MB (target <= {max_rss:g} MB)"
+    failed = sum(r[n].failed for r in rounds for n in r)
+    print(line + (f"; failed: {failed}" if failed else ""))
 
 
 # --- the sidecar processes -------------------------------------------------------------

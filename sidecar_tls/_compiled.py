@@ -46,6 +46,7 @@ HOT_PATH: Final = (
     "http1/body",
     "http1/head",
     "http1/relay",
+    "http1/upstream",
     "http2/connection",
     "http2/headers",
     "http2/streams",
@@ -104,25 +105,24 @@ def extend_path(path: list[str], package: str) -> list[str]:
     return [str(BUILD_DIR.joinpath(*package.split("."))), *path]
 
 
-# The pure-Python libraries under the HTTP/2 codec, and their modules that are compiled (the rest,
-# package markers and data tables, are copied as they are: hpack's Huffman decoding table alone
-# would take a C compiler over ten minutes and gigabytes, for headers the sidecar itself never
-# Huffman-codes). By `python -m bench grpc` in one session, with the codec compiled (CPU per unary
-# call per sidecar): libraries interpreted ~530 + 570 us, compiled ~480 + 510 us.
+# The pure-Python libraries under the HTTP/2 codec, and their modules that are compiled: the ones
+# every frame runs through. The rest are copied as they are: package markers, enums and exception
+# classes (nothing to gain), the Huffman encoder the sidecar does not use (headers.Encoder), and
+# the Huffman decoding table (a C compiler takes over ten minutes and gigabytes for it). Each
+# compiled module costs RSS (its code pages). By `python -m bench grpc` in one session, with the
+# codec compiled (CPU per unary call per sidecar): libraries interpreted ~530 + 570 us, compiled
+# ~480 + 510 us.
 LIBRARIES: Final = ("h2", "hpack", "hyperframe")
 LIBRARY_MODULES: Final = (
     "h2/config",
     "h2/connection",
-    "h2/errors",
     "h2/events",
-    "h2/exceptions",
     "h2/frame_buffer",
     "h2/settings",
     "h2/stream",
     "h2/utilities",
     "h2/windows",
     "hpack/hpack",
-    "hpack/huffman",
     "hpack/struct",
     "hpack/table",
     "hyperframe/flags",
@@ -131,15 +131,15 @@ LIBRARY_MODULES: Final = (
 
 
 def library_root() -> Path:
-    """Where the installed LIBRARIES are (site-packages): by their distribution's metadata, not
-    by import, which finds the compiled copies once they are first on `sys.path`."""
-    import importlib.metadata
+    """Where the installed LIBRARIES are (site-packages): looked up on `sys.path` without the
+    compiled copies' directory, and without importing them (nor importlib.metadata: megabytes)."""
+    from importlib.machinery import PathFinder
 
-    try:
-        root = importlib.metadata.distribution(LIBRARIES[0]).locate_file("")
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise ImportError(f"{LIBRARIES[0]} is not installed") from exc
-    return Path(str(root)).resolve()
+    path = [p for p in sys.path if p != str(LIBRARIES_DIR)]
+    spec = PathFinder.find_spec(LIBRARIES[0], path)
+    if spec is None or spec.origin is None:
+        raise ImportError(f"{LIBRARIES[0]} is not installed")
+    return Path(spec.origin).resolve().parent.parent
 
 
 def library_sources(root: Path) -> list[Path]:

@@ -2,19 +2,16 @@
 
 `HttpRelay` is the downstream side of one connection. Per request it parses the head, lets its
 `RelayHooks` rewrite (or answer) it, sends it with the body bytes as they arrive on an upstream
-`UpstreamLink`, and relays the response back, tracking only where each body ends. No task switch
-per request; bytes go from one transport to the other inside `data_received`.
+`UpstreamLink` (sidecar_tls.http1.upstream), and relays the response back, tracking only where
+each body ends. No task switch per request; bytes go from one transport to the other inside
+`data_received`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 from typing import Final, cast
-
-from mypy_extensions import mypyc_attr
 
 from sidecar_tls.answers import (
     BadRequest,
@@ -23,125 +20,25 @@ from sidecar_tls.answers import (
     bad_request,
     bad_response,
 )
-from sidecar_tls.exchange import Admission
 from sidecar_tls.http1.body import BodyTracker
 from sidecar_tls.http1.head import (
     MAX_HEAD_BYTES,
     Framing,
-    RequestHead,
     ResponseHead,
     local_response,
     parse_request_head,
     parse_response_head,
     rewrite_request,
 )
+from sidecar_tls.http1.upstream import READ_VIEW, RelayHooks, UpstreamLink, take_read
 from sidecar_tls.telemetry.observe import DOWNSTREAM_CLOSED, HopSpan
 
 log = logging.getLogger(__name__)
 
 _PIPELINE_LIMIT: Final = 256 * 1024
 _JOIN_LIMIT: Final = 16 * 1024
-# TLS reads land here first and are copied out at once. A TLS transport given a plain Protocol
-# decrypts with SSLObject.read(256 KiB): a fresh 256 KiB object per read, which glibc, depending on
-# its dynamic mmap threshold, serves with mmap + mremap + munmap and page faults on every request
-# (~40 us per request measured). A BufferedProtocol reads into a buffer we own instead. One buffer
-# serves every connection: callbacks run one at a time on the event loop's thread and
-# `buffer_updated` copies the bytes out before returning. Plain TCP keeps data_received: uvloop
-# reads into its own buffer there, and the Python calls of the buffered path would only add cost.
-_READ_SIZE: Final = 64 * 1024
-_READ_VIEW: Final = memoryview(bytearray(_READ_SIZE))
 # A request without a body: a finished tracker, never fed, shared by all of them.
 _NO_BODY: Final = BodyTracker(Framing.NONE)
-
-
-class UpstreamLink:
-    """One upstream connection; delivers what it receives to the relay that currently owns it.
-
-    Reads arrive as bytes (`data_received`): right for plain TCP, where uvloop makes them from
-    its own buffer. Over TLS use `TlsUpstreamLink`."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.owner: HttpRelay | None = None
-        self.closed = False
-        self.generation = 0
-        self.peer_id = ""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, only alike
-        self.transport = cast(asyncio.Transport, transport)
-        # One small write per request each way: Nagle would hold it for the previous ACK.
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        if self.owner is not None:
-            self.owner.response_data(data)
-        else:  # nothing was asked: a server talking out of turn is not reused
-            self.close()
-
-    def eof_received(self) -> bool:
-        return False  # the transport closes; connection_lost follows
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.owner is not None:
-            self.owner.upstream_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.pause_down()
-
-    def resume_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.resume_down()
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-    def usable(self) -> bool:
-        return not self.closed and self.transport is not None and not self.transport.is_closing()
-
-
-def _take_read(nbytes: int) -> bytes:
-    return bytes(_READ_VIEW[:nbytes])
-
-
-class TlsUpstreamLink(UpstreamLink):
-    """An upstream link over TLS: decrypted into the shared read buffer (see _READ_VIEW)."""
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return _READ_VIEW
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_take_read(nbytes))
-
-
-@mypyc_attr(allow_interpreted_subclasses=True)
-class RelayHooks:
-    """What a relay asks its proxy, per request. A base class (not a Protocol) so the compiled
-    relay calls the implementations directly."""
-
-    def prepare(self, head: RequestHead) -> Admission:
-        """The request's header edits (the relay splices them into the head), or an answer."""
-        raise NotImplementedError
-
-    def take_upstream(self) -> UpstreamLink | None:
-        raise NotImplementedError
-
-    async def open_upstream(self) -> UpstreamLink:
-        raise NotImplementedError
-
-    def release_upstream(self, link: UpstreamLink, reusable: bool) -> None:
-        raise NotImplementedError
-
-    def upstream_failed(self, exc: BaseException) -> LocalReply:
-        """The answer when no upstream could be had, or it reset before responding."""
-        raise NotImplementedError
 
 
 class HttpRelay:
@@ -519,13 +416,13 @@ class HttpRelay:
 
 
 class TlsHttpRelay(HttpRelay):
-    """A relay whose downstream is TLS: decrypted into the shared read buffer (see _READ_VIEW)."""
+    """A relay whose downstream is TLS: decrypted into the shared read buffer (see READ_VIEW)."""
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _READ_VIEW
+        return READ_VIEW
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(_take_read(nbytes))
+        self.data_received(take_read(nbytes))
 
 
 def _log_task_error(task: asyncio.Task[None]) -> None:

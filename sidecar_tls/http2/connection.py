@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from typing import TYPE_CHECKING, Final, cast
 
 import h2.config
@@ -38,7 +37,7 @@ MAX_CONCURRENT_STREAMS: Final = 256  # that we accept from a downstream
 ASSUMED_PEER_STREAMS: Final = 100  # until the peer's SETTINGS say (RFC 9113 suggests >= 100)
 _DEFAULT_WINDOW: Final = 65535
 _READ_SIZE: Final = 64 * 1024
-_READ_VIEW: Final = memoryview(bytearray(_READ_SIZE))  # see http1.relay: one buffer, copied out
+_READ_VIEW: Final = memoryview(bytearray(_READ_SIZE))  # see http1.upstream: one buffer, copied out
 
 # Sides with frames to send: flushed at the end of the read that produced them.
 _DIRTY: Final[list[H2Side]] = []
@@ -101,11 +100,7 @@ class H2Side:
     # asyncio protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = cast(asyncio.Transport, transport)  # TCP_NODELAY: proxy.net
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(CONNECTION_WINDOW - _DEFAULT_WINDOW)
         self.flush()
@@ -290,8 +285,13 @@ def flush_dirty() -> None:
 
 
 async def run_side(side: H2Side) -> None:
-    """Wait until the connection is gone (keeps the connection's task alive)."""
+    """Wait until the connection is gone (keeps the connection's task alive). Cancelled (the
+    sidecar stops), it says GOAWAY first: NO_ERROR with the last stream it took, so the peer
+    retries the streams it never got on another connection instead of seeing the connection drop."""
     try:
         await side.done
+    except asyncio.CancelledError:
+        side.goaway()
+        raise
     finally:
         side.close()

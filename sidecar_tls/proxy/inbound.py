@@ -24,13 +24,8 @@ from sidecar_tls.answers import LocalReply, app_unreachable
 from sidecar_tls.authz import InboundAuthorizer
 from sidecar_tls.exchange import Admission, Exchange, InboundExchange
 from sidecar_tls.http1.head import RequestHead, looks_like_http
-from sidecar_tls.http1.relay import (
-    HttpRelay,
-    RelayHooks,
-    TlsHttpRelay,
-    UpstreamLink,
-    run_relay,
-)
+from sidecar_tls.http1.relay import HttpRelay, TlsHttpRelay, run_relay
+from sidecar_tls.http1.upstream import RelayHooks, UpstreamLink
 from sidecar_tls.http2.connection import H2Side, TlsH2Side, run_side
 from sidecar_tls.http2.headers import looks_like_h2c
 from sidecar_tls.http2.streams import Forwarder, Route

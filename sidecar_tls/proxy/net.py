@@ -96,6 +96,10 @@ async def serve_accepts(
                     await asyncio.sleep(0.1)
                     continue
                 raise
+            # One small write per request or frame batch each way: Nagle would hold it for the
+            # previous ACK. Set here on every accepted socket (it is peeked at and may be
+            # handshaken before a transport owns it); the event loop sets it on the connections
+            # it makes (connect below).
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = asyncio.create_task(guarded(conn))
             tasks.add(task)
@@ -219,11 +223,7 @@ async def connect(
         ),
         connect_seconds,
     )
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return reader, writer
+    return reader, writer  # TCP_NODELAY: the event loop's (see serve_accepts)
 
 
 async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:

@@ -20,7 +20,8 @@ from sidecar_tls.answers import LocalReply, upstream_unavailable
 from sidecar_tls.destinations import Destination, OutboundPolicy, resolve_destination
 from sidecar_tls.exchange import Admission, Exchange, OutboundExchange
 from sidecar_tls.http1.head import HOP_BY_HOP, RequestHead, looks_like_http
-from sidecar_tls.http1.relay import HttpRelay, RelayHooks, UpstreamLink, run_relay
+from sidecar_tls.http1.relay import HttpRelay, run_relay
+from sidecar_tls.http1.upstream import RelayHooks, UpstreamLink
 from sidecar_tls.http2.connection import H2Side, run_side
 from sidecar_tls.http2.headers import looks_like_h2c
 from sidecar_tls.http2.streams import Forwarder, Route

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from sidecar_tls.destinations import Destination
-from sidecar_tls.http1.relay import TlsUpstreamLink, UpstreamLink
+from sidecar_tls.http1.upstream import TlsUpstreamLink, UpstreamLink
 from sidecar_tls.http2.connection import H2Side, TlsH2Side
 from sidecar_tls.http2.upstreams import H2Upstreams
 from sidecar_tls.proxy.net import (

@@ -118,6 +118,16 @@ class RawH2Client:
         await asyncio.wait_for(pump(), within_s)
         return self.outcomes
 
+    async def until_closed(self, within_s: float = 10.0) -> None:
+        """Read until the sidecar closes the connection (events recorded as they come)."""
+
+        async def pump() -> None:
+            while data := await self.reader.read(65536):
+                for event in self.conn.receive_data(data):
+                    self._on(event)
+
+        await asyncio.wait_for(pump(), within_s)
+
     def _on(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
             headers = dict(event.headers)

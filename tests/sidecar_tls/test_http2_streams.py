@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -93,6 +94,41 @@ async def test_goaway_from_the_app_refuses_only_the_streams_it_did_not_take() ->
     assert outcomes[refused].reset == h2.errors.ErrorCodes.REFUSED_STREAM
     assert outcomes[after].status == 200
     assert client.goaway is None  # the app's GOAWAY was for its own connection only
+
+
+async def test_a_stopping_sidecar_says_goaway_with_the_last_stream_it_took() -> None:
+    ca = MiniCA.create()
+    async with sidecar_pair(ca.issue(CLIENT_ID), ca.issue(SERVER_ID), h2_echo_app) as pair:
+        client = await RawH2Client.connect(pair.outbound_port)
+        served = client.request("/first")
+        outcomes = await client.settle()
+    # The pair's listeners are stopped as the sidecar stops them (their tasks cancelled).
+    try:
+        await client.until_closed()
+    finally:
+        client.close()
+    assert outcomes[served].status == 200
+    assert client.goaway is not None, "the connection was dropped without GOAWAY"
+    assert client.goaway.error_code == h2.errors.ErrorCodes.NO_ERROR
+    assert client.goaway.last_stream_id == served  # nothing after it was taken: safe to retry
+
+
+async def test_the_pooled_connection_between_sidecars_sends_without_nagle() -> None:
+    ca = MiniCA.create()
+    async with sidecar_pair(ca.issue(CLIENT_ID), ca.issue(SERVER_ID), h2_echo_app) as pair:
+        client = await RawH2Client.connect(pair.outbound_port)
+        try:
+            client.request("/one")
+            await client.settle()
+        finally:
+            client.close()
+        dest = resolve_destination(pair.client_state.snapshot, "127.0.0.1", pair.inbound_port)
+        sides = pair.outbound.pool.h2_upstreams(dest).sides
+        assert len(sides) == 1
+        assert sides[0].transport is not None
+        sock = sides[0].transport.get_extra_info("socket")
+        # Set by the event loop for the connections it makes (proxy.net): small frames go at once.
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 async def test_a_peer_offering_h2_without_a_client_certificate_is_refused_by_strict() -> None:

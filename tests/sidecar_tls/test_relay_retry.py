@@ -8,7 +8,8 @@ import asyncio
 from sidecar_tls.answers import LocalReply, upstream_unavailable
 from sidecar_tls.exchange import Admission
 from sidecar_tls.http1.head import RequestHead
-from sidecar_tls.http1.relay import HttpRelay, RelayHooks, UpstreamLink
+from sidecar_tls.http1.relay import HttpRelay
+from sidecar_tls.http1.upstream import RelayHooks, UpstreamLink
 from sidecar_tls.telemetry.observe import Hop, NoopObserver
 from tests.sidecar_tls.loopback import Handler, serve_app
 
