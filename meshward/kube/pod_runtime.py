@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 
 from ca.kube.api import KubeApi, KubeApiError
+from meshward.kube.pod_cgroups import cgroup2_root, remove_cgroups
 from meshward.kube.pod_plan import PodPlan, ProcessPlan, Unsupported, plan_pod
 from meshward.kube.pod_status import ContainerFacts, condition_values, pod_status
 from meshward.kube.pod_volumes import NotYet, fill_volume
@@ -46,16 +47,6 @@ BASE_ENV = {
     "HOME": "/",
     "PYTHONUNBUFFERED": "1",  # the meshward image's: a crash's last words reach the log
 }
-
-
-def cgroup2_root() -> Path:
-    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified on hybrid hosts)."""
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if right.split()[:1] == ["cgroup2"] and fields[3] == "/":
-            return Path(fields[4])
-    raise Unsupported("no cgroup v2 hierarchy is mounted on this host")
 
 
 @dataclass
@@ -452,34 +443,6 @@ class PodRuntime:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-
-
-def remove_cgroups(containers: list[str], pod: str) -> None:
-    """Kill whatever is still in the containers' cgroups, then remove them and the pod's (its
-    parents, kubepods/<qos> and kubepods, only when no other pod is left in them)."""
-    root = cgroup2_root()
-    for cg in containers:
-        path = root / cg
-        for _ in range(50):
-            try:
-                pids = (path / "cgroup.procs").read_text().split()
-            except OSError:
-                break
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            time.sleep(0.05)
-        with contextlib.suppress(OSError):
-            path.rmdir()
-    here = root / pod
-    while here != root and here.name:
-        try:
-            here.rmdir()
-        except OSError:
-            break
-        here = here.parent
 
 
 async def probe_once(probe: Mapping[str, Any], pod_ip: str, ports: Mapping[str, int]) -> bool:

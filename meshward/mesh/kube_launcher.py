@@ -25,7 +25,7 @@ import yaml
 from meshward.install.manifests import generate
 from meshward.install.values import parse_values
 from meshward.kube.apply import apply_objects, client, wait
-from meshward.kube.pod_runtime import remove_cgroups
+from meshward.kube.pod_cgroups import remove_cgroups
 from meshward.mesh import kube_spec as ks
 from meshward.mesh.components import Component, JaegerPorts
 from meshward.mesh.layout import StateLayout
@@ -188,7 +188,7 @@ def teardown(layout: StateLayout) -> list[str]:
 
 
 def leftover_cgroups(record: dict[str, Any]) -> list[str]:
-    from meshward.kube.pod_runtime import cgroup2_root
+    from meshward.kube.pod_cgroups import cgroup2_root
 
     pod = str(record.get("pod_cgroup") or "")
     return [f"cgroup {pod}"] if pod and (cgroup2_root() / pod).exists() else []

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from meshward.inspect.checks import FAIL_MARK
-from meshward.kube.pod_runtime import cgroup2_root
+from meshward.kube.pod_cgroups import cgroup2_root
 from tests.meshward.test_mesh_harness import PREFIX, REPO, local_mesh
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from meshward.kube.pod_runtime import cgroup2_root
+from meshward.kube.pod_cgroups import cgroup2_root
 from meshward.pods import list_netns
 from node_agent.kube_attestation import pod_of_cgroup
 from tests.harness.kube import Kube, wait_for
