@@ -1,8 +1,9 @@
 """The answers the sidecar makes itself, in one table, and whose fault a malformed message is.
 
 Envoy answers some requests without an upstream: a policy denial (403 `RBAC: access denied`), an
-upstream it cannot reach or that reset before responding (503), an upstream response it cannot
-parse (502), a request it cannot parse (400). Each is a `LocalReply`; each codec serialises it (an
+upstream it cannot reach or that reset before responding (503), an upstream that does not answer in
+time (504 `upstream request timeout`), an upstream response it cannot parse (502), a request it
+cannot parse (400). Each is a `LocalReply`; each codec serialises it (an
 HTTP/1.1 response, HTTP/2 HEADERS and DATA, or for a gRPC call Envoy's trailers-only answer: HTTP
 200 with `grpc-status` and `grpc-message`, the status mapped as Envoy maps HTTP statuses).
 
@@ -38,6 +39,7 @@ class Kind(Enum):
     BAD_REQUEST = (400, "Bad Request", 13)  # INTERNAL
     BAD_RESPONSE = (502, "Bad Gateway", 14)  # UNAVAILABLE
     UNAVAILABLE = (503, "Service Unavailable", 14)  # UNAVAILABLE
+    TIMEOUT = (504, "Gateway Timeout", 14)  # UNAVAILABLE (Envoy's httpToGrpcStatus, gRPC's table)
 
 
 class LocalReply:
@@ -53,6 +55,10 @@ class LocalReply:
 
 
 DENIED_MESSAGE: Final = "RBAC: access denied"
+# How long a request waits for its upstream's response head once the request has been sent
+# whole: Envoy's default route timeout. A gRPC call is bounded by the caller's grpc-timeout only
+# (a stream may rightly last hours; Istio honours grpc-timeout with no maximum).
+REQUEST_TIMEOUT_S: Final = 15.0
 RBAC_DENIED: Final = LocalReply(Kind.RBAC_DENIED, DENIED_MESSAGE)
 
 
@@ -67,6 +73,11 @@ def bad_response(reason: str) -> LocalReply:
 def upstream_unavailable(reason: str) -> LocalReply:
     """Outbound: the peer sidecar could not be reached, or reset before responding."""
     return LocalReply(Kind.UNAVAILABLE, f"upstream connect error: {reason}")
+
+
+def upstream_timeout() -> LocalReply:
+    """No response (head, or for gRPC the whole call) within the request's timeout."""
+    return LocalReply(Kind.TIMEOUT, "upstream request timeout")
 
 
 def app_unreachable(reason: str) -> LocalReply:

@@ -14,11 +14,13 @@ import logging
 from typing import Final, cast
 
 from sidecar_tls.answers import (
+    REQUEST_TIMEOUT_S,
     BadRequest,
     LocalReply,
     MalformedMessage,
     bad_request,
     bad_response,
+    upstream_timeout,
 )
 from sidecar_tls.http1.body import BodyTracker
 from sidecar_tls.http1.head import (
@@ -45,8 +47,10 @@ class HttpRelay:
     """The downstream side of one connection. Reads arrive as bytes (`data_received`), right for
     plain TCP; over TLS use `TlsHttpRelay`."""
 
-    def __init__(self, hooks: RelayHooks) -> None:
+    def __init__(self, hooks: RelayHooks, request_timeout: float = REQUEST_TIMEOUT_S) -> None:
         self.hooks = hooks
+        self.request_timeout = request_timeout  # for the response head, once the request is sent
+        self._timer: asyncio.TimerHandle | None = None
         self.down: asyncio.Transport | None = None
         self.state = "pending"  # pending, head, connecting, body, response, tunnel, closed
         self.buf = bytearray()
@@ -99,6 +103,7 @@ class HttpRelay:
     def connection_lost(self, exc: Exception | None) -> None:
         was = self.state
         self.state = "closed"
+        self._stop_timer()
         if self.up is not None:
             up, self.up = self.up, None
             up.owner = None
@@ -241,7 +246,10 @@ class HttpRelay:
                 up.transport.write(self._request + body)
         else:
             up.transport.write(self._request)
-        self.state = "response" if self._req.done else "body"
+        if self._req.done:
+            self._await_response()
+        else:
+            self.state = "body"
 
     def _forward_request_body(self, data: bytes) -> None:
         assert self._req is not None
@@ -254,8 +262,26 @@ class HttpRelay:
             return
         self.up.transport.write(data[:end] if end < len(data) else data)
         if self._req.done:
-            self.state = "response"
+            self._await_response()
             self.buf += data[end:]
+
+    def _await_response(self) -> None:
+        """The request is sent whole: its response head is due within the request timeout."""
+        self.state = "response"
+        if self._timer is None and self.request_timeout > 0:  # a retry keeps the first deadline
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.request_timeout, self._timed_out)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._resp_head is None and self.state in ("response", "connecting"):
+            log.info("no response within %gs: answered 504", self.request_timeout)
+            self._abandon(upstream_timeout())
 
     # responses (called by the upstream link)
 
@@ -301,6 +327,7 @@ class HttpRelay:
                 start = head_end
                 continue
             break
+        self._stop_timer()
         self._resp_head = head
         if head.status == 101:
             self.state = "tunnel"
@@ -411,6 +438,7 @@ class HttpRelay:
 
     def _close_down(self) -> None:
         self.state = "closed"
+        self._stop_timer()
         if self.down is not None:
             self.down.close()  # flushes what was written first
 

@@ -137,6 +137,18 @@ class RequestView:
         self.grpc = by_name.get("content-type", "").startswith("application/grpc")
 
 
+_GRPC_TIMEOUT_UNITS: Final = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def grpc_timeout_s(value: str) -> float | None:
+    """A `grpc-timeout` value (1 to 8 digits and a unit: H M S m u n) in seconds; None when
+    absent or malformed (ignored, as Envoy ignores it)."""
+    digits, unit = value[:-1], value[-1:]
+    if not 0 < len(digits) <= 8 or not digits.isdigit() or unit not in _GRPC_TIMEOUT_UNITS:
+        return None
+    return int(digits) * _GRPC_TIMEOUT_UNITS[unit]
+
+
 def edit(
     headers: Sequence[Header], remove: Iterable[str], set_: Sequence[tuple[str, str]]
 ) -> list[Header]:

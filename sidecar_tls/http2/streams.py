@@ -23,7 +23,7 @@ from typing import Final
 import h2.errors
 import h2.exceptions
 
-from sidecar_tls.answers import LocalReply, bad_response
+from sidecar_tls.answers import REQUEST_TIMEOUT_S, LocalReply, bad_response, upstream_timeout
 from sidecar_tls.exchange import Admission, Exchange
 from sidecar_tls.http2.connection import Acceptor, H2Side, flush_dirty
 from sidecar_tls.http2.headers import (
@@ -31,6 +31,7 @@ from sidecar_tls.http2.headers import (
     RequestView,
     edit,
     grpc_status_of,
+    grpc_timeout_s,
     local_reply,
     request_problem,
     response_problem,
@@ -106,6 +107,8 @@ class StreamPair:
         "route",
         "span",
         "status",
+        "timeout",
+        "timer",
         "to_down",
         "to_up",
         "up",
@@ -120,6 +123,7 @@ class StreamPair:
         span: HopSpan,
         headers: list[Header],
         grpc: bool,
+        timeout: float,
     ) -> None:
         self.down: H2Side | None = down
         self.down_sid = down_sid
@@ -135,6 +139,8 @@ class StreamPair:
         self.status = 0
         self.grpc_status = -1
         self.bytes_down = 0
+        self.timeout = timeout  # for the response head, once the request is sent (not gRPC)
+        self.timer: asyncio.TimerHandle | None = None
 
     # opening the upstream stream
 
@@ -214,6 +220,9 @@ class StreamPair:
         if down is None:
             return
         self.responded = True
+        self.timeout = 0.0  # answered before the request ended: no timer to start
+        if not self.grpc:  # a gRPC deadline lasts until the call ends
+            self._stop_timer()
         self.status = status_of(headers)
         self.grpc_status = grpc_status_of(headers)  # a trailers-only answer carries it here
         if ended:  # a trailers-only answer stays one HEADERS frame with END_STREAM
@@ -364,6 +373,35 @@ class StreamPair:
             direction.credit = 0
         if self.to_up.ended_sent and self.to_down.ended_sent:
             self._complete()
+        elif self.timeout > 0 and direction is self.to_up and direction.ended_sent:
+            self.start_timer(self.timeout)  # the request is sent whole: its response is due
+
+    # deadlines
+
+    def start_timer(self, seconds: float) -> None:
+        """Answer 504 (gRPC: UNAVAILABLE, as Envoy maps it) if no response has begun by then; a
+        gRPC call still running by then is reset (CANCEL) both ways."""
+        self.timeout = 0.0  # once
+        self._stop_timer()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.down is None:
+            return
+        if not self.responded:
+            self.answer(upstream_timeout(), "upstream request timeout")
+        else:
+            if self.up is not None:
+                self._reset_up(_CANCEL)
+            self._reset_down(_CANCEL)
+            self._finish(self.status, "grpc-timeout exceeded")
+        flush_dirty()
 
     # the end
 
@@ -399,6 +437,7 @@ class StreamPair:
             down.mark_dirty()
 
     def _finish(self, status: int, error: str | None) -> None:
+        self._stop_timer()
         span, self.span = self.span, None
         if span is not None:
             span.finish(status, self.bytes_down, error, self.grpc_status if self.grpc else -1)
@@ -407,8 +446,9 @@ class StreamPair:
 class Forwarder(Acceptor):
     """The acceptor of one downstream connection: each new stream checked, admitted, forwarded."""
 
-    def __init__(self, route: Route) -> None:
+    def __init__(self, route: Route, request_timeout: float = REQUEST_TIMEOUT_S) -> None:
         self.route = route
+        self.request_timeout = request_timeout
 
     def accept(self, side: H2Side, stream_id: int, headers: list[Header], ended: bool) -> None:
         problem = request_problem(headers)
@@ -426,6 +466,7 @@ class Forwarder(Acceptor):
             admission.span,
             headers,
             view.grpc,
+            0.0 if view.grpc else self.request_timeout,
         )
         side.pairs[stream_id] = pair
         pair.to_up.end = ended
@@ -433,6 +474,10 @@ class Forwarder(Acceptor):
             pair.answer(admission.reply, admission.reply.message)
             return
         pair.headers = edit(headers, admission.remove, admission.set_)
+        if view.grpc:  # the caller's deadline, from now (Istio: grpc-timeout, no maximum)
+            deadline = grpc_timeout_s(view.by_name.get("grpc-timeout", ""))
+            if deadline is not None:
+                pair.start_timer(deadline)
         up = self.route.take_upstream()
         if up is not None and pair.attach(up):
             return

@@ -20,7 +20,7 @@ from typing import Final, cast
 from meshward_common import ports
 from meshward_common.errors import Unauthenticated
 from policy.request import Request
-from sidecar_tls.answers import LocalReply, app_unreachable
+from sidecar_tls.answers import REQUEST_TIMEOUT_S, LocalReply, app_unreachable
 from sidecar_tls.authz import InboundAuthorizer
 from sidecar_tls.exchange import Admission, Exchange, InboundExchange
 from sidecar_tls.http1.head import RequestHead, looks_like_http
@@ -81,6 +81,7 @@ class InboundProxy:
         app_host: str | None = None,
         original_dst: OriginalDst = original_dst,
         passthrough_source: str = ports.INBOUND_PASSTHROUGH_SOURCE,
+        request_timeout: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self.state = state
         self.authorizer = authorizer
@@ -92,6 +93,7 @@ class InboundProxy:
         self.observer = observer or NoopObserver()
         self._original_dst = original_dst
         self.passthrough_source = passthrough_source
+        self.request_timeout = request_timeout  # answers.REQUEST_TIMEOUT_S; 0: none
         self.refused = 0
 
     async def handle(self, sock: socket.socket) -> None:
@@ -110,7 +112,7 @@ class InboundProxy:
         )
         peer: PeerIdentity | None = None
         # until the caller is known: buffers, reads paused
-        relay = TlsHttpRelay(_NoHooks()) if use_tls else HttpRelay(_NoHooks())
+        relay = (TlsHttpRelay if use_tls else HttpRelay)(_NoHooks(), self.request_timeout)
         if use_tls:
             material = self.state.material
             try:
@@ -138,7 +140,9 @@ class InboundProxy:
             return
         if is_h2:
             route = _InboundH2Route(self, caller, port)
-            side = (TlsH2Side if use_tls else H2Side)(client_side=False, acceptor=Forwarder(route))
+            side = (TlsH2Side if use_tls else H2Side)(
+                client_side=False, acceptor=Forwarder(route, self.request_timeout)
+            )
             # The relay held the transport (paused) while the caller was checked: hand it over,
             # with what the relay had already received.
             transport.set_protocol(cast(asyncio.BaseProtocol, side))

@@ -16,7 +16,7 @@ from typing import Final
 
 from meshward_common import ports
 from meshward_common.errors import MeshwardError
-from sidecar_tls.answers import LocalReply, upstream_unavailable
+from sidecar_tls.answers import REQUEST_TIMEOUT_S, LocalReply, upstream_unavailable
 from sidecar_tls.destinations import Destination, OutboundPolicy, resolve_destination
 from sidecar_tls.exchange import Admission, Exchange, OutboundExchange
 from sidecar_tls.http1.head import HOP_BY_HOP, RequestHead, looks_like_http
@@ -60,6 +60,7 @@ class OutboundProxy:
         observer: HopObserver | None = None,
         destination_for: DestinationFor | None = None,
         http_only: bool = False,
+        request_timeout: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self.state = state
         self.pool = ConnectionPool(state)
@@ -69,6 +70,7 @@ class OutboundProxy:
         self.observer = observer or NoopObserver()
         self._destination_for = destination_for or self._intercepted_destination
         self._http_only = http_only
+        self.request_timeout = request_timeout  # answers.REQUEST_TIMEOUT_S; 0: none
         self.refused = 0
 
     def _intercepted_destination(self, sock: socket.socket) -> Destination | None:
@@ -92,14 +94,15 @@ class OutboundProxy:
         first = b"" if self._http_only else await peek(sock, 8, FIRST_BYTES_TIMEOUT)
         if looks_like_h2c(first):  # before HTTP/1: the preface's PRI looks like a method
             side = H2Side(
-                client_side=False, acceptor=Forwarder(_OutboundH2Route(self, dest, downstream))
+                client_side=False,
+                acceptor=Forwarder(_OutboundH2Route(self, dest, downstream), self.request_timeout),
             )
             await wrap_accepted_protocol(sock, None, side)
             await run_side(side)
             return
         if self._http_only or looks_like_http(first):
             hooks = _OutboundHooks(self, dest, downstream)
-            relay = HttpRelay(hooks)
+            relay = HttpRelay(hooks, self.request_timeout)
             try:
                 await wrap_accepted_protocol(sock, None, relay)
                 relay.start()

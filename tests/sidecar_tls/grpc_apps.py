@@ -7,10 +7,12 @@ bytes: generic handlers, no generated code).
     /test.Echo/ClientStream  -> JSON {"count": n, "size": total bytes}
     /test.Echo/Bidi          -> each message back as it comes
     /test.Echo/Fail          request "CODE:message" -> ends with that status and message
+    /test.Echo/Hang          -> never answers (until the call is cancelled)
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -60,6 +62,11 @@ async def _fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     raise AssertionError("abort returns never")
 
 
+async def _hang(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    await asyncio.Event().wait()
+    raise AssertionError("never set")
+
+
 def handler() -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         SERVICE,
@@ -70,6 +77,7 @@ def handler() -> grpc.GenericRpcHandler:
             "ClientStream": grpc.stream_unary_rpc_method_handler(_client_stream),
             "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
             "Fail": grpc.unary_unary_rpc_method_handler(_fail),
+            "Hang": grpc.unary_unary_rpc_method_handler(_hang),
         },
     )
 

@@ -95,10 +95,19 @@ class RawH2Client:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         return cls(reader, writer)
 
-    def request(self, path: str, extra: list[tuple[str, str]] | None = None) -> int:
+    def request(
+        self,
+        path: str,
+        extra: list[tuple[str, str]] | None = None,
+        *,
+        method: str = "GET",
+        body: bytes = b"",
+    ) -> int:
         sid = self.conn.get_next_available_stream_id()
-        head = [(":method", "GET"), (":scheme", "http"), (":authority", "server"), (":path", path)]
-        self.conn.send_headers(sid, head + (extra or []), end_stream=True)
+        head = [(":method", method), (":scheme", "http"), (":authority", "server"), (":path", path)]
+        self.conn.send_headers(sid, head + (extra or []), end_stream=not body)
+        if body:
+            self.conn.send_data(sid, body, end_stream=True)
         self.outcomes[sid] = Outcome()
         self.writer.write(self.conn.data_to_send())
         return sid

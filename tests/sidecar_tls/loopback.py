@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from policy.engine import Decision, RuleMatch
+from sidecar_tls.answers import REQUEST_TIMEOUT_S
 from sidecar_tls.authz import InboundAuthorizer
 from sidecar_tls.destinations import MeshSnapshot, MeshWorkload, resolve_destination
 from sidecar_tls.identity import StaticSvidSource, WorkloadIdentity
@@ -64,6 +65,15 @@ async def line_echo_app(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def silent_app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Reads whatever comes and never answers (an app stuck in a request)."""
+    try:
+        while await reader.read(65536):
+            pass
+    finally:
+        writer.close()
 
 
 @contextlib.asynccontextmanager
@@ -142,6 +152,7 @@ async def sidecar_pair(
     deny_paths: tuple[str, ...] = (),
     observer: HopObserver | None = None,
     app_port: int | None = None,
+    request_timeout: float = REQUEST_TIMEOUT_S,
 ) -> AsyncIterator[Pair]:
     """`app_port`: an app already listening there (a gRPC server) instead of `app`."""
     client_svids = StaticSvidSource(client_identity)
@@ -159,6 +170,7 @@ async def sidecar_pair(
             namespace="default",
             observer=observer,
             original_dst=lambda _s: ("127.0.0.1", app_port),
+            request_timeout=request_timeout,
         )
         async with run_listener(inbound.handle) as inbound_port:
             outbound = OutboundProxy(
@@ -169,6 +181,7 @@ async def sidecar_pair(
                 destination_for=lambda _s: resolve_destination(
                     client_state.snapshot, "127.0.0.1", inbound_port
                 ),
+                request_timeout=request_timeout,
             )
             async with run_listener(outbound.handle) as outbound_port:
                 yield Pair(
