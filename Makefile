@@ -5,7 +5,7 @@ VENV_STAMP := .venv/.installed
 TOOLS := tools/bin
 JAEGER_VERSION := v1.76.0
 
-.PHONY: install compiled system-deps protos test test-fast lint fmt bench jaeger kube dev-certs up down clean
+.PHONY: install compiled system-deps protos test test-fast lint fmt bench jaeger kube spiffe-client dev-certs up down clean
 
 # The venv. Nothing is compiled: lint, the fast tests, protos and dev certificates need no C
 # compiler, and the sidecar runs its sources.
@@ -36,7 +36,7 @@ protos: install
 	$(PY) scripts/gen_protos.py
 
 # Everything with the compiled hot path, then the sidecar's own tests once more on its sources.
-test: compiled system-deps kube
+test: compiled system-deps kube spiffe-client
 	$(PY) -m pytest -q
 	MESHWARD_INTERPRETED=1 $(PY) -m pytest -q -m "not netns and not slow" tests/sidecar_tls
 
@@ -65,6 +65,11 @@ $(TOOLS)/jaeger: tools/go.mod
 # proxy (tools/kube) into /var/cache/meshward/kube (or $$MESHWARD_KUBE_CACHE); nothing when cached.
 kube:
 	@bash scripts/build_kube.sh >/dev/null
+
+# tools/bin/spiffeclient: an unmodified go-spiffe v2 client (tools/spiffe, from the Go module proxy)
+# that the federation tests ask what go-spiffe makes of our Workload API and bundle endpoint (cached).
+spiffe-client:
+	@bash scripts/build_spiffe_client.sh
 
 dev-certs: install
 	.venv/bin/meshward ca dev-certs --out certs-dev

@@ -32,6 +32,11 @@ def ca() -> None:
 @click.option("--registry", help="workload registry YAML file (reloaded on change)")
 @click.option("--policy-dir", help="directory of AuthorizationPolicy/PeerAuthentication YAML")
 @click.option(
+    "--service-entry-dir", help="directory of Istio ServiceEntry YAML (federated meshes' services)"
+)
+@click.option("--bundle-endpoint-listen", help="HOST:PORT of the SPIFFE bundle endpoint (off)")
+@click.option("--bundle-endpoint-refresh-hint", help="refresh hint it serves (default 5m)")
+@click.option(
     "--plugin-ca-dir", help="Istio plug-in CA files (ca-cert/ca-key/root-cert/cert-chain)"
 )
 @click.option("--workload-ttl", help="default SVID TTL (default 24h)")
@@ -167,3 +172,30 @@ def dev_certs(out: Path, trust_domain: str, cluster: str) -> None:
             click.echo(f"wrote {path}")
     except (MeshwardError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@ca.group("bundle")
+def bundle() -> None:
+    """This trust domain's bundle, as its SPIFFE bundle endpoint serves it."""
+
+
+@bundle.command("show")
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["spiffe", "pem"]),
+    default="spiffe",
+    show_default=True,
+    help="a SPIFFE bundle (JWK Set) or PEM roots",
+)
+def bundle_show(state_dir: str, fmt: str) -> None:
+    """Print the bundle another mesh configures as its initial `trust-bundle` for federating
+    with this one (what `spire-server bundle show -format spiffe` prints)."""
+    from ca.bundle_endpoint import stored_bundle
+
+    try:
+        data = stored_bundle(Path(state_dir), fmt)
+    except MeshwardError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(data.decode(), nl=False)

@@ -5,6 +5,7 @@ state-dir: /var/lib/meshward/ca
 trust-domain: cluster.local
 registry: /etc/meshward/registry.yaml
 policy-dir: /etc/meshward/policies
+service-entry-dir: /etc/meshward/service-entries  # Istio ServiceEntry YAML (federated services)
 plugin-ca-dir: /etc/meshward/cacerts
 workload-ttl: 24h
 max-ttl: 24h
@@ -19,6 +20,13 @@ handshake-timeout: 10s   # TLS handshake on the listen port
 idle-timeout: 5m         # a connection that sends nothing this long is closed
 max-connections: 4096    # per worker, held at once (lowered to what its descriptor limit allows)
 max-connections-per-source: 64   # per worker and client address
+bundle-endpoint-listen: 0.0.0.0:8443  # this trust domain's SPIFFE bundle endpoint (default: off)
+bundle-endpoint-refresh-hint: 5m      # the spiffe_refresh_hint it serves
+federates-with:          # foreign trust domains whose bundles we fetch (ca/federation_config.py)
+  b.example:
+    bundle-endpoint-url: https://10.0.0.2:8443/
+    endpoint-spiffe-id: spiffe://b.example/meshward/control-plane
+    trust-bundle: /etc/meshward/federation/b.example.json
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ca.federation_config import FederationRelationship, parse_federates_with
 from ca.kube import rbac
 from ca.rate_limit import DEFAULT_BURST, DEFAULT_RATE
 from meshward_common import ports
@@ -49,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "trust-domain": DEFAULT_TRUST_DOMAIN,
     "registry": None,
     "policy-dir": None,
+    "service-entry-dir": None,
     "plugin-ca-dir": None,
     "workload-ttl": "24h",
     "max-ttl": "24h",
@@ -69,6 +79,9 @@ DEFAULTS: dict[str, Any] = {
     "kubeconfig": None,
     "agent-service-account": f"{rbac.CONTROL_PLANE_NAMESPACE}/{rbac.NODE_AGENT_SERVICE_ACCOUNT}",
     "token-audience": rbac.TOKEN_AUDIENCE,
+    "bundle-endpoint-listen": None,
+    "bundle-endpoint-refresh-hint": "5m",
+    "federates-with": None,
 }
 
 
@@ -80,6 +93,7 @@ class CaConfig:
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     registry: Path | None = None
     policy_dir: Path | None = None
+    service_entry_dir: Path | None = None
     plugin_ca_dir: Path | None = None
     workload_ttl: dt.timedelta = dt.timedelta(hours=24)
     max_ttl: dt.timedelta = dt.timedelta(hours=24)
@@ -104,6 +118,10 @@ class CaConfig:
     agent_namespace: str = rbac.CONTROL_PLANE_NAMESPACE
     agent_service_account: str = rbac.NODE_AGENT_SERVICE_ACCOUNT
     token_audience: str = rbac.TOKEN_AUDIENCE
+    # SPIFFE federation: our bundle endpoint, and the foreign trust domains we fetch bundles of.
+    bundle_endpoint_listen: tuple[str, int] | None = None
+    bundle_endpoint_refresh_hint: dt.timedelta = dt.timedelta(minutes=5)
+    federates_with: tuple[FederationRelationship, ...] = ()
 
     @property
     def listen(self) -> str:
@@ -192,6 +210,9 @@ def build_config(settings: Mapping[str, Any]) -> CaConfig:
         trust_domain=trust_domain,
         registry=_existing(merged["registry"], "registry", directory=False),
         policy_dir=_existing(merged["policy-dir"], "policy-dir", directory=True),
+        service_entry_dir=_existing(
+            merged["service-entry-dir"], "service-entry-dir", directory=True
+        ),
         plugin_ca_dir=_existing(merged["plugin-ca-dir"], "plugin-ca-dir", directory=True),
         workload_ttl=workload_ttl,
         max_ttl=max_ttl,
@@ -213,6 +234,13 @@ def build_config(settings: Mapping[str, Any]) -> CaConfig:
             merged["max-connections-per-source"], "max-connections-per-source"
         ),
         **_kubernetes(merged),
+        bundle_endpoint_listen=_optional_listen(
+            merged["bundle-endpoint-listen"], "bundle-endpoint-"
+        ),
+        bundle_endpoint_refresh_hint=parse_duration(
+            str(merged["bundle-endpoint-refresh-hint"]), "bundle-endpoint-refresh-hint"
+        ),
+        federates_with=parse_federates_with(merged["federates-with"], trust_domain),
     )
 
 
@@ -238,6 +266,10 @@ def _kubernetes(merged: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError("kubeconfig: only with kubernetes (--kubernetes)")
     if on and (merged["registry"] or merged["policy-dir"]):
         raise ConfigError("kubernetes: the mesh state comes from the API; drop registry/policy-dir")
+    if on and merged["service-entry-dir"]:
+        raise ConfigError(
+            "service-entry-dir: not with kubernetes (ServiceEntry objects are not watched yet)"
+        )
     ns, sep, name = str(merged["agent-service-account"]).partition("/")
     try:
         if not sep:

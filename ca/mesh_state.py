@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from meshward_common.errors import ConfigError
 from meshward_common.limits import MESH_STATE_MAX_BYTES
 from meshward_common.protos import meshward_discovery_pb2 as pb
 from meshward_common.registry import Registry, load_registry
+from meshward_common.service_entry import ServiceEntry
 from policy import parse_text
 from policy.model import DEFAULT_ROOT_NAMESPACE
 from policy.parse import PolicyFileError, read_policy_text
@@ -33,6 +34,7 @@ def build_mesh_state(
     trust_domain: str,
     root_namespace: str,
     trust_bundles: Mapping[str, bytes] | None = None,
+    service_entries: Sequence[ServiceEntry] = (),
 ) -> pb.MeshState:
     """The full MeshState; version_info is a digest of the content, so it changes iff it does."""
     workloads = []
@@ -60,6 +62,17 @@ def build_mesh_state(
         policies=[pb.PolicyDocument(source=s, yaml=policies[s]) for s in sorted(policies)],
         root_namespace=root_namespace,
         trust_bundles=dict(trust_bundles or {}),
+        service_entries=[
+            pb.ServiceEntry(
+                name=e.name,
+                namespace=e.namespace,
+                hosts=list(e.hosts),
+                ports=list(e.ports),
+                endpoints=list(e.endpoints),
+                subject_alt_names=list(e.subject_alt_names),
+            )
+            for e in service_entries
+        ],
     )
     digest = hashlib.sha256(state.SerializeToString(deterministic=True)).hexdigest()
     state.version_info = digest[:16]
@@ -101,10 +114,15 @@ def policies_size(policies: Mapping[str, str]) -> int:
 
 
 def base_size(
-    registry: Registry, trust_domain: str, root_namespace: str, bundles: Mapping[str, bytes]
+    registry: Registry,
+    trust_domain: str,
+    root_namespace: str,
+    bundles: Mapping[str, bytes],
+    service_entries: Sequence[ServiceEntry] = (),
 ) -> int:
     """The bytes of a MeshState without its policies."""
-    return build_mesh_state(registry, {}, trust_domain, root_namespace, bundles).ByteSize()
+    state = build_mesh_state(registry, {}, trust_domain, root_namespace, bundles, service_entries)
+    return state.ByteSize()
 
 
 def over_bound_reason(max_bytes: int) -> str:
@@ -167,6 +185,7 @@ class MeshStateSource:
         self.registry = Registry()
         self._policies: dict[str, str] = {}
         self._bundles: dict[str, bytes] = {}
+        self._service_entries: tuple[ServiceEntry, ...] = ()
         self._stamps: dict[Path, _Stamp | None] = {}  # touched by the scanning thread only
         self.changed = asyncio.Condition()
         self.state = build_mesh_state(self.registry, {}, trust_domain, root_namespace)
@@ -257,8 +276,9 @@ class MeshStateSource:
         changed = bool(scan.gone)
         if scan.registry is not None:
             new_base = base_size(
-                scan.registry, self.trust_domain, self.root_namespace, self._bundles
-            )
+                scan.registry, self.trust_domain, self.root_namespace, self._bundles,
+                self._service_entries,
+            )  # fmt: skip
             if new_base + policies_size(policies) > self.max_state_bytes:
                 log.error(
                     "registry refused, keeping the last good one: %s:1: registry: %s",
@@ -284,15 +304,35 @@ class MeshStateSource:
             return False
         self._bundles = dict(bundles)
         self._base_size = base_size(
-            self.registry, self.trust_domain, self.root_namespace, self._bundles
+            self.registry, self.trust_domain, self.root_namespace, self._bundles,
+            self._service_entries,
+        )  # fmt: skip
+        self._rebuild()
+        return True
+
+    def set_service_entries(self, entries: Sequence[ServiceEntry], where: str = "") -> bool:
+        """New federated services (`ca.service_entries`); True if the served state changed.
+        Entries that would take the state past its bound are refused whole, the last good kept."""
+        if tuple(entries) == self._service_entries:
+            return False
+        base = base_size(
+            self.registry, self.trust_domain, self.root_namespace, self._bundles, entries
         )
+        if base + policies_size(self._policies) > self.max_state_bytes:
+            log.error(
+                "ServiceEntry files refused, keeping the last good ones: %s: %s",
+                where or "service-entry-dir", over_bound_reason(self.max_state_bytes),
+            )  # fmt: skip
+            return False
+        self._service_entries, self._base_size = tuple(entries), base
         self._rebuild()
         return True
 
     def _rebuild(self) -> None:
         self.state = build_mesh_state(
-            self.registry, self._policies, self.trust_domain, self.root_namespace, self._bundles
-        )
+            self.registry, self._policies, self.trust_domain, self.root_namespace, self._bundles,
+            self._service_entries,
+        )  # fmt: skip
 
     async def poll_once(self) -> None:
         scan = await asyncio.to_thread(self._scan)

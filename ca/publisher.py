@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,9 +35,11 @@ from ca.authority import (
     write_public,
 )
 from ca.config import CaConfig
+from ca.federation import Federation
 from ca.mesh_state import POLL_INTERVAL, MeshStateSource
 from ca.published import PublishedAuthority, publish_authority, publish_mesh_state
 from ca.rotation import ROTATION, RootRotation, decode_rotation, encode_rotation
+from ca.service_entries import ServiceEntryDir
 from ca.store import CaStore
 from meshward_common.clock import Clock
 from meshward_common.errors import ConfigError
@@ -68,12 +71,25 @@ class Publisher:
         self.mesh = MeshStateSource(
             config.registry, config.policy_dir, config.trust_domain, config.root_namespace
         )
+        self.service_entries = ServiceEntryDir(config.service_entry_dir)
         self.kube: KubeMeshStateSource | None = None  # with --kubernetes: the API's watches
         self.authority: PublishedAuthority | None = None
         self._loaded: PublishedAuthority | None = None  # from the files, without a rotation
         self.rotation: RootRotation | None = None
         self.phase = "steady"
         self._plugin_stamps: tuple[tuple[int, int, int] | None, ...] = ()
+        self._authority_listeners: list[Callable[[PublishedAuthority], None]] = []
+        self.federation = Federation(
+            config.federates_with, store, clock, self._own_roots, config.trust_domain
+        )
+        self.federation.on_change(self._federation_changed)
+
+    def _own_roots(self) -> tuple[x509.Certificate, ...]:
+        return self.authority.roots if self.authority is not None else ()
+
+    def on_authority(self, listener: Callable[[PublishedAuthority], None]) -> None:
+        """Called with every new signing authority (the supervisor's HTTPS ports follow it)."""
+        self._authority_listeners.append(listener)
 
     async def start(self) -> None:
         """Load every source and publish it; a bad source at start is a ConfigError.
@@ -85,16 +101,24 @@ class Publisher:
         self._loaded = PublishedAuthority(signer)
         if cfg.plugin_ca_dir is not None:
             self._plugin_stamps = tuple(_stamp(cfg.plugin_ca_dir / n) for n in PLUGIN_FILES)
+        self.federation.load()
         if cfg.kubernetes:
             from ca.kube.wiring import kube_mesh
 
             self.kube = await kube_mesh(cfg)
         else:
             self.mesh.load_initial()
+            self._scan_service_entries()
         self._follow_rotation()
         if self.authority is None:
             self.set_authority(self._loaded)
         publish_mesh_state(self.store, self._source_state())
+
+    def _scan_service_entries(self) -> None:
+        if self.service_entries.scan():
+            self.mesh.set_service_entries(
+                self.service_entries.entries, str(self.config.service_entry_dir)
+            )
 
     def _source_state(self) -> pb.MeshState:
         return self.kube.state if self.kube is not None else self.mesh.state
@@ -102,16 +126,32 @@ class Publisher:
     def set_authority(self, authority: PublishedAuthority) -> None:
         self.authority = authority
         write_public(self.config.state_dir / TRUST_BUNDLE, cert_pem(*authority.roots))
-        bundles = {self.config.trust_domain: der_chain(authority.roots)}
-        self.mesh.set_trust_bundles(bundles)
-        if self.kube is not None:
-            self.kube.set_trust_bundles(bundles)
+        self._set_trust_bundles()
         version = publish_authority(self.store, authority)
         self._write_status()
         log.info(
             "signing authority %s published: signer %s, %d root(s) in the bundle",
             version, fingerprint_sha256(authority.signer.cert)[:16], len(authority.roots),
         )  # fmt: skip
+        for listener in self._authority_listeners:
+            listener(authority)
+
+    def _trust_bundles(self) -> dict[str, bytes]:
+        """Each trust domain's roots, ours and every federated one, kept apart (never merged)."""
+        bundles = {td: der_chain(roots) for td, roots in self.federation.bundles().items()}
+        return {**bundles, self.config.trust_domain: der_chain(self._own_roots())}
+
+    def _set_trust_bundles(self) -> bool:
+        bundles = self._trust_bundles()
+        changed = self.mesh.set_trust_bundles(bundles)
+        if self.kube is not None:
+            changed = self.kube.set_trust_bundles(bundles)
+        return changed
+
+    def _federation_changed(self) -> None:
+        if self._set_trust_bundles():
+            publish_mesh_state(self.store, self._source_state())
+        self._write_status()
 
     def _watch_plugin_files(self) -> None:
         """A changed, complete and consistent set of plug-in files starts a rotation to it (with
@@ -185,6 +225,7 @@ class Publisher:
             "signer": _cert_info(authority.signer.cert),
             "roots": [_cert_info(c) for c in authority.roots],
             "rotation": None,
+            "federation": dict(self.federation.status()),
         }
         if self.rotation is not None:
             status["rotation"] = {
@@ -198,17 +239,19 @@ class Publisher:
         write_public(self.config.state_dir / STATUS_FILE, json.dumps(status, indent=1).encode())
 
     async def run(self) -> None:
-        """Follow the registry and policy files (or the API) and the rotation schedule; publish
-        each change."""
-        if self.kube is not None:
-            await self._run_kube(self.kube)
-            return
+        """Follow the registry and policy files (or the API), the rotation schedule and the
+        federated bundle endpoints; publish each change."""
+        source = self._poll() if self.kube is None else self._run_kube(self.kube)
+        await asyncio.gather(source, self.federation.run())
+
+    async def _poll(self) -> None:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             try:
                 before = self.mesh.state.version_info
                 self._follow_rotation()
                 await self.mesh.poll_once()
+                self._scan_service_entries()
                 if self.mesh.state.version_info != before:
                     publish_mesh_state(self.store, self.mesh.state)
             except Exception:  # a publisher that dies silently would freeze the mesh's state

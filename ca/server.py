@@ -402,6 +402,7 @@ class ControlPlane:
         self._task: asyncio.Task[None] | None = None
         self.worker: CaWorker | None = None
         self.publisher: Publisher | None = None
+        self.bundle_endpoint: Any = None  # ca.bundle_endpoint.BundleEndpoint, when configured
 
     async def start(self) -> None:
         from ca.authority import ensure_state_dir
@@ -416,6 +417,9 @@ class ControlPlane:
         await self.publisher.start()
         self.worker = CaWorker(self.config, worker_store, self.clock)
         await self.worker.start()
+        from ca.bundle_endpoint import start_bundle_endpoint
+
+        self.bundle_endpoint = await start_bundle_endpoint(self.config, self.publisher, self.clock)
         self._task = asyncio.create_task(self.publisher.run())
 
     @property
@@ -442,6 +446,8 @@ class ControlPlane:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.bundle_endpoint is not None:
+            await self.bundle_endpoint.stop()
         if self.worker is not None:
             await self.worker.stop()
         for store in self._stores:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ca.authority import ensure_state_dir
+from ca.bundle_endpoint import BundleEndpoint, start_bundle_endpoint
 from ca.config import CaConfig
 from ca.publisher import Publisher
 from ca.rate_limit import clear_rate_limits
@@ -99,6 +100,7 @@ class Supervisor:
         self.port = 0
         self.mtls_port: int | None = None
         self.webhook: ControlPlaneWebhook | None = None
+        self.bundle_endpoint: BundleEndpoint | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -108,6 +110,7 @@ class Supervisor:
         self.publisher = Publisher(cfg, store, self.clock)
         await self.publisher.start()
         await self._start_webhook()
+        self.bundle_endpoint = await start_bundle_endpoint(cfg, self.publisher, self.clock)
         self._metrics_env = self._prepare_metrics()
         listen = listening_socket(cfg.host, cfg.port)
         self._sockets.append(listen)
@@ -140,6 +143,7 @@ class Supervisor:
             self.publisher.authority, cfg.trust_domain, injector, *cfg.webhook_listen, self.clock
         )
         await self.webhook.start()
+        self.publisher.on_authority(self.webhook.use)
 
     def _prepare_metrics(self) -> dict[str, str]:
         """Workers write their metrics to files here; the supervisor serves their sum."""
@@ -223,6 +227,8 @@ class Supervisor:
         self._stopping = True
         if self.webhook is not None:
             await self.webhook.stop()
+        if self.bundle_endpoint is not None:
+            await self.bundle_endpoint.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -262,7 +268,14 @@ async def serve(config: CaConfig, announce: Callable[[str], None], log_level: st
             line += f", mTLS on {mtls_host}:{supervisor.mtls_port}"
         if supervisor.webhook is not None:
             line += f", webhook on https://{supervisor.webhook.server.host}:{supervisor.webhook.port}/inject"
+        if supervisor.bundle_endpoint is not None:
+            endpoint = supervisor.bundle_endpoint
+            line += f", bundle endpoint on https://{_bracketed(endpoint.host)}:{endpoint.port}/"
         announce(f"{line} ({config.workers} workers)")
         await stop.wait()
     finally:
         await supervisor.stop()
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -11,24 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 
+from ca.https_cert import HttpsServerCert
 from ca.published import PublishedAuthority
-from ca.server import ROTATION_CHECK_SECONDS, ServerCert, issue_server_cert
 from injector.config import CONTROL_PLANE_NAMESPACE, WEBHOOK_SERVICE, InjectorConfig
 from injector.webhook import WebhookServer, webhook_dns_names
 from meshward_common.clock import Clock
-from meshward_common.tls_files import load_cert_chain_pem
 
 log = logging.getLogger(__name__)
 DNS_NAMES = ("localhost", *webhook_dns_names(WEBHOOK_SERVICE, CONTROL_PLANE_NAMESPACE))
-
-
-def webhook_ssl_context(cert: ServerCert) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    load_cert_chain_pem(ctx, cert.cert_pem, cert.key_pem)
-    return ctx
 
 
 class ControlPlaneWebhook:
@@ -41,12 +32,8 @@ class ControlPlaneWebhook:
         port: int,
         clock: Clock,
     ) -> None:
-        self.authority = authority
-        self.trust_domain = trust_domain
-        self.clock = clock
-        self.cert = issue_server_cert(authority.signer, trust_domain, clock(), DNS_NAMES)
-        self.ssl_context = webhook_ssl_context(self.cert)
-        self.server = WebhookServer(injector, self.ssl_context, host, port)
+        self.cert = HttpsServerCert(authority, trust_domain, DNS_NAMES, clock)
+        self.server = WebhookServer(injector, self.cert.ssl_context, host, port)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -55,21 +42,12 @@ class ControlPlaneWebhook:
 
     async def start(self) -> None:
         await self.server.start()
-        self._task = asyncio.create_task(self._rotate())
+        self._task = asyncio.create_task(self.cert.follow())
         log.info("sidecar injection webhook on %s:%d", self.server.host, self.server.port)
 
     def use(self, authority: PublishedAuthority) -> None:
-        self.authority = authority
-
-    async def _rotate(self) -> None:
-        while True:
-            await asyncio.sleep(ROTATION_CHECK_SECONDS)
-            cert, now = self.cert, self.clock()
-            if now < cert.not_before + (cert.not_after - cert.not_before) / 2:
-                continue
-            self.cert = issue_server_cert(self.authority.signer, self.trust_domain, now, DNS_NAMES)
-            # New handshakes use the new certificate; open connections keep theirs.
-            load_cert_chain_pem(self.ssl_context, self.cert.cert_pem, self.cert.key_pem)
+        """Re-issued by the new signer at half-life (the API server's caBundle is static)."""
+        self.cert.use(authority)
 
     async def stop(self) -> None:
         if self._task is not None:

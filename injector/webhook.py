@@ -26,7 +26,8 @@ from typing import Any
 from injector.config import InjectorConfig
 from injector.selection import injection_required
 from injector.workloads import pod_patch
-from meshward_common.errors import ConfigError, InvalidRequest
+from meshward_common.errors import InvalidRequest
+from meshward_common.https_site import start_https_site
 
 log = logging.getLogger(__name__)
 API_VERSION = "admission.k8s.io/v1"
@@ -155,19 +156,9 @@ class WebhookServer:
 
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post(INJECT_PATH, inject)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise ConfigError(
-                f"webhook: cannot listen on {self.host}:{self.port}: {exc.strerror}"
-            ) from exc
-        server: Any = site._server  # aiohttp keeps the bound sockets here; port 0 picks one
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        self._runner, self.port = await start_https_site(
+            app, self.host, self.port, self.ssl_context, "webhook"
+        )
 
     async def stop(self) -> None:
         if self._runner is not None:

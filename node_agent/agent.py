@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -235,23 +236,34 @@ class NodeAgent:
         verifying its server certificate: the one way our bundle changes after bootstrap (a new
         root arrives before anything is signed with it; an old one leaves once nothing it signed
         is valid). A bundle that is unreadable or holds no CA certificate is refused, one line."""
-        der = mesh.trust_bundles.get(self.state.trust_domain)
+        own = self.state.trust_domain
+        der = mesh.trust_bundles.get(own)
         if not der:
             return
         try:
-            roots = certificates_from_der(der)
-            for root in roots:
-                problems = signing_cert_problems(root)
-                if problems:
-                    raise SvidError(
-                        [f"bundle root {root.subject.rfc4514_string()}: {p}" for p in problems]
-                    )
+            roots = _bundle_roots(der)
         except SvidError as exc:
             log.error("control plane sent an unusable trust bundle, keeping ours: %s", exc)
             return
-        if self.state.set_bundle(roots):
+        federated: dict[str, Sequence[x509.Certificate]] = {}
+        for td, data in sorted(mesh.trust_bundles.items()):
+            if td == own:
+                continue
+            try:
+                federated[td] = _bundle_roots(data)
+            except SvidError as exc:
+                kept = self.state.federated_bundles.get(td)
+                log.error("control plane sent an unusable bundle of %s, keeping %s: %s",
+                          td, "ours" if kept else "none", exc)  # fmt: skip
+                if kept:
+                    federated[td] = kept
+        before = set(self.state.federated_bundles)
+        if self.state.set_bundle(roots, federated):
             ni.save_bundle(self.config.state_dir, list(self.state.bundle))
-            log.info("trust bundle of %s: %d root(s)", self.state.trust_domain, len(roots))
+            log.info("trust bundle of %s: %d root(s); federated: %s", own, len(roots),
+                     ", ".join(f"{td} ({len(r)})" for td, r in federated.items()) or "none")  # fmt: skip
+            for gone in before - set(federated):
+                log.info("federation with %s ended: its bundle is no longer trusted", gone)
 
     # -- serving --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -290,6 +302,16 @@ class NodeAgent:
         if self._server is not None:
             await self._server.stop(0.5)
         await self.link.close()
+
+
+def _bundle_roots(der: bytes) -> list[x509.Certificate]:
+    """The roots of one trust domain's bundle as the stream carries it; SvidError if unusable."""
+    roots = certificates_from_der(der)
+    for root in roots:
+        problems = signing_cert_problems(root)
+        if problems:
+            raise SvidError([f"bundle root {root.subject.rfc4514_string()}: {p}" for p in problems])
+    return roots
 
 
 def _trust_domain_of_leaf(chain: list[x509.Certificate]) -> str:

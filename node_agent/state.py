@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -81,6 +81,7 @@ class AgentState:
         self.node = node
         self.changed = Notifier()
         self._bundle: tuple[x509.Certificate, ...] = ()
+        self._federated: dict[str, tuple[x509.Certificate, ...]] = {}
         self._svids: dict[WorkloadRef, WorkloadSvid] = {}
         self.registry: registry.Registry | None = None
         self.mesh_state: mdpb.MeshState | None = None
@@ -92,14 +93,32 @@ class AgentState:
     def bundle(self) -> tuple[x509.Certificate, ...]:
         return self._bundle
 
-    def set_bundle(self, roots: Sequence[x509.Certificate]) -> bool:
-        """Replace the bundle; True if it changed. The only way roots enter it: called with the
-        operator's files at start and with the control plane's bundle from the authenticated
-        discovery stream, never with roots a certificate answer carries."""
+    @property
+    def federated_bundles(self) -> Mapping[str, tuple[x509.Certificate, ...]]:
+        """Foreign trust domain -> its roots (SPIFFE federation), each kept apart."""
+        return self._federated
+
+    def set_bundle(
+        self,
+        roots: Sequence[x509.Certificate],
+        federated: Mapping[str, Sequence[x509.Certificate]] | None = None,
+    ) -> bool:
+        """Replace the bundle (and, when given, the federated bundles); True if either changed.
+        The only way roots enter: called with the operator's files at start and with the control
+        plane's bundles from the authenticated discovery stream, never with roots a certificate
+        answer carries."""
         new = _dedupe(roots)
-        if [fingerprint_sha256(c) for c in new] == [fingerprint_sha256(c) for c in self._bundle]:
+        new_federated = (
+            self._federated
+            if federated is None
+            else {td: _dedupe(certs) for td, certs in sorted(federated.items())}
+        )
+        if _fingerprints(new) == _fingerprints(self._bundle) and {
+            td: _fingerprints(c) for td, c in new_federated.items()
+        } == {td: _fingerprints(c) for td, c in self._federated.items()}:
             return False
         self._bundle = new
+        self._federated = new_federated
         self.changed.bump()
         return True
 
@@ -134,6 +153,10 @@ class AgentState:
 
     def workloads_on_node(self) -> tuple[registry.Workload, ...]:
         return () if self.registry is None else self.registry.on_node(self.node)
+
+
+def _fingerprints(certs: Sequence[x509.Certificate]) -> list[str]:
+    return [fingerprint_sha256(c) for c in certs]
 
 
 def _dedupe(certs: Sequence[x509.Certificate]) -> tuple[x509.Certificate, ...]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
 import grpc
@@ -42,10 +42,24 @@ HEADER_VALUE = "true"
 REGISTRY_WAIT_SECONDS = 10.0
 
 
+def bundle_key(trust_domain: str) -> str:
+    """Bundles are keyed by the trust domain's SPIFFE ID (`spiffe://b.example`), as SPIRE does;
+    both SPIFFE clients take that or the bare name."""
+    return f"spiffe://{trust_domain}"
+
+
+def federated_der(state: AgentState) -> dict[str, bytes]:
+    return {bundle_key(td): der_chain(roots) for td, roots in state.federated_bundles.items()}
+
+
 def x509_svid_response(
-    svid: WorkloadSvid, bundle_der: bytes, now: dt.datetime
+    svid: WorkloadSvid,
+    bundle_der: bytes,
+    now: dt.datetime,
+    federated: Mapping[str, bytes] | None = None,
 ) -> workload_pb2.X509SVIDResponse | None:
-    """The full X509SVIDResponse for one caller, or None while there is nothing valid to send."""
+    """The full X509SVIDResponse for one caller, or None while there is nothing valid to send.
+    `federated`: the foreign trust domains' bundles (keyed by `bundle_key`)."""
     if now >= svid.not_after or not bundle_der:
         return None
     key_der = svid.key.private_bytes(
@@ -61,7 +75,8 @@ def x509_svid_response(
                 x509_svid_key=key_der,
                 bundle=bundle_der,
             )
-        ]
+        ],
+        federated_bundles=dict(federated or {}),
     )
 
 
@@ -139,7 +154,9 @@ class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
                 svid = self.state.svid(ref)
                 msg = None
                 if svid is not None:
-                    msg = x509_svid_response(svid, der_chain(self.state.bundle), self.clock())
+                    msg = x509_svid_response(
+                        svid, der_chain(self.state.bundle), self.clock(), federated_der(self.state)
+                    )
                 if msg is not None:
                     data = msg.SerializeToString(deterministic=True)
                     if data != last:
@@ -165,12 +182,18 @@ class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         with _counted(self.metrics, "x509_bundles"):
             while True:
                 version = self.state.changed.version
-                bundle = der_chain(self.state.bundle)
-                if bundle and bundle != last:
-                    last = bundle
-                    yield workload_pb2.X509BundlesResponse(
-                        bundles={self.state.trust_domain: bundle}
+                own = der_chain(self.state.bundle)
+                if own:
+                    msg = workload_pb2.X509BundlesResponse(
+                        bundles={
+                            bundle_key(self.state.trust_domain): own,
+                            **federated_der(self.state),
+                        }
                     )
+                    data = msg.SerializeToString(deterministic=True)
+                    if data != last:
+                        last = data
+                        yield msg
                 await self.state.changed.wait_after(version)
 
     async def FetchJWTSVID(

@@ -29,6 +29,18 @@ class MeshWorkload:
 
 
 @dataclass(frozen=True)
+class RemoteService:
+    """A service of a federated mesh (an Istio ServiceEntry): its endpoints' addresses and the
+    SPIFFE IDs they may present."""
+
+    host: str
+    namespace: str
+    ports: frozenset[int]
+    endpoints: frozenset[str]
+    expected_ids: frozenset[str]
+
+
+@dataclass(frozen=True)
 class MeshSnapshot:
     """What the sidecar knows of the mesh: workloads and policies at one version."""
 
@@ -37,6 +49,7 @@ class MeshSnapshot:
     workloads: tuple[MeshWorkload, ...] = ()
     policies: tuple[tuple[str, str], ...] = ()  # (source, yaml)
     root_namespace: str = "istio-system"
+    remote_services: tuple[RemoteService, ...] = ()
 
     def by_address(self, address: str) -> tuple[MeshWorkload, ...]:
         return tuple(w for w in self.workloads if w.address == address)
@@ -80,6 +93,11 @@ class Destination:
 def resolve_destination(snapshot: MeshSnapshot, ip: str, port: int) -> Destination:
     workloads = snapshot.by_address(ip)
     if not workloads:
+        for remote in snapshot.remote_services:
+            if ip in remote.endpoints and port in remote.ports:
+                return Destination(
+                    ip, port, True, remote.expected_ids, remote.host, "", remote.namespace
+                )
         return Destination(ip, port, False, frozenset(), f"{ip}:{port}")
     first = workloads[0]
     service = (
@@ -148,6 +166,16 @@ def snapshot_from_proto(state: Any) -> MeshSnapshot:
         workloads=tuple(workloads),
         policies=tuple((p.source, p.yaml) for p in state.policies),
         root_namespace=state.root_namespace or "istio-system",
+        remote_services=tuple(
+            RemoteService(
+                e.hosts[0] if e.hosts else e.name,
+                e.namespace,
+                frozenset(int(p) for p in e.ports),
+                frozenset(e.endpoints),
+                frozenset(e.subject_alt_names),
+            )
+            for e in state.service_entries
+        ),
     )
 
 

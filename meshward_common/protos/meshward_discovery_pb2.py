@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshward_discovery.proto\x12\x0bmeshward.v1\"(\n\x10MeshStateRequest\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\"\xc4\x02\n\x08Workload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x17\n\x0fservice_account\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x31\n\x06labels\x18\x05 \x03(\x0b\x32!.meshward.v1.Workload.LabelsEntry\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12\x0f\n\x07service\x18\x07 \x01(\t\x12\r\n\x05ports\x18\x08 \x03(\r\x12\x11\n\tspiffe_id\x18\t \x01(\t\x12\r\n\x05netns\x18\n \x01(\t\x12\x0c\n\x04uids\x18\x0b \x03(\r\x12\x0f\n\x07pod_uid\x18\x0c \x01(\t\x12\x1c\n\x14sidecar_container_id\x18\r \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\x0ePolicyDocument\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"\x9e\x02\n\tMeshState\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x02 \x01(\t\x12(\n\tworkloads\x18\x03 \x03(\x0b\x32\x15.meshward.v1.Workload\x12-\n\x08policies\x18\x04 \x03(\x0b\x32\x1b.meshward.v1.PolicyDocument\x12\x16\n\x0eroot_namespace\x18\x05 \x01(\t\x12?\n\rtrust_bundles\x18\x06 \x03(\x0b\x32(.meshward.v1.MeshState.TrustBundlesEntry\x1a\x33\n\x11TrustBundlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32]\n\rMeshDiscovery\x12L\n\x0fStreamMeshState\x12\x1d.meshward.v1.MeshStateRequest\x1a\x16.meshward.v1.MeshState\"\x00\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18meshward_discovery.proto\x12\x0bmeshward.v1\"(\n\x10MeshStateRequest\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\"\xc4\x02\n\x08Workload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x17\n\x0fservice_account\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x31\n\x06labels\x18\x05 \x03(\x0b\x32!.meshward.v1.Workload.LabelsEntry\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12\x0f\n\x07service\x18\x07 \x01(\t\x12\r\n\x05ports\x18\x08 \x03(\r\x12\x11\n\tspiffe_id\x18\t \x01(\t\x12\r\n\x05netns\x18\n \x01(\t\x12\x0c\n\x04uids\x18\x0b \x03(\r\x12\x0f\n\x07pod_uid\x18\x0c \x01(\t\x12\x1c\n\x14sidecar_container_id\x18\r \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\x0ePolicyDocument\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"\xd2\x02\n\tMeshState\x12\x14\n\x0cversion_info\x18\x01 \x01(\t\x12\x14\n\x0ctrust_domain\x18\x02 \x01(\t\x12(\n\tworkloads\x18\x03 \x03(\x0b\x32\x15.meshward.v1.Workload\x12-\n\x08policies\x18\x04 \x03(\x0b\x32\x1b.meshward.v1.PolicyDocument\x12\x16\n\x0eroot_namespace\x18\x05 \x01(\t\x12?\n\rtrust_bundles\x18\x06 \x03(\x0b\x32(.meshward.v1.MeshState.TrustBundlesEntry\x12\x32\n\x0fservice_entries\x18\x07 \x03(\x0b\x32\x19.meshward.v1.ServiceEntry\x1a\x33\n\x11TrustBundlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"{\n\x0cServiceEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\r\n\x05hosts\x18\x03 \x03(\t\x12\r\n\x05ports\x18\x04 \x03(\r\x12\x11\n\tendpoints\x18\x05 \x03(\t\x12\x19\n\x11subject_alt_names\x18\x06 \x03(\t2]\n\rMeshDiscovery\x12L\n\x0fStreamMeshState\x12\x1d.meshward.v1.MeshStateRequest\x1a\x16.meshward.v1.MeshState\"\x00\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,9 +44,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POLICYDOCUMENT']._serialized_start=410
   _globals['_POLICYDOCUMENT']._serialized_end=456
   _globals['_MESHSTATE']._serialized_start=459
-  _globals['_MESHSTATE']._serialized_end=745
-  _globals['_MESHSTATE_TRUSTBUNDLESENTRY']._serialized_start=694
-  _globals['_MESHSTATE_TRUSTBUNDLESENTRY']._serialized_end=745
-  _globals['_MESHDISCOVERY']._serialized_start=747
-  _globals['_MESHDISCOVERY']._serialized_end=840
+  _globals['_MESHSTATE']._serialized_end=797
+  _globals['_MESHSTATE_TRUSTBUNDLESENTRY']._serialized_start=746
+  _globals['_MESHSTATE_TRUSTBUNDLESENTRY']._serialized_end=797
+  _globals['_SERVICEENTRY']._serialized_start=799
+  _globals['_SERVICEENTRY']._serialized_end=922
+  _globals['_MESHDISCOVERY']._serialized_start=924
+  _globals['_MESHDISCOVERY']._serialized_end=1017
 # @@protoc_insertion_point(module_scope)

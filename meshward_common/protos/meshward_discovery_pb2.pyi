@@ -58,7 +58,7 @@ class PolicyDocument(_message.Message):
     def __init__(self, source: _Optional[str] = ..., yaml: _Optional[str] = ...) -> None: ...
 
 class MeshState(_message.Message):
-    __slots__ = ("version_info", "trust_domain", "workloads", "policies", "root_namespace", "trust_bundles")
+    __slots__ = ("version_info", "trust_domain", "workloads", "policies", "root_namespace", "trust_bundles", "service_entries")
     class TrustBundlesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -72,10 +72,28 @@ class MeshState(_message.Message):
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     ROOT_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     TRUST_BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     version_info: str
     trust_domain: str
     workloads: _containers.RepeatedCompositeFieldContainer[Workload]
     policies: _containers.RepeatedCompositeFieldContainer[PolicyDocument]
     root_namespace: str
     trust_bundles: _containers.ScalarMap[str, bytes]
-    def __init__(self, version_info: _Optional[str] = ..., trust_domain: _Optional[str] = ..., workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[PolicyDocument, _Mapping]]] = ..., root_namespace: _Optional[str] = ..., trust_bundles: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+    service_entries: _containers.RepeatedCompositeFieldContainer[ServiceEntry]
+    def __init__(self, version_info: _Optional[str] = ..., trust_domain: _Optional[str] = ..., workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[PolicyDocument, _Mapping]]] = ..., root_namespace: _Optional[str] = ..., trust_bundles: _Optional[_Mapping[str, bytes]] = ..., service_entries: _Optional[_Iterable[_Union[ServiceEntry, _Mapping]]] = ...) -> None: ...
+
+class ServiceEntry(_message.Message):
+    __slots__ = ("name", "namespace", "hosts", "ports", "endpoints", "subject_alt_names")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_ALT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    hosts: _containers.RepeatedScalarFieldContainer[str]
+    ports: _containers.RepeatedScalarFieldContainer[int]
+    endpoints: _containers.RepeatedScalarFieldContainer[str]
+    subject_alt_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ..., ports: _Optional[_Iterable[int]] = ..., endpoints: _Optional[_Iterable[str]] = ..., subject_alt_names: _Optional[_Iterable[str]] = ...) -> None: ...
