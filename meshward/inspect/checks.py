@@ -146,6 +146,27 @@ def trust_bundle_check(status: Mapping[str, Any] | None) -> CheckResult | None:
     )
 
 
+def federation_checks(status: Mapping[str, Any] | None) -> list[CheckResult]:
+    """One line per federated trust domain of the CA's `ca-status.json`: the bundle in force and
+    whether its last refresh from the bundle endpoint succeeded (a failed one keeps that bundle)."""
+    out = []
+    for td, fed in sorted(((status or {}).get("federation") or {}).items()):
+        held = f"{fed.get('roots', 0)} root(s), sequence {fed.get('sequence')}"
+        name = f"federated bundle of {td}"
+        if fed.get("error"):
+            out.append(CheckResult(
+                "control-plane", name, False,
+                f"{held} kept; last refresh from {fed.get('bundle_endpoint_url')} failed: "
+                f"{fed['error']}"[:600],
+                f"check that {td}'s bundle endpoint is up and presents "
+                f"{fed.get('endpoint_spiffe_id')} (federates-with in the CA's config)",
+            ))  # fmt: skip
+        else:
+            refreshed = fed.get("refreshed") or "not yet refreshed"
+            out.append(CheckResult("control-plane", name, True, f"{held}, refreshed {refreshed}"))
+    return out
+
+
 def rotation_line(rotation: Mapping[str, Any]) -> str:
     return (
         f"{rotation['phase']}: new root {str(rotation['new_root'])[:16]} trusted since "

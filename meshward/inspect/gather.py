@@ -23,6 +23,7 @@ from meshward.inspect.checks import (
     CheckResult,
     check_sidecar_svid,
     check_signing_certs,
+    federation_checks,
     kubernetes_policy_check,
     rotation_line,
     trust_bundle_check,
@@ -229,6 +230,7 @@ def run_checks(view: MeshView, now: dt.datetime) -> list[CheckResult]:
     bundle_status = trust_bundle_check(view.ca_status())
     if bundle_status is not None:
         results.append(bundle_status)
+    results += federation_checks(view.ca_status())
     if view.kube_pods is not None:
         from meshward.inspect.kube_view import kube_process_checks
 

@@ -31,6 +31,7 @@ from ca.federation_config import FederationRelationship
 from ca.issuer import SigningAuthority
 from ca.published import PublishedAuthority
 from ca.store import CaStore
+from meshward.inspect.checks import federation_checks
 from meshward_common.clock import utc_now
 from meshward_common.spiffe_bundle import SpiffeBundle, encode_bundle, parse_bundle
 from meshward_common.spiffe_id import SpiffeId
@@ -171,6 +172,10 @@ def test_a_fetches_bs_bundle_refreshes_it_and_spiffe_clients_see_it_federated(
         assert (
             "federated bundle of b.example not refreshed, keeping the last good one" in cp_a.log()
         )
+        (check,) = federation_checks(status(cp_a))  # what `meshward check` says of it
+        assert not check.ok
+        assert "2 root(s), sequence 2 kept" in check.detail
+        assert "cannot connect" in check.detail
 
 
 def _td(name: str):  # type: ignore[no-untyped-def]
