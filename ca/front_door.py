@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from meshward_common.front_door import FrontDoor, PeerTable
 from meshward_common.tls_files import load_cert_chain_pem
+from meshward_common.tls_settings import restrict_to_modern_tls
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,11 @@ def peer_info(transport: asyncio.BaseTransport) -> PeerInfo:
 
 
 def server_ssl_context(chain_pem: bytes, key_pem: bytes, bundle_pem: str) -> ssl.SSLContext:
-    """TLS 1.2+, ALPN h2, client certificate requested and verified against the bundle if sent."""
+    """TLS 1.2+ with AEAD suites only (as the sidecars), ALPN h2, client certificate requested and
+    verified against the bundle if sent."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    restrict_to_modern_tls(ctx)
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     load_cert_chain_pem(ctx, chain_pem, key_pem)
     ctx.load_verify_locations(cadata=bundle_pem)
     ctx.verify_mode = ssl.CERT_OPTIONAL

@@ -21,10 +21,9 @@ from meshward_common.errors import PermissionDenied, SvidError, Unauthenticated
 from meshward_common.spiffe_id import SpiffeId
 from meshward_common.svid import leaf_problems, pem_of, spiffe_id_of
 from meshward_common.tls_files import load_cert_chain_pem
+from meshward_common.tls_settings import restrict_to_modern_tls
 from sidecar_tls.identity import WorkloadIdentity
 
-# Modern suites only: forward secrecy and AEAD (TLS 1.3 suites are always AEAD).
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 ALPN_HTTP = "http/1.1"
 ALPN_TCP = "meshward-tcp"  # raw TCP relayed after the same identity checks (Istio: "istio")
 ALPN_H2 = "h2"  # HTTP/2 (gRPC) between sidecars, one connection carrying many streams
@@ -37,11 +36,9 @@ def _base_context(purpose: ssl.Purpose, identity: WorkloadIdentity) -> ssl.SSLCo
     ctx = ssl.SSLContext(
         ssl.PROTOCOL_TLS_CLIENT if purpose is ssl.Purpose.SERVER_AUTH else ssl.PROTOCOL_TLS_SERVER
     )
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_ciphers(TLS12_CIPHERS)
+    restrict_to_modern_tls(ctx)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ctx.load_verify_locations(cadata=pem_of(identity.all_roots()).decode())
     _load_own_svid(ctx, identity)
     return ctx
