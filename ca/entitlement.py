@@ -61,9 +61,13 @@ def entitled_identity(
         raise PermissionDenied(f"{wanted} is not in trust domain {trust_domain}")
     if registry.node_may_hold(caller.node, wanted, trust_domain):
         return wanted
+    # One answer whether the identity is elsewhere or nowhere (istiod's is as opaque): which
+    # identities exist and where they run is the audit log's to say, not the caller's to learn.
     elsewhere = sorted({w.node for w in registry.workloads if w.spiffe_id(trust_domain) == wanted})
-    if elsewhere:
-        raise PermissionDenied(
-            f"{wanted} is registered on node(s) {', '.join(elsewhere)}, not on {caller.node}"
-        )
-    raise PermissionDenied(f"{wanted} is not in the registry")
+    raise PermissionDenied(
+        f"{caller} may not obtain {wanted}: no workload of that identity is registered on its "
+        f"node {caller.node}",
+        audit_detail=f"registered on node(s) {', '.join(elsewhere)}"
+        if elsewhere
+        else "not in the registry",
+    )

@@ -267,7 +267,10 @@ class CertificateService(istio_ca_pb2_grpc.IstioCertificateServiceServicer):
             leaf = sign_leaf(signer, public_key, identity, ttl, now)
         except Exception as exc:  # answered by the StatusBoundary; every refusal is audited here
             code = status_for(exc) if isinstance(exc, MeshwardError) else grpc.StatusCode.INTERNAL
-            self.audit.write(audit.refused(now, caller_text, requested, f"{code.name}: {exc}"))
+            reason = f"{code.name}: {exc}"
+            if isinstance(exc, PermissionDenied) and exc.audit_detail:
+                reason += f" ({exc.audit_detail})"  # the operator's detail, not the caller's
+            self.audit.write(audit.refused(now, caller_text, requested, reason))
             self.metrics.record_refused(_kind(requested), exc, time.perf_counter() - started)
             raise
         self.audit.write(audit.issued(now, caller_text, str(identity), leaf.serial, leaf.not_after))

@@ -25,7 +25,15 @@ class Unauthenticated(MeshwardError):
 
 
 class PermissionDenied(MeshwardError):
-    """The caller is authenticated but not entitled to what it asked for."""
+    """The caller is authenticated but not entitled to what it asked for.
+
+    The message is the caller's answer: it names only the caller and what it asked for.
+    `audit_detail` is what the operator's audit log adds (e.g. the nodes where an identity is
+    registered), never sent to the caller: a node learns nothing about the others."""
+
+    def __init__(self, message: str, audit_detail: str = "") -> None:
+        super().__init__(message)
+        self.audit_detail = audit_detail
 
 
 class RateLimited(MeshwardError):

@@ -43,13 +43,14 @@ REFUSED = [
         MTLS1,
         "spiffe://cluster.local/ns/default/sa/ratings",
         PermissionDenied,
-        "registered on node(s) node-2, not on node-1",
+        "node/node-1 (mtls) may not obtain spiffe://cluster.local/ns/default/sa/ratings: no "
+        "workload of that identity is registered on its node node-1",
     ),
     (
         MTLS1,
         "spiffe://cluster.local/ns/default/sa/unknown",
         PermissionDenied,
-        "not in the registry",
+        "may not obtain spiffe://cluster.local/ns/default/sa/unknown: no workload",
     ),
     (MTLS1, "spiffe://other.domain/ns/default/sa/reviews", PermissionDenied, "not in trust domain"),
     (
@@ -68,7 +69,7 @@ REFUSED = [
         MTLS1,
         "spiffe://cluster.local/meshward/control-plane",
         PermissionDenied,
-        "not in the registry",
+        "may not obtain spiffe://cluster.local/meshward/control-plane: no workload",
     ),
     (
         TOKEN1,
@@ -89,3 +90,35 @@ def test_entitled(caller: Caller, requested: str | None, expected: str) -> None:
 def test_not_entitled(caller: Caller, requested: str, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=re.escape(message)):
         entitled_identity(caller, requested, REGISTRY, TD)
+
+
+OTHER_NODES = parse_registry(
+    """
+workloads:
+  - {name: ratings-v1, namespace: default, serviceAccount: ratings, node: node-2}
+  - {name: ratings-v2, namespace: default, serviceAccount: ratings, node: node-3}
+""",
+    "registry.yaml",
+)
+
+
+@pytest.mark.parametrize(
+    ("requested", "detail"),
+    [
+        ("spiffe://cluster.local/ns/default/sa/ratings", "registered on node(s) node-2, node-3"),
+        ("spiffe://cluster.local/ns/default/sa/nobody", "not in the registry"),
+    ],
+)
+def test_a_refusal_names_only_the_caller_and_what_it_asked_the_audit_detail_the_rest(
+    requested: str, detail: str
+) -> None:
+    with pytest.raises(PermissionDenied) as refused:
+        entitled_identity(MTLS1, requested, OTHER_NODES, TD)
+    # Registered elsewhere or nowhere: one answer, no other node named.
+    assert str(refused.value) == (
+        f"node/node-1 (mtls) may not obtain {requested}: no workload of that identity is "
+        "registered on its node node-1"
+    )
+    assert "node-2" not in str(refused.value)
+    assert "node-3" not in str(refused.value)
+    assert refused.value.audit_detail == detail

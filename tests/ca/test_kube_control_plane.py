@@ -321,7 +321,13 @@ def test_workload_identity_only_while_its_pod_is_on_the_node(
     err = issue(agent_a)
     assert isinstance(err, grpc.RpcError)
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert node_b in err.details()
+    # Node A is told about itself only; where the identity went is the audit log's to say.
+    assert node_a in err.details()
+    assert node_b not in err.details()
+    audit = [json.loads(line) for line in mesh.cp.audit_path.read_text().splitlines()]
+    last = [a for a in audit if a["identity"] == identity and a["outcome"] == "refused"][-1]
+    assert last["caller"] == f"node/{node_a} (mtls)"
+    assert last["reason"].endswith(f"(registered on node(s) {node_b})")
 
     # A finished pod holds no identity either.
     kube.core.patch_namespaced_pod_status("ratings-1", ns, {"status": {"phase": "Succeeded"}})

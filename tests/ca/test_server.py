@@ -171,18 +171,41 @@ def test_token_for_another_node_cannot_obtain_that_nodes_identity(cp: ControlPla
     check_chain(cp, cred.chain_pem, f"spiffe://{TD}/meshward/node/node-2")
 
 
-def test_node_asking_for_a_workload_on_another_node_is_denied(
+def test_node_asking_for_a_workload_on_another_node_is_denied_naming_no_other_node(
     cp: ControlPlane, node1: wire.Credential
 ) -> None:
+    before = len(audit_lines(cp))
     err = refused(cp, node1, impersonate=RATINGS)
     assert err.code() == Code.PERMISSION_DENIED
-    assert "not on node-1" in err.details()
+    # The caller's answer: itself and what it asked for, not where ratings runs.
+    assert err.details() == (
+        f"node/node-1 (mtls) may not obtain {RATINGS}: no workload of that identity is "
+        "registered on its node node-1"
+    )
+    assert "node-2" not in err.details()
+    # The audit log keeps the whole story.
+    (line,) = audit_lines(cp)[before:]
+    assert (line["outcome"], line["caller"], line["identity"]) == (
+        "refused", "node/node-1 (mtls)", RATINGS,
+    )  # fmt: skip
+    assert line["reason"] == f"PERMISSION_DENIED: {err.details()} (registered on node(s) node-2)"
 
 
-def test_identity_not_in_registry_is_denied(cp: ControlPlane, node1: wire.Credential) -> None:
-    err = refused(cp, node1, impersonate=f"spiffe://{TD}/ns/default/sa/nobody")
+def test_identity_not_in_registry_is_denied_as_one_elsewhere_is(
+    cp: ControlPlane, node1: wire.Credential
+) -> None:
+    nobody = f"spiffe://{TD}/ns/default/sa/nobody"
+    before = len(audit_lines(cp))
+    err = refused(cp, node1, impersonate=nobody)
     assert err.code() == Code.PERMISSION_DENIED
-    assert "not in the registry" in err.details()
+    # The same answer as for an identity registered elsewhere: which identities exist is not
+    # the caller's to learn.
+    assert err.details() == (
+        f"node/node-1 (mtls) may not obtain {nobody}: no workload of that identity is "
+        "registered on its node node-1"
+    )
+    (line,) = audit_lines(cp)[before:]
+    assert line["reason"] == f"PERMISSION_DENIED: {err.details()} (not in the registry)"
 
 
 def test_workload_svid_cannot_call_the_ca(cp: ControlPlane, node1: wire.Credential) -> None:
