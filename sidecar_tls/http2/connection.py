@@ -23,6 +23,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 
 from sidecar_tls.http2.headers import Encoder
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 STREAM_WINDOW: Final = 1 << 20  # what one stream may have in flight towards us
 CONNECTION_WINDOW: Final = 16 << 20
 MAX_CONCURRENT_STREAMS: Final = 256  # that we accept from a downstream
+# How long a stopping sidecar lets the open streams of a connection finish after its GOAWAY:
+# Istio's default terminationDrainDuration.
+DRAIN_S: Final = 5.0
 ASSUMED_PEER_STREAMS: Final = 100  # until the peer's SETTINGS say (RFC 9113 suggests >= 100)
 _DEFAULT_WINDOW: Final = 65535
 _READ_SIZE: Final = 64 * 1024
@@ -96,6 +100,7 @@ class H2Side:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._conn_credit = 0
         self._dirty = False
+        self._idle: asyncio.Future[None] | None = None  # draining: set when no stream is left
 
     # asyncio protocol
 
@@ -242,11 +247,22 @@ class H2Side:
         """A stream of this side is finished. A retired upstream connection (made with an older
         certificate) closes once its last stream has."""
         self.pairs.pop(stream_id, None)
+        idle = self._idle
+        if idle is not None and not self.pairs and not idle.done():
+            idle.set_result(None)
         if opened_here:
             self.active -= 1
             if self.retired and self.active <= 0:
                 self.goaway()
                 self.close()
+
+    def until_idle(self) -> asyncio.Future[None]:
+        """Done when no stream is left on this side (checked as streams finish: `forget`)."""
+        idle: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.pairs:
+            idle.set_result(None)
+        self._idle = idle
+        return idle
 
     def credit(self, stream_id: int, n: int) -> None:
         """Let the peer send `n` more bytes on the stream (they have been handed on)."""
@@ -255,12 +271,17 @@ class H2Side:
         self.mark_dirty()
 
     def goaway(self) -> None:
-        """Tell the peer no new streams will be taken (the open ones finish)."""
+        """Tell the peer no new streams will be taken (the open ones finish: new ones are refused
+        while `draining`). The frame is written here, after what h2 has queued: h2's own
+        close_connection would close its state machine, and every later frame of the streams
+        still open would be a protocol error."""
         if not self.closed and not self.draining:
             self.draining = True
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.conn.close_connection()
             self.flush()
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                last = self.conn.highest_inbound_stream_id
+                transport.write(hyperframe.frame.GoAwayFrame(0, last_stream_id=last).serialize())
 
     def close(self) -> None:
         self.draining = True
@@ -284,14 +305,28 @@ def flush_dirty() -> None:
         _DIRTY.pop().flush()
 
 
-async def run_side(side: H2Side) -> None:
+async def run_side(side: H2Side, drain_s: float = DRAIN_S) -> None:
     """Wait until the connection is gone (keeps the connection's task alive). Cancelled (the
-    sidecar stops), it says GOAWAY first: NO_ERROR with the last stream it took, so the peer
-    retries the streams it never got on another connection instead of seeing the connection drop."""
+    sidecar stops), it drains: GOAWAY NO_ERROR with the last stream it took (the peer retries the
+    streams it never got on another connection instead of seeing the connection drop), then the
+    open streams may finish, for `drain_s` at most, before the connection is closed."""
+    stopped = False
     try:
         await side.done
     except asyncio.CancelledError:
-        side.goaway()
-        raise
+        stopped = True  # drained below, outside the handler (mypyc: no await in an except)
+    try:
+        if stopped:
+            await _drain(side, drain_s)
     finally:
         side.close()
+    if stopped:
+        raise asyncio.CancelledError
+
+
+async def _drain(side: H2Side, drain_s: float) -> None:
+    side.goaway()
+    if side.pairs and drain_s > 0 and not side.closed:
+        idle = side.until_idle()
+        with contextlib.suppress(asyncio.CancelledError):  # cancelled again: close now
+            await asyncio.wait((side.done, idle), timeout=drain_s)

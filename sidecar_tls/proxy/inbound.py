@@ -26,7 +26,7 @@ from sidecar_tls.exchange import Admission, Exchange, InboundExchange
 from sidecar_tls.http1.head import RequestHead, looks_like_http
 from sidecar_tls.http1.relay import HttpRelay, TlsHttpRelay, run_relay
 from sidecar_tls.http1.upstream import RelayHooks, UpstreamLink
-from sidecar_tls.http2.connection import H2Side, TlsH2Side, run_side
+from sidecar_tls.http2.connection import DRAIN_S, H2Side, TlsH2Side, run_side
 from sidecar_tls.http2.headers import looks_like_h2c
 from sidecar_tls.http2.streams import Forwarder, Route
 from sidecar_tls.http2.upstreams import H2Upstreams
@@ -94,6 +94,7 @@ class InboundProxy:
         self._original_dst = original_dst
         self.passthrough_source = passthrough_source
         self.request_timeout = request_timeout  # answers.REQUEST_TIMEOUT_S; 0: none
+        self.drain_s = DRAIN_S  # stopping: how long open HTTP/2 streams may finish
         self.refused = 0
 
     async def handle(self, sock: socket.socket) -> None:
@@ -151,7 +152,7 @@ class InboundProxy:
                 side.data_received(bytes(relay.buf))
             transport.resume_reading()
             try:
-                await run_side(side)
+                await run_side(side, self.drain_s)
             finally:
                 route.closed()
             return

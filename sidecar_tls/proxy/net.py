@@ -105,10 +105,14 @@ async def serve_accepts(
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     finally:
-        for task in tasks:
-            task.cancel()
+        # Stopped: no new connections; the open ones are cancelled and may drain (an HTTP/2
+        # connection says GOAWAY and lets its streams finish, bounded: run_side) before we return.
         with contextlib.suppress(OSError):
             listener.close()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def peek(sock: socket.socket, n: int, wait_seconds: float) -> bytes:

@@ -22,7 +22,7 @@ from sidecar_tls.exchange import Admission, Exchange, OutboundExchange
 from sidecar_tls.http1.head import HOP_BY_HOP, RequestHead, looks_like_http
 from sidecar_tls.http1.relay import HttpRelay, run_relay
 from sidecar_tls.http1.upstream import RelayHooks, UpstreamLink
-from sidecar_tls.http2.connection import H2Side, run_side
+from sidecar_tls.http2.connection import DRAIN_S, H2Side, run_side
 from sidecar_tls.http2.headers import looks_like_h2c
 from sidecar_tls.http2.streams import Forwarder, Route
 from sidecar_tls.proxy.net import (
@@ -71,6 +71,7 @@ class OutboundProxy:
         self._destination_for = destination_for or self._intercepted_destination
         self._http_only = http_only
         self.request_timeout = request_timeout  # answers.REQUEST_TIMEOUT_S; 0: none
+        self.drain_s = DRAIN_S  # stopping: how long open HTTP/2 streams may finish
         self.refused = 0
 
     def _intercepted_destination(self, sock: socket.socket) -> Destination | None:
@@ -98,7 +99,7 @@ class OutboundProxy:
                 acceptor=Forwarder(_OutboundH2Route(self, dest, downstream), self.request_timeout),
             )
             await wrap_accepted_protocol(sock, None, side)
-            await run_side(side)
+            await run_side(side, self.drain_s)
             return
         if self._http_only or looks_like_http(first):
             hooks = _OutboundHooks(self, dest, downstream)

@@ -1,0 +1,82 @@
+"""A stopping sidecar drains its HTTP/2 connections: GOAWAY, then the streams already open finish
+(a gRPC stream keeps going through the stop), bounded: a stream still open when the drain time
+is up is cut, and the stop completes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from sidecar_tls.destinations import resolve_destination
+from tests.sidecar_tls import grpc_apps
+from tests.sidecar_tls.loopback import CLIENT_ID, SERVER_ID, Pair, run_listener, sidecar_pair
+from tests.sidecar_tls.testca import MiniCA
+
+
+@pytest.fixture
+async def grpc_app() -> AsyncIterator[int]:
+    server, port = await grpc_apps.start_server()
+    try:
+        yield port
+    finally:
+        await server.stop(None)
+
+
+async def _refused(port: int, within_s: float = 30.0) -> None:
+    """Until the listener on `port` is closed (the stop has begun)."""
+    async with asyncio.timeout(within_s):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except ConnectionRefusedError:
+                return
+            writer.close()
+            await asyncio.sleep(0.05)
+
+
+async def _stream_open(pair: Pair, within_s: float = 30.0) -> None:
+    """Until the outbound sidecar carries a stream to the inbound one."""
+    dest = resolve_destination(pair.client_state.snapshot, "127.0.0.1", pair.inbound_port)
+    for _ in range(int(within_s / 0.05)):
+        if any(s.active for s in pair.outbound.pool.h2_upstreams(dest).sides):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no stream to the inbound sidecar within {within_s}s")
+
+
+async def test_a_stream_open_when_the_sidecar_stops_finishes(grpc_app: int) -> None:
+    ca = MiniCA.create()
+    async with sidecar_pair(ca.issue(CLIENT_ID), ca.issue(SERVER_ID), app_port=grpc_app) as pair:
+        pair.outbound.drain_s = 120.0  # far more than the stream needs, even on a loaded machine
+        listener = run_listener(pair.outbound.handle)  # an outbound listener this test stops
+        port = await listener.__aenter__()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.stream_stream(grpc_apps.path("Bidi"))()
+            await call.write(b"before")
+            assert await call.read() == b"before"
+            stopping = asyncio.create_task(listener.__aexit__(None, None, None))
+            await _refused(port)
+            await call.write(b"during")
+            assert await call.read() == b"during"
+            assert not stopping.done()  # the stop waits for the open stream
+            await call.done_writing()
+            assert await call.code() == grpc.StatusCode.OK
+            await asyncio.wait_for(stopping, 30)  # and completes once it has finished
+
+
+async def test_the_drain_is_bounded_a_stream_still_open_is_cut(grpc_app: int) -> None:
+    ca = MiniCA.create()
+    async with sidecar_pair(ca.issue(CLIENT_ID), ca.issue(SERVER_ID), app_port=grpc_app) as pair:
+        pair.outbound.drain_s = 0.5
+        listener = run_listener(pair.outbound.handle)
+        port = await listener.__aenter__()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_unary(grpc_apps.path("Hang"))(b"")  # no deadline: never ends by itself
+            await _stream_open(pair)
+            await asyncio.wait_for(listener.__aexit__(None, None, None), 30)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await asyncio.wait_for(call, 30)
+    assert failed.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
