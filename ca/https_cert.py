@@ -16,11 +16,12 @@ from ca.published import PublishedAuthority
 from ca.server import ROTATION_CHECK_SECONDS, ServerCert, issue_server_cert
 from meshward_common.clock import Clock
 from meshward_common.tls_files import load_cert_chain_pem
+from meshward_common.tls_settings import restrict_to_modern_tls
 
 
 def https_server_context(cert: ServerCert) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    restrict_to_modern_tls(ctx)
     load_cert_chain_pem(ctx, cert.cert_pem, cert.key_pem)
     return ctx
 

@@ -1,6 +1,7 @@
 """The CA's TLS offers AEAD suites only, as the sidecars do (issue 12 item 8): on TLS 1.2 a real
 client offering nothing but ECDHE-ECDSA CBC suites is refused, on the listen port (Python's ssl
-behind the front door) and on the `--mtls-listen` port (grpcio's own TLS); AEAD ones are taken."""
+behind the front door), on the `--mtls-listen` port (grpcio's own TLS) and on the supervisor's
+HTTPS ports (the SPIFFE bundle endpoint; the webhook shares its context); AEAD ones are taken."""
 
 from __future__ import annotations
 
@@ -24,13 +25,16 @@ CBC_SUITES = (
     "ECDHE-ECDSA-AES256-SHA384",
 )
 AEAD_SUITES = ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384")
-PORTS = ("listen", "mtls-listen")
+PORTS = ("listen", "mtls-listen", "bundle-endpoint-listen")
 
 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    mtls = ("--mtls-listen", f"127.0.0.1:{free_port()}")
-    with run_control_plane(tmp_path_factory.mktemp("cp"), REGISTRY, extra_args=mtls) as plane:
+    ports = (
+        ("--mtls-listen", f"127.0.0.1:{free_port()}")
+        + ("--bundle-endpoint-listen", f"127.0.0.1:{free_port()}")
+    )
+    with run_control_plane(tmp_path_factory.mktemp("cp"), REGISTRY, extra_args=ports) as plane:
         yield plane
 
 
@@ -51,7 +55,7 @@ def port_of(cp: ControlPlane, which: str) -> int:
     if which == "listen":
         return cp.port
     args = cp.extra_args
-    return int(args[args.index("--mtls-listen") + 1].rpartition(":")[2])
+    return int(args[args.index(f"--{which}") + 1].rpartition(":")[2])
 
 
 def handshake(cp: ControlPlane, which: str, suite: str, node_files: tuple[Path, Path]) -> str:
