@@ -31,8 +31,10 @@ PORTS = ("listen", "mtls-listen", "bundle-endpoint-listen")
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     ports = (
-        ("--mtls-listen", f"127.0.0.1:{free_port()}")
-        + ("--bundle-endpoint-listen", f"127.0.0.1:{free_port()}")
+        "--mtls-listen",
+        f"127.0.0.1:{free_port()}",
+        "--bundle-endpoint-listen",
+        f"127.0.0.1:{free_port()}",
     )
     with run_control_plane(tmp_path_factory.mktemp("cp"), REGISTRY, extra_args=ports) as plane:
         yield plane
