@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 from typing import Any
 
@@ -11,6 +12,7 @@ import click
 
 from meshward_common import logs, ports
 from meshward_common.addresses import parse_host_port
+from meshward_common.durations import parse_duration
 from meshward_common.errors import ConfigError, MeshwardError
 from sidecar_tls.sidecar import Ingress, IngressConfig, Sidecar, SidecarConfig
 
@@ -22,6 +24,27 @@ _trace_sampling = click.option(
     show_default=True,
     help="Percent of new traces sampled (Istio's defaultConfig.tracing.sampling); parent-based.",
 )
+
+_ZERO_RE = re.compile(r"0|(0+(ms|s|m|h|d))+")
+
+
+class _Seconds(click.ParamType[float, Any]):
+    """A Go duration (`15s`, `1m30s`, `500ms`) as seconds; `0s` is none, as Envoy's `timeout: 0s`."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        if _ZERO_RE.fullmatch(text):
+            return 0.0
+        try:
+            return parse_duration(text, "value").total_seconds()
+        except ConfigError as exc:
+            self.fail(str(exc).removeprefix("value: "), param, ctx)
 
 
 @click.group()
@@ -82,6 +105,22 @@ def _run(component: Any) -> None:
     default="",
     help="The app's rewritten HTTP probes (JSON, as the injector writes them), served on 15020.",
 )
+@click.option(
+    "--request-timeout",
+    type=_Seconds(),
+    default="15s",
+    show_default=True,
+    help="How long an upstream has to begin answering an HTTP request (Envoy's route timeout); "
+    "then 504. 0s: no timeout. gRPC calls are bounded by their grpc-timeout instead.",
+)
+@click.option(
+    "--drain-duration",
+    type=_Seconds(),
+    default="5s",
+    show_default=True,
+    help="On stop, how long open HTTP/2 and gRPC streams may finish (Istio's "
+    "terminationDrainDuration); 0s: cut at once.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def run(
     agent_socket: str,
@@ -93,6 +132,8 @@ def run(
     trace_sampling: float,
     service: str,
     app_probers: str,
+    request_timeout: float,
+    drain_duration: float,
     log_level: str,
 ) -> None:
     """Run the sidecar in this pod's namespace (as uid 1337, after the interception rules)."""
@@ -107,6 +148,8 @@ def run(
         trace_sampling=trace_sampling,
         service=service,
         app_probers=app_probers,
+        request_timeout=request_timeout,
+        drain_s=drain_duration,
     )
     _run(Sidecar(config))
 

@@ -18,8 +18,10 @@ from typing import Any
 from meshward_common import ports
 from meshward_common.errors import ConfigError
 from sidecar_tls.admin import HttpServer, admin_app, health_app, serve_app
+from sidecar_tls.answers import REQUEST_TIMEOUT_S
 from sidecar_tls.authz import InboundAuthorizer
 from sidecar_tls.destinations import Destination, MeshSnapshot, OutboundPolicy, resolve_destination
+from sidecar_tls.http2.connection import DRAIN_S
 from sidecar_tls.identity import SvidSource, WorkloadApiSvidSource, WorkloadIdentity
 from sidecar_tls.proxy.inbound import InboundProxy
 from sidecar_tls.proxy.net import listen_socket, serve_accepts
@@ -50,6 +52,10 @@ class SidecarConfig:
     # The app's rewritten HTTP probes (ISTIO_KUBE_APP_PROBERS JSON), served on status_port.
     app_probers: str = ""
     status_port: int = ports.AGENT_STATUS
+    # Seconds an upstream has to begin its response (Envoy's route timeout; 0: none), and how long a
+    # stopping sidecar lets open requests finish (Istio's terminationDrainDuration).
+    request_timeout: float = REQUEST_TIMEOUT_S
+    drain_s: float = DRAIN_S
 
     @property
     def service_name(self) -> str:
@@ -127,6 +133,8 @@ class Sidecar:
             namespace=config.namespace,
             outbound_policy=config.outbound_policy,
             observer=observer,
+            request_timeout=config.request_timeout,
+            drain_s=config.drain_s,
         )
         self.inbound = InboundProxy(
             self.state,
@@ -136,6 +144,8 @@ class Sidecar:
             namespace=config.namespace,
             service=f"{config.service_name}.{config.namespace}.svc.cluster.local",
             observer=observer,
+            request_timeout=config.request_timeout,
+            drain_s=config.drain_s,
         )
         self.listening = False
         self._tasks: list[asyncio.Task[None]] = []

@@ -82,6 +82,7 @@ class InboundProxy:
         original_dst: OriginalDst = original_dst,
         passthrough_source: str = ports.INBOUND_PASSTHROUGH_SOURCE,
         request_timeout: float = REQUEST_TIMEOUT_S,
+        drain_s: float = DRAIN_S,
     ) -> None:
         self.state = state
         self.authorizer = authorizer
@@ -94,7 +95,7 @@ class InboundProxy:
         self._original_dst = original_dst
         self.passthrough_source = passthrough_source
         self.request_timeout = request_timeout  # answers.REQUEST_TIMEOUT_S; 0: none
-        self.drain_s = DRAIN_S  # stopping: how long open HTTP/2 streams may finish
+        self.drain_s = drain_s  # stopping: how long open HTTP/2 streams may finish; 0: none
         self.refused = 0
 
     async def handle(self, sock: socket.socket) -> None:

@@ -61,6 +61,7 @@ class OutboundProxy:
         destination_for: DestinationFor | None = None,
         http_only: bool = False,
         request_timeout: float = REQUEST_TIMEOUT_S,
+        drain_s: float = DRAIN_S,
     ) -> None:
         self.state = state
         self.pool = ConnectionPool(state)
@@ -71,7 +72,7 @@ class OutboundProxy:
         self._destination_for = destination_for or self._intercepted_destination
         self._http_only = http_only
         self.request_timeout = request_timeout  # answers.REQUEST_TIMEOUT_S; 0: none
-        self.drain_s = DRAIN_S  # stopping: how long open HTTP/2 streams may finish
+        self.drain_s = drain_s  # stopping: how long open HTTP/2 streams may finish; 0: none
         self.refused = 0
 
     def _intercepted_destination(self, sock: socket.socket) -> Destination | None:
