@@ -5,7 +5,6 @@ is up is cut, and the stop completes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -14,15 +13,6 @@ from sidecar_tls.destinations import resolve_destination
 from tests.sidecar_tls import grpc_apps
 from tests.sidecar_tls.loopback import CLIENT_ID, SERVER_ID, Pair, run_listener, sidecar_pair
 from tests.sidecar_tls.testca import MiniCA
-
-
-@pytest.fixture
-async def grpc_app() -> AsyncIterator[int]:
-    server, port = await grpc_apps.start_server()
-    try:
-        yield port
-    finally:
-        await server.stop(None)
 
 
 async def _refused(port: int, within_s: float = 30.0) -> None:

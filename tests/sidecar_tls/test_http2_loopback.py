@@ -16,15 +16,6 @@ from tests.sidecar_tls.loopback import CLIENT_ID, SERVER_ID, Pair, sidecar_pair
 from tests.sidecar_tls.testca import MiniCA
 
 
-@pytest.fixture
-async def grpc_app() -> AsyncIterator[int]:
-    server, port = await grpc_apps.start_server()
-    try:
-        yield port
-    finally:
-        await server.stop(None)
-
-
 def _channel(pair: Pair) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(f"127.0.0.1:{pair.outbound_port}", options=grpc_apps.OPTIONS)
 

@@ -9,7 +9,6 @@ import json
 import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
 
 import grpc
 import h2.errors
@@ -153,15 +152,6 @@ async def test_a_peer_offering_h2_without_a_client_certificate_is_refused_by_str
                 break
             await asyncio.sleep(0.05)
         assert pair.inbound.refused == refused_before + 1
-
-
-@pytest.fixture
-async def grpc_app() -> AsyncIterator[int]:
-    server, port = await grpc_apps.start_server()
-    try:
-        yield port
-    finally:
-        await server.stop(None)
 
 
 async def test_rotation_with_streams_open_fails_no_call(grpc_app: int) -> None:

@@ -5,8 +5,6 @@ has passed since the request was sent whole; a gRPC call is bounded by the calle
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from sidecar_tls.http2.headers import grpc_timeout_s
@@ -57,15 +55,6 @@ async def test_a_plain_http2_request_the_app_never_answers_gets_504() -> None:
             client.close()
     assert outcomes[sid].status == 504
     assert b"upstream request timeout" in outcomes[sid].body
-
-
-@pytest.fixture
-async def grpc_app() -> AsyncIterator[int]:
-    server, port = await grpc_apps.start_server()
-    try:
-        yield port
-    finally:
-        await server.stop(None)
 
 
 def _grpc_head(timeout: str | None) -> list[tuple[str, str]]:
