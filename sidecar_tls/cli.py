@@ -14,6 +14,8 @@ from meshward_common import logs, ports
 from meshward_common.addresses import parse_host_port
 from meshward_common.durations import parse_duration
 from meshward_common.errors import ConfigError, MeshwardError
+from sidecar_tls.answers import REQUEST_TIMEOUT_S
+from sidecar_tls.http2.connection import DRAIN_S
 from sidecar_tls.sidecar import Ingress, IngressConfig, Sidecar, SidecarConfig
 
 # Shared by `run` and `ingress`.
@@ -108,7 +110,7 @@ def _run(component: Any) -> None:
 @click.option(
     "--request-timeout",
     type=_Seconds(),
-    default="15s",
+    default=f"{REQUEST_TIMEOUT_S:g}s",
     show_default=True,
     help="How long an upstream has to begin answering an HTTP request (Envoy's route timeout); "
     "then 504. 0s: no timeout. gRPC calls are bounded by their grpc-timeout instead.",
@@ -116,7 +118,7 @@ def _run(component: Any) -> None:
 @click.option(
     "--drain-duration",
     type=_Seconds(),
-    default="5s",
+    default=f"{DRAIN_S:g}s",
     show_default=True,
     help="On stop, how long open HTTP/2 and gRPC streams may finish (Istio's "
     "terminationDrainDuration); 0s: cut at once.",
