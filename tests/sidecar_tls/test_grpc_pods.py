@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,46 +92,57 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PodNetwork,
                 ) as cp,
                 run_node_agent(tmp_path, cp, workload_ttl=WORKLOAD_TTL) as agent,
             ):
-                for name in "ab":
-                    pod = net.pod(name)
-                    argv = [
-                        sys.executable, "-m", "meshward", "sidecar", "run",
-                        "--agent-socket", str(agent.socket_path),
-                        "--pod-ip", pod.ip, "--workload", name, "--namespace", "default",
-                        "--otlp-endpoint", jaeger.otlp_endpoint, "--trace-sampling", "100",
-                    ]  # fmt: skip
-                    with (tmp_path / f"sidecar-{name}.log").open("wb") as out:
-                        net.spawn(
-                            pod, argv, uid=1337, env=clean_env(), stdout=out, stderr=out, cwd=REPO
-                        )
-                server = [sys.executable, "-m", "tests.sidecar_tls.grpc_pod_app", "serve"]
-                with (tmp_path / "app-b.log").open("wb") as out:
-                    net.spawn(
-                        net.pod("b"), server, uid=APP_UID, env=clean_env(), stdout=out,
-                        stderr=out, cwd=REPO,
-                    )  # fmt: skip
-
-                def logs() -> str:
-                    return "\n".join(
-                        f"== {p.name}\n{p.read_text(errors='replace')[-2000:]}"
-                        for p in sorted(tmp_path.glob("*.log"))
-                    )
-
-                for name in "ab":
-                    ip = net.pod(name).ip
-                    wait_until(
-                        f"sidecar {name} ready",
-                        lambda ip=ip: get(f"http://{ip}:15021/healthz/ready")[0] == 200,
-                        logs=logs,
-                    )
-                wait_until(
-                    "B's gRPC app answering through both sidecars",
-                    lambda: app(net, "call", "b:9090", "Unary").get("code") == "OK",
-                    logs=logs,
+                start_grpc_pair(
+                    net,
+                    tmp_path,
+                    agent.socket_path,
+                    ["--otlp-endpoint", jaeger.otlp_endpoint, "--trace-sampling", "100"],
                 )
                 yield net, jaeger, tmp_path
         finally:
             jaeger.stop()
+
+
+def start_grpc_pair(
+    net: PodNetwork, tmp_path: Path, agent_socket: Path, sidecar_args: Sequence[str] = ()
+) -> Callable[[], str]:
+    """Sidecars in pods a and b (uid 1337, fed by the agent at `agent_socket`), B's grpcio server;
+    returns once A's unary call reaches it through both sidecars. The result gives the logs."""
+    for name in "ab":
+        pod = net.pod(name)
+        argv = [
+            sys.executable, "-m", "meshward", "sidecar", "run",
+            "--agent-socket", str(agent_socket),
+            "--pod-ip", pod.ip, "--workload", name, "--namespace", "default",
+            *sidecar_args,
+        ]  # fmt: skip
+        with (tmp_path / f"sidecar-{name}.log").open("wb") as out:
+            net.spawn(pod, argv, uid=1337, env=clean_env(), stdout=out, stderr=out, cwd=REPO)
+    server = [sys.executable, "-m", "tests.sidecar_tls.grpc_pod_app", "serve"]
+    with (tmp_path / "app-b.log").open("wb") as out:
+        net.spawn(
+            net.pod("b"), server, uid=APP_UID, env=clean_env(), stdout=out, stderr=out, cwd=REPO
+        )
+
+    def logs() -> str:
+        return "\n".join(
+            f"== {p.name}\n{p.read_text(errors='replace')[-2000:]}"
+            for p in sorted(tmp_path.glob("*.log"))
+        )
+
+    for name in "ab":
+        ip = net.pod(name).ip
+        wait_until(
+            f"sidecar {name} ready",
+            lambda ip=ip: get(f"http://{ip}:15021/healthz/ready")[0] == 200,
+            logs=logs,
+        )
+    wait_until(
+        "B's gRPC app answering through both sidecars",
+        lambda: app(net, "call", "b:9090", "Unary").get("code") == "OK",
+        logs=logs,
+    )
+    return logs
 
 
 def app(net: PodNetwork, *args: str) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from meshward_common.svid import verify_x509_svid
 from tests.harness.control_plane import run_control_plane
 from tests.harness.node_agent import run_node_agent
 from tests.harness.pods import add_intercepted_pod, pod_network
-from tests.sidecar_tls.test_grpc_pods import APP_UID, app, registry_yaml
-from tests.sidecar_tls.test_tracing_pods import clean_env, get, wait_until
+from tests.sidecar_tls.test_grpc_pods import app, registry_yaml, start_grpc_pair
+from tests.sidecar_tls.test_tracing_pods import wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -40,40 +40,7 @@ def test_rotating_the_root_under_load_fails_no_call(tmp_path: Path) -> None:
             run_control_plane(tmp_path, registry_yaml(net), workload_ttl=TTL, max_ttl="8s") as cp,
             run_node_agent(tmp_path, cp, workload_ttl=TTL) as agent,
         ):
-            for name in "ab":
-                pod = net.pod(name)
-                argv = [
-                    sys.executable, "-m", "meshward", "sidecar", "run",
-                    "--agent-socket", str(agent.socket_path),
-                    "--pod-ip", pod.ip, "--workload", name, "--namespace", "default",
-                ]  # fmt: skip
-                with (tmp_path / f"sidecar-{name}.log").open("wb") as out:
-                    net.spawn(
-                        pod, argv, uid=1337, env=clean_env(), stdout=out, stderr=out, cwd=REPO
-                    )
-            server = [sys.executable, "-m", "tests.sidecar_tls.grpc_pod_app", "serve"]
-            with (tmp_path / "app-b.log").open("wb") as out:
-                net.spawn(net.pod("b"), server, uid=APP_UID, env=clean_env(), stdout=out,
-                          stderr=out, cwd=REPO)  # fmt: skip
-
-            def logs() -> str:
-                return "\n".join(
-                    f"== {p.name}\n{p.read_text(errors='replace')[-2000:]}"
-                    for p in sorted(tmp_path.glob("*.log"))
-                )
-
-            for name in "ab":
-                ip = net.pod(name).ip
-                wait_until(
-                    f"sidecar {name} ready",
-                    lambda ip=ip: get(f"http://{ip}:15021/healthz/ready")[0] == 200,
-                    logs=logs,
-                )
-            wait_until(
-                "B answering through both sidecars",
-                lambda: app(net, "call", "b:9090", "Unary").get("code") == "OK",
-                logs=logs,
-            )
+            logs = start_grpc_pair(net, tmp_path, agent.socket_path)
             (old,) = x509.load_pem_x509_certificates(cp.bundle_pem())
 
             result: dict[str, Any] = {}
