@@ -11,7 +11,6 @@ and deleted with the API), and `make down` leaves no namespace, link, cgroup or 
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -19,15 +18,11 @@ import pytest
 
 from meshward.inspect.checks import FAIL_MARK
 from meshward.kube.pod_cgroups import cgroup2_root
-from tests.meshward.test_mesh_harness import PREFIX, REPO, local_mesh
+from tests.meshward import walkthrough_steps as steps
+from tests.meshward.test_mesh_harness import PREFIX, local_mesh
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-TD = "spiffe://cluster.local"
-INGRESS_ID = f"{TD}/ns/istio-system/sa/meshward-ingress"
-PRODUCTPAGE_ID = f"{TD}/ns/default/sa/bookinfo-productpage"
-REVIEWS_ID = f"{TD}/ns/default/sa/bookinfo-reviews"
-DENY_POLICY = REPO / "meshward" / "demo" / "policies" / "deny-reviews-from-productpage.yaml"
 POLICY_WAIT_S = 30.0  # watch -> publish -> agent -> sidecar; the figure measured is printed
 TYPO_POLICY = """apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -36,16 +31,6 @@ spec:
   action: DENY
   rules: [{when: [{key: source.ipp, values: [1.2.3.4]}]}]
 """
-
-
-def _poll_status(mesh, pod: str, url: str, want: int) -> tuple[float, int, str]:
-    start = time.monotonic()
-    while True:
-        status, body = mesh.exec_curl(pod, url)
-        elapsed = time.monotonic() - start
-        if status == want or elapsed > POLICY_WAIT_S:
-            return elapsed, status, body
-        time.sleep(0.2)
 
 
 def _pod_cgroups(mesh) -> list[Path]:
@@ -83,69 +68,27 @@ def test_readme_walkthrough_on_kubernetes_end_to_end(tmp_path: Path) -> None:
         assert all(cg.is_dir() for cg in cgroups)
 
         # 2. curl the ingress: the page, each hop's caller identity, the trace id.
-        status, page = mesh.ingress("/productpage")
-        assert status == 200, page
-        callers = {hop["service"]: hop["caller"] for hop in page["hops"]}
-        assert callers == {
-            "productpage": INGRESS_ID,
-            "details": PRODUCTPAGE_ID,
-            "reviews": PRODUCTPAGE_ID,
-            "ratings": REVIEWS_ID,
-        }
-        assert all(hop["status"] == "200" for hop in page["hops"])
-        trace_id = page["trace_id"]
-        assert re.fullmatch(r"[0-9a-f]{32}", trace_id), page["received_headers"]
+        trace_id = steps.curl_ingress(mesh)
 
         # 3. curl between pods, through both sidecars, as the app user.
-        status, body = mesh.exec_curl("productpage", "http://reviews:9080/reviews/1")
-        assert status == 200, body
-        assert f"URI={PRODUCTPAGE_ID}" in body
-        assert f"By={REVIEWS_ID}" in body
+        steps.curl_between_pods(mesh)
 
         # 4. a DENY AuthorizationPolicy applied with the API: Envoy's 403, other calls pass.
-        done = mesh.kubectl("apply", "-f", str(DENY_POLICY))
+        done = mesh.kubectl("apply", "-f", str(steps.DENY_POLICY))
         assert done.returncode == 0, done.stderr
-        took, status, body = _poll_status(mesh, "productpage", "http://reviews:9080/reviews/1", 403)
-        print(f"DENY policy enforced after {took:.2f} s")
-        assert (status, body.strip()) == (403, "RBAC: access denied")
-        assert mesh.exec_curl("productpage", "http://details:9080/details/1")[0] == 200
-        assert mesh.exec_curl("reviews-v1", "http://ratings:9080/ratings/1")[0] == 200
-        _, page = mesh.ingress("/productpage")
-        assert page["data"]["reviews"]["status"] == 403
+        steps.deny_enforced(mesh, POLICY_WAIT_S)
 
         # 5. delete it: allowed again.
-        done = mesh.kubectl("delete", "-f", str(DENY_POLICY))
+        done = mesh.kubectl("delete", "-f", str(steps.DENY_POLICY))
         assert done.returncode == 0, done.stderr
-        took, status, body = _poll_status(mesh, "productpage", "http://reviews:9080/reviews/1", 200)
-        print(f"DENY policy lifted after {took:.2f} s")
-        assert status == 200, body
+        steps.deny_lifted(mesh, POLICY_WAIT_S)
 
         # 6. the traces: the ingress request's trace, through every service.
-        deadline = time.monotonic() + 30
-        while True:
-            done = mesh.cli("traces", "--query-url", mesh.query_url, "-n", "20")
-            if trace_id in done.stdout or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert f"trace {trace_id}" in done.stdout, done.stdout + done.stderr
-        for service in ("ingress.default", "productpage.default", "details.default",
-                        "reviews.default", "ratings.default"):  # fmt: skip
-            assert service in done.stdout
+        steps.trace_through_every_service(mesh, trace_id, within_s=30)
 
         # 7. inspection, the pods from the API: status, proxy-config secret, check.
-        done = mesh.cli("status")
-        assert done.returncode == 0, done.stderr
-        for pod in ("productpage", "details", "reviews-v1", "reviews-v2", "ratings"):
-            row = next(line for line in done.stdout.splitlines() if f" {pod} " in line)
-            assert " true " in row, row
-            assert "sidecar:up,app:up" in row, row
-        assert done.stdout.count("(node agent meshward-node-agent-") == 2
-        done = mesh.cli("proxy-config", "secret", "reviews-v2")
-        assert done.returncode == 0, done.stderr
-        assert f"SPIFFE ID: {REVIEWS_ID}" in done.stdout
-        done = mesh.cli("check")
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "Status check results are" in done.stdout
+        status = steps.status_and_secret(mesh)
+        assert status.count("(node agent meshward-node-agent-") == 2
         typo = tmp_path / "typo.yaml"
         typo.write_text(TYPO_POLICY)
         assert mesh.kubectl("apply", "-f", str(typo)).returncode == 0
