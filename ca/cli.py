@@ -32,7 +32,9 @@ def ca() -> None:
 @click.option("--registry", help="workload registry YAML file (reloaded on change)")
 @click.option("--policy-dir", help="directory of AuthorizationPolicy/PeerAuthentication YAML")
 @click.option(
-    "--service-entry-dir", help="directory of Istio ServiceEntry YAML (federated meshes' services)"
+    "--service-entry-dir",
+    help="directory of Istio ServiceEntry YAML (federated meshes' services; not with "
+    "--kubernetes: there they come from the API)",
 )
 @click.option("--bundle-endpoint-listen", help="HOST:PORT of the SPIFFE bundle endpoint (off)")
 @click.option("--bundle-endpoint-refresh-hint", help="refresh hint it serves (default 5m)")

@@ -268,7 +268,8 @@ def _kubernetes(merged: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError("kubernetes: the mesh state comes from the API; drop registry/policy-dir")
     if on and merged["service-entry-dir"]:
         raise ConfigError(
-            "service-entry-dir: not with kubernetes (ServiceEntry objects are not watched yet)"
+            "service-entry-dir: not with kubernetes (ServiceEntry objects come from the API: "
+            "kubectl apply them)"
         )
     ns, sep, name = str(merged["agent-service-account"]).partition("/")
     try:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from meshward_common.errors import ConfigError
 from meshward_common.limits import MESH_STATE_MAX_BYTES
@@ -26,6 +27,7 @@ from policy.parse import PolicyFileError, read_policy_text
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.25
+V = TypeVar("V")
 
 
 def build_mesh_state(
@@ -62,21 +64,22 @@ def build_mesh_state(
         policies=[pb.PolicyDocument(source=s, yaml=policies[s]) for s in sorted(policies)],
         root_namespace=root_namespace,
         trust_bundles=dict(trust_bundles or {}),
-        service_entries=[
-            pb.ServiceEntry(
-                name=e.name,
-                namespace=e.namespace,
-                hosts=list(e.hosts),
-                ports=list(e.ports),
-                endpoints=list(e.endpoints),
-                subject_alt_names=list(e.subject_alt_names),
-            )
-            for e in service_entries
-        ],
+        service_entries=[service_entry_pb(e) for e in service_entries],
     )
     digest = hashlib.sha256(state.SerializeToString(deterministic=True)).hexdigest()
     state.version_info = digest[:16]
     return state
+
+
+def service_entry_pb(e: ServiceEntry) -> pb.ServiceEntry:
+    return pb.ServiceEntry(
+        name=e.name,
+        namespace=e.namespace,
+        hosts=list(e.hosts),
+        ports=list(e.ports),
+        endpoints=list(e.endpoints),
+        subject_alt_names=list(e.subject_alt_names),
+    )
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,11 @@ def policies_size(policies: Mapping[str, str]) -> int:
     return sum(policy_entry_size(s, t) for s, t in policies.items())
 
 
+def service_entry_size(source: str, entry: ServiceEntry) -> int:
+    """The bytes one ServiceEntry adds to a MeshState (as `policy_entry_size`)."""
+    return pb.MeshState(service_entries=[service_entry_pb(entry)]).ByteSize()
+
+
 def base_size(
     registry: Registry,
     trust_domain: str,
@@ -133,32 +141,45 @@ def over_bound_reason(max_bytes: int) -> str:
 
 
 @dataclass(frozen=True)
-class Fitted:
-    policies: dict[str, str]
+class Fitted(Generic[V]):
+    entries: dict[str, V]  # what is in force: the policies' texts, or the ServiceEntries
     refused: tuple[str, ...]  # the sources whose change would not fit (their last good kept)
+    size: int  # `base` plus every entry in force
+
+
+def fit_entries(
+    base: int,
+    current: Mapping[str, V],
+    changes: Mapping[str, V],
+    max_bytes: int,
+    entry_size: Callable[[str, V], int],
+) -> Fitted[V]:
+    """`current` (the last good version of every entry that stays) with each of `changes`
+    taken, in source order, while the state (`base` plus every entry) stays within `max_bytes`.
+
+    The one rule of the mesh state's bound, for the files and for the Kubernetes API alike, for
+    policies and ServiceEntries: a change that would cross it is refused at its source and the
+    rest of the mesh moves on."""
+    entries = dict(current)
+    size = base + sum(entry_size(s, v) for s, v in entries.items())
+    refused = []
+    for source in sorted(changes):
+        value = changes[source]
+        grown = size + entry_size(source, value)
+        if source in entries:
+            grown -= entry_size(source, entries[source])
+        if grown > max_bytes:
+            refused.append(source)
+            continue
+        entries[source], size = value, grown
+    return Fitted(entries, tuple(refused), size)
 
 
 def fit_policies(
     base: int, current: Mapping[str, str], changes: Mapping[str, str], max_bytes: int
-) -> Fitted:
-    """`current` (the last good text of every policy that stays) with each of `changes` taken,
-    in source order, while the state (`base` plus every policy) stays within `max_bytes`.
-
-    The one rule of the mesh state's bound, for the files and for the Kubernetes API alike: a
-    change that would cross it is refused at its source and the rest of the mesh moves on."""
-    policies = dict(current)
-    size = base + policies_size(policies)
-    refused = []
-    for source in sorted(changes):
-        text = changes[source]
-        grown = size + policy_entry_size(source, text)
-        if source in policies:
-            grown -= policy_entry_size(source, policies[source])
-        if grown > max_bytes:
-            refused.append(source)
-            continue
-        policies[source], size = text, grown
-    return Fitted(policies, tuple(refused))
+) -> Fitted[str]:
+    """`fit_entries` for policy texts."""
+    return fit_entries(base, current, changes, max_bytes, policy_entry_size)
 
 
 class MeshStateSource:
@@ -294,8 +315,8 @@ class MeshStateSource:
                 "policy refused, keeping the last good version: %s:1: file: %s",
                 where, over_bound_reason(self.max_state_bytes),
             )  # fmt: skip
-        changed = changed or fitted.policies != policies
-        self._policies, self._base_size = fitted.policies, base
+        changed = changed or fitted.entries != policies
+        self._policies, self._base_size = fitted.entries, base
         return changed
 
     def set_trust_bundles(self, bundles: Mapping[str, bytes]) -> bool:

@@ -44,6 +44,7 @@ AUTHORIZATION_POLICIES = Resource(
 PEER_AUTHENTICATIONS = Resource(
     "PeerAuthentication", "/apis/security.istio.io/v1/peerauthentications"
 )
+SERVICE_ENTRIES = Resource("ServiceEntry", "/apis/networking.istio.io/v1/serviceentries")
 
 
 class KubeApiError(MeshwardError):

@@ -1,10 +1,14 @@
-"""Istio's security CRDs (`security.istio.io` AuthorizationPolicy and PeerAuthentication).
+"""The Istio CRDs the control plane watches: `security.istio.io` AuthorizationPolicy and
+PeerAuthentication, and `networking.istio.io` ServiceEntry (a federated mesh's services).
 
-Structural schemas of Istio's API (the field names and types of `security.istio.io/v1`, as Istio's
-reference documents them), served as v1 (stored) and v1beta1 like Istio serves them, so users'
-YAML applies unchanged. The schema checks shapes and enums; meaning (principal syntax, condition
-keys, ports) is the policy engine's job, and an object the engine refuses is reported by the
-control plane and ignored. `meshward manifest generate` ships these; the tests install them.
+Structural schemas of Istio's API (the field names and types of `security.istio.io/v1` and
+`networking.istio.io/v1`, as Istio's reference documents them), served in the versions Istio
+serves (security: v1 stored, v1beta1; networking: v1 stored, v1beta1, v1alpha3), so users' YAML
+applies unchanged. The schema checks shapes and enums; meaning (principal syntax, condition keys,
+ports, which ServiceEntry fields are supported) is the policy engine's and
+`meshward_common.service_entry`'s job, and an object they refuse is reported by the control plane
+and ignored (its last good version kept). `meshward manifest generate` ships these; the tests
+install them.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Any
 
 GROUP = "security.istio.io"
 VERSIONS = ("v1", "v1beta1")  # v1 stored
+NETWORKING_GROUP = "networking.istio.io"
+NETWORKING_VERSIONS = ("v1", "v1beta1", "v1alpha3")  # v1 stored
 
 
 def _strings() -> dict[str, Any]:
@@ -92,7 +98,57 @@ PEER_AUTHENTICATION_SPEC = {
 }
 
 
-def _crd(kind: str, plural: str, short: list[str], spec: dict[str, Any]) -> dict[str, Any]:
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_PORT = {
+    "type": "object",
+    "required": ["number"],
+    "properties": {
+        "number": {"type": "integer", "maximum": 4294967295, "minimum": 0},
+        "protocol": {"type": "string"},
+        "name": {"type": "string"},
+        "targetPort": {"type": "integer", "maximum": 4294967295, "minimum": 0},
+    },
+}
+_WORKLOAD_ENTRY = {
+    "type": "object",
+    "properties": {
+        "address": {"type": "string"},
+        "ports": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "labels": _STRING_MAP,
+        "network": {"type": "string"},
+        "locality": {"type": "string"},
+        "weight": {"type": "integer", "maximum": 4294967295, "minimum": 0},
+        "serviceAccount": {"type": "string"},
+    },
+}
+SERVICE_ENTRY_SPEC = {
+    "type": "object",
+    "required": ["hosts"],
+    "properties": {
+        "hosts": _strings(),
+        "addresses": _strings(),
+        "ports": {"type": "array", "items": _PORT},
+        "location": {"type": "string", "enum": ["MESH_EXTERNAL", "MESH_INTERNAL"]},
+        "resolution": {
+            "type": "string",
+            "enum": ["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"],
+        },
+        "endpoints": {"type": "array", "items": _WORKLOAD_ENTRY},
+        "workloadSelector": {"type": "object", "properties": {"labels": _STRING_MAP}},
+        "exportTo": _strings(),
+        "subjectAltNames": _strings(),
+    },
+}
+
+
+def _crd(
+    kind: str,
+    plural: str,
+    short: list[str],
+    spec: dict[str, Any],
+    group: str = GROUP,
+    versions: tuple[str, ...] = VERSIONS,
+) -> dict[str, Any]:
     schema = {
         "openAPIV3Schema": {
             "type": "object",
@@ -105,34 +161,37 @@ def _crd(kind: str, plural: str, short: list[str], spec: dict[str, Any]) -> dict
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app": "meshward"}},
+        "metadata": {"name": f"{plural}.{group}", "labels": {"app": "meshward"}},
         "spec": {
-            "group": GROUP,
+            "group": group,
             "names": {
                 "kind": kind,
                 "listKind": f"{kind}List",
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": short,
-                "categories": ["istio-io", "security-istio-io"],
+                "categories": ["istio-io", f"{group.split('.')[0]}-istio-io"],
             },
             "scope": "Namespaced",
             "versions": [
                 {
                     "name": v,
                     "served": True,
-                    "storage": v == VERSIONS[0],
+                    "storage": v == versions[0],
                     "schema": schema,
                     "subresources": {"status": {}},
                 }
-                for v in VERSIONS
+                for v in versions
             ],
         },
     }
 
 
-def security_crds() -> list[dict[str, Any]]:
+def istio_crds() -> list[dict[str, Any]]:
+    """Every CRD the control plane watches (what the manifests ship and the tests install)."""
     return [
         _crd("AuthorizationPolicy", "authorizationpolicies", ["ap"], AUTHORIZATION_POLICY_SPEC),
         _crd("PeerAuthentication", "peerauthentications", ["pa"], PEER_AUTHENTICATION_SPEC),
-    ]
+        _crd("ServiceEntry", "serviceentries", ["se"], SERVICE_ENTRY_SPEC,
+             NETWORKING_GROUP, NETWORKING_VERSIONS),
+    ]  # fmt: skip

@@ -1,11 +1,13 @@
-"""The mesh's state from the API server: Pods, Services, EndpointSlices, Istio's security CRDs.
+"""The mesh's state from the API server: Pods, Services, EndpointSlices, Istio's security CRDs
+and ServiceEntries (`networking.istio.io`: a federated mesh's services).
 
 `registry_from_cluster` and `policy_document` are pure. `KubeMeshStateSource` has the file
 source's interface (`registry`, `state`, `changed`, `trust_domain`, `watch()`): one reflector per
 resource, and after each change the state is rebuilt and subscribers woken. A policy object the
-engine refuses is reported (a log line; `refused`, which the supervisor's metrics read; the
-state dir's REFUSED_FILE, which `meshward check` reads) and its last good
-version stays in force, as with a bad file in the policy directory; deleting it removes it.
+engine refuses, or a ServiceEntry `meshward_common.service_entry` refuses (the rules of the
+`--service-entry-dir` files), is reported (a log line; `refused`, which the supervisor's metrics
+read; the state dir's REFUSED_FILE, which `meshward check` reads) and its last good version stays
+in force, as with a bad file in the policy directory; deleting it removes it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +30,17 @@ from ca.kube.watch import Reflector
 from ca.mesh_state import (
     base_size,
     build_mesh_state,
+    fit_entries,
     fit_policies,
     over_bound_reason,
     policies_size,
+    service_entry_size,
 )
 from meshward_common import ports as mesh_ports
 from meshward_common.errors import ConfigError, SpiffeIdError
 from meshward_common.limits import MESH_STATE_MAX_BYTES
 from meshward_common.registry import Registry, Workload
+from meshward_common.service_entry import ServiceEntry, parse_service_entries
 from meshward_common.spiffe_id import validate_name
 from policy import parse_text
 from policy.model import DEFAULT_ROOT_NAMESPACE
@@ -131,6 +136,11 @@ def registry_from_cluster(pods: Objects, services: Objects, slices: Objects) -> 
     return Registry(tuple(workloads))
 
 
+def _what(kind: str) -> str:
+    """How a refusal's log line names the object: as the file sources' lines do."""
+    return kind if kind == SERVICE_ENTRY_KIND else "policy"
+
+
 def policy_source(obj: dict[str, Any]) -> str:
     meta = _meta(obj)
     return f"{obj.get('kind', '?')}/{meta.get('namespace', '')}/{meta.get('name', '')}"
@@ -149,6 +159,18 @@ def policy_document(obj: dict[str, Any]) -> str:
 
 
 _Texts = dict[str, str]
+POLICY_KINDS = ("AuthorizationPolicy", "PeerAuthentication")
+SERVICE_ENTRY_KIND = "ServiceEntry"
+
+
+@dataclass(frozen=True)
+class _GoodEntry:
+    text: str  # the object's YAML as judged (a change to it is judged again)
+    entry: ServiceEntry
+
+
+def _entry_size(source: str, good: _GoodEntry) -> int:
+    return service_entry_size(source, good.entry)
 
 
 @dataclass(frozen=True)
@@ -157,8 +179,19 @@ class _Judged:
 
     registry: Registry
     policies: dict[str, str]  # source -> the good YAML in force
+    entries: dict[str, _GoodEntry]  # source -> the good ServiceEntry in force
     refused: dict[str, str]  # source -> why (one line)
     refused_texts: dict[str, str]  # source -> the refused YAML (not parsed again)
+
+
+@dataclass
+class _Seen:
+    """The judging of one kind: last good versions that stay, new good ones, refusals."""
+
+    kept: dict[str, Any]
+    changes: dict[str, Any]
+    refused: dict[str, str]
+    texts: dict[str, str]
 
 
 class KubeMeshStateSource:
@@ -187,7 +220,8 @@ class KubeMeshStateSource:
         self.registry = Registry()
         self.changed = asyncio.Condition()
         self.refused: dict[str, str] = {}  # source -> why (replaced whole: metrics read it)
-        self._good: dict[str, str] = {}  # source -> last good YAML
+        self._good: dict[str, str] = {}  # policy source -> last good YAML
+        self._good_entries: dict[str, _GoodEntry] = {}  # ServiceEntry source -> last good
         self._refused_texts: dict[str, str] = {}  # source -> the YAML refused
         self._registry_refused = -1  # workloads of the last registry refused for the bound
         self._dirty = asyncio.Event()
@@ -196,7 +230,7 @@ class KubeMeshStateSource:
             r.kind: Reflector(api, r, self._dirty.set)
             for r in (
                 kapi.PODS, kapi.SERVICES, kapi.ENDPOINT_SLICES,
-                kapi.AUTHORIZATION_POLICIES, kapi.PEER_AUTHENTICATIONS,
+                kapi.AUTHORIZATION_POLICIES, kapi.PEER_AUTHENTICATIONS, kapi.SERVICE_ENTRIES,
             )
         }  # fmt: skip
         self.state = build_mesh_state(self.registry, {}, trust_domain, root_namespace)
@@ -220,42 +254,62 @@ class KubeMeshStateSource:
             ) from exc
         await self.refresh()
 
-    def _judge_policies(
-        self, objects: Mapping[str, Objects]
-    ) -> tuple[_Texts, _Texts, _Texts, _Texts]:
-        """The last good text of each object that stays, the new good texts, the refused
-        (source -> why) and their texts."""
-        kept: dict[str, str] = {}
-        changes: dict[str, str] = {}
-        refused: dict[str, str] = {}
-        texts: dict[str, str] = {}
-        for kind in ("AuthorizationPolicy", "PeerAuthentication"):
+    def _seen(
+        self,
+        objects: Mapping[str, Objects],
+        kinds: tuple[str, ...],
+        good: Mapping[str, tuple[str, Any]],
+        parse: Callable[[str, str], Any],
+    ) -> _Seen:
+        """Judge the objects of `kinds` against their last good versions (`good`: source ->
+        (text, value)); a changed object is parsed by `parse(text, source)` (ConfigError: one
+        line, last good kept), an object refused before and unchanged is not parsed again."""
+        seen = _Seen({}, {}, {}, {})
+        for kind in kinds:
             for obj in objects[kind].values():
                 source = policy_source(obj)
                 text = policy_document(obj)
-                if source in self._good:
-                    kept[source] = self._good[source]
-                if self._good.get(source) == text:
-                    continue
+                last = good.get(source)
+                if last is not None:
+                    seen.kept[source] = last[1]
+                    if last[0] == text:
+                        continue
                 if self._refused_texts.get(source) == text:
-                    refused[source], texts[source] = self.refused[source], text
+                    seen.refused[source], seen.texts[source] = self.refused[source], text
                     continue
                 try:
-                    parse_text(text, source)
+                    seen.changes[source] = parse(text, source)
                 except ConfigError as exc:
-                    log.error("policy refused, keeping the last good version: %s", exc)
-                    refused[source], texts[source] = str(exc), text
-                    continue
-                changes[source] = text
-        return kept, changes, refused, texts
+                    log.error("%s refused, keeping the last good version: %s", _what(kind), exc)
+                    seen.refused[source], seen.texts[source] = str(exc), text
+        return seen
 
     def _judge(self, objects: Mapping[str, Objects], bundles: Mapping[str, bytes]) -> _Judged:
-        kept, changes, refused, texts = self._judge_policies(objects)
+        def policy(text: str, source: str) -> str:
+            parse_text(text, source)
+            return text
+
+        def service_entry(text: str, source: str) -> _GoodEntry:
+            (entry,) = parse_service_entries(text, source)
+            return _GoodEntry(text, entry)
+
+        policies = self._seen(
+            objects, POLICY_KINDS, {s: (t, t) for s, t in self._good.items()}, policy
+        )
+        entries = self._seen(
+            objects, (SERVICE_ENTRY_KIND,),
+            {s: (g.text, g) for s, g in self._good_entries.items()}, service_entry,
+        )  # fmt: skip
+        refused = {**policies.refused, **entries.refused}
+        texts = {**policies.texts, **entries.texts}
         registry = registry_from_cluster(
             objects["Pod"], objects["Service"], objects["EndpointSlice"]
         )
+        kept_size = policies_size(policies.kept) + sum(
+            _entry_size(s, g) for s, g in entries.kept.items()
+        )
         base = base_size(registry, self.trust_domain, self.root_namespace, bundles)
-        if base + policies_size(kept) > self.max_state_bytes:
+        if base + kept_size > self.max_state_bytes:
             if len(registry.workloads) != self._registry_refused:
                 log.error(
                     "Pods refused, keeping the last good registry (%d workloads): %d workloads: %s",
@@ -267,18 +321,30 @@ class KubeMeshStateSource:
             base = base_size(registry, self.trust_domain, self.root_namespace, bundles)
         else:
             self._registry_refused = -1
-        fitted = fit_policies(base, kept, changes, self.max_state_bytes)
-        for source in fitted.refused:
+        # ServiceEntries first (beside the policies in force), then the policies beside them.
+        fitted_entries = fit_entries(
+            base + policies_size(policies.kept), entries.kept, entries.changes,
+            self.max_state_bytes, _entry_size,
+        )  # fmt: skip
+        entries_size = fitted_entries.size - base - policies_size(policies.kept)
+        fitted = fit_policies(
+            base + entries_size, policies.kept, policies.changes, self.max_state_bytes
+        )
+        over = {s: entries.changes[s].text for s in fitted_entries.refused}
+        over.update({s: policies.changes[s] for s in fitted.refused})
+        for source, text in over.items():
             why = f"{source}:1: object: {over_bound_reason(self.max_state_bytes)}"
-            log.error("policy refused, keeping the last good version: %s", why)
-            refused[source], texts[source] = why, changes[source]
-        return _Judged(registry, fitted.policies, refused, texts)
+            log.error("%s refused, keeping the last good version: %s",
+                      _what(source.partition("/")[0]), why)  # fmt: skip
+            refused[source], texts[source] = why, text
+        return _Judged(registry, fitted.entries, fitted_entries.entries, refused, texts)
 
     async def refresh(self) -> bool:
         """Judge the objects as they are now (in a worker thread); True if the state changed."""
         objects = {kind: dict(r.objects) for kind, r in self.reflectors.items()}
         judged = await asyncio.to_thread(self._judge, objects, dict(self._bundles))
         self.registry, self._good = judged.registry, judged.policies
+        self._good_entries = judged.entries
         self.refused, self._refused_texts = judged.refused, judged.refused_texts
         self._report_refused()
         return self._assemble()
@@ -286,8 +352,9 @@ class KubeMeshStateSource:
     def _assemble(self) -> bool:
         old = self.state.version_info
         self.state = build_mesh_state(
-            self.registry, self._good, self.trust_domain, self.root_namespace, self._bundles
-        )
+            self.registry, self._good, self.trust_domain, self.root_namespace, self._bundles,
+            [self._good_entries[s].entry for s in sorted(self._good_entries)],
+        )  # fmt: skip
         return self.state.version_info != old
 
     def set_trust_bundles(self, bundles: Mapping[str, bytes]) -> bool:

@@ -1,8 +1,8 @@
 """What the control plane may do in the cluster: the one ClusterRole the manifests ship.
 
-Only what it reads (list/watch of pods, services, endpointslices and Istio's security CRDs) and
-TokenReview (create) to authenticate node agents. `meshward manifest generate` ships exactly this,
-and a test runs the control plane bound to exactly this and nothing more.
+Only what it reads (list/watch of pods, services, endpointslices, Istio's security CRDs and
+ServiceEntries) and TokenReview (create) to authenticate node agents. `meshward manifest generate`
+ships exactly this, and a test runs the control plane bound to exactly this and nothing more.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ RULES: tuple[dict[str, Any], ...] = (
         "resources": ["authorizationpolicies", "peerauthentications"],
         "verbs": _READ,
     },
+    {"apiGroups": ["networking.istio.io"], "resources": ["serviceentries"], "verbs": _READ},
     {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
 )
 

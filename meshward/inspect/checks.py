@@ -176,11 +176,11 @@ def rotation_line(rotation: Mapping[str, Any]) -> str:
 
 
 def kubernetes_policy_check(refused: Mapping[str, str] | None) -> CheckResult | None:
-    """What the control plane on Kubernetes refused of the API's policy objects (its
+    """What the control plane on Kubernetes refused of the API's policy and ServiceEntry objects (its
     `kubernetes-refused.json`: {"Kind/namespace/name": why}); None when it does not watch one."""
     if refused is None:
         return None
-    name = "every AuthorizationPolicy and PeerAuthentication in the API is accepted"
+    name = "every AuthorizationPolicy, PeerAuthentication and ServiceEntry in the API is accepted"
     if not refused:
         return CheckResult("policy", name, True)
     detail = " | ".join(f"{source}: {why}" for source, why in sorted(refused.items()))

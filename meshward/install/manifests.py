@@ -1,5 +1,5 @@
 """Everything a cluster needs for meshward, as `istioctl manifest generate` prints it for Istio:
-the namespace, Istio's security CRDs, the service accounts, the control plane's ClusterRole (the
+the namespace, Istio's CRDs, the service accounts, the control plane's ClusterRole (the
 one `ca.kube.rbac` defines, nothing more), the injector's ConfigMap, the plug-in CA Secret
 (`cacerts`, Istio's layout) when given, the control plane's Service (15012 gRPC, 443 -> 15017
 webhook) and Deployment, the node agents' DaemonSet (the socket directory as a hostPath, a
@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from ca.kube.crds import security_crds
+from ca.kube.crds import istio_crds
 from ca.kube.rbac import (
     CONTROL_PLANE_NAMESPACE,
     CONTROL_PLANE_SERVICE_ACCOUNT,
@@ -331,7 +331,7 @@ def generate(values: InstallValues) -> list[dict[str, Any]]:
     """Every object, in the order they can be applied."""
     objects: list[dict[str, Any]] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(NS, namespace=None)},
-        *security_crds(),
+        *istio_crds(),
         _service_account(CONTROL_PLANE_SERVICE_ACCOUNT),
         _service_account(NODE_AGENT_SERVICE_ACCOUNT),
         cluster_role(),

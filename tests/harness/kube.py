@@ -299,12 +299,12 @@ class Kube:
 # -- the control plane on Kubernetes ---------------------------------------------------------
 
 
-def install_security_crds(api: k8s.ApiClient, timeout: float = 60.0) -> None:
-    """Istio's security CRDs as meshward ships them; idempotent; returns once they serve."""
-    from ca.kube.crds import security_crds
+def install_istio_crds(api: k8s.ApiClient, timeout: float = 60.0) -> None:
+    """The Istio CRDs meshward ships (security, ServiceEntry); idempotent; returns once they serve."""
+    from ca.kube.crds import istio_crds
 
     ext = k8s.ApiextensionsV1Api(api)
-    for crd in security_crds():
+    for crd in istio_crds():
         try:
             ext.create_custom_resource_definition(crd)
         except ApiException as exc:
@@ -312,14 +312,14 @@ def install_security_crds(api: k8s.ApiClient, timeout: float = 60.0) -> None:
                 raise
 
     def established() -> bool:
-        for crd in security_crds():
+        for crd in istio_crds():
             got = ext.read_custom_resource_definition(crd["metadata"]["name"])
             conds = {c.type: c.status for c in (got.status.conditions or [])}
             if conds.get("Established") != "True":
                 return False
         return True
 
-    wait_for("the security CRDs to be established", established, timeout)
+    wait_for("the Istio CRDs to be established", established, timeout)
 
 
 def install_cluster_role(api: k8s.ApiClient) -> None:
@@ -381,7 +381,7 @@ def kube_control_plane(
 ) -> Iterator[KubeMesh]:
     from tests.harness.control_plane import ControlPlane
 
-    install_security_crds(kube.api)
+    install_istio_crds(kube.api)
     cp_ns = control_plane_account(kube)
     agents = kube.namespace("agents")
     kube.service_account(agents, "meshward-node-agent")

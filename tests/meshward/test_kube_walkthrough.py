@@ -96,7 +96,10 @@ def test_readme_walkthrough_on_kubernetes_end_to_end(tmp_path: Path) -> None:
         while (done := mesh.cli("check")).returncode == 0 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert done.returncode == 1, done.stdout
-        assert f"{FAIL_MARK} every AuthorizationPolicy and PeerAuthentication" in done.stdout
+        assert (
+            f"{FAIL_MARK} every AuthorizationPolicy, PeerAuthentication and ServiceEntry"
+            in done.stdout
+        )
         assert "AuthorizationPolicy/default/typo" in done.stdout
         assert mesh.kubectl("delete", "-f", str(typo)).returncode == 0
         done = mesh.cli("logs", "reviews-v2")  # a pod: its containers' logs

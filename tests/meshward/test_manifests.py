@@ -35,7 +35,15 @@ def test_everything_a_cluster_needs_in_apply_order(cacerts: Path) -> None:
     objects = generate(parse_values(["image=r.test/meshward:7", f"cacerts={cacerts}"]))
     kinds = [o["kind"] for o in objects]
     assert kinds[0] == "Namespace"
-    assert kinds.count("CustomResourceDefinition") == 2
+    crds = {
+        o["metadata"]["name"]: [v["name"] for v in o["spec"]["versions"] if v["served"]]
+        for o in by_kind(objects, "CustomResourceDefinition")
+    }
+    assert crds == {
+        "authorizationpolicies.security.istio.io": ["v1", "v1beta1"],
+        "peerauthentications.security.istio.io": ["v1", "v1beta1"],
+        "serviceentries.networking.istio.io": ["v1", "v1beta1", "v1alpha3"],
+    }
     assert kinds[-1] == "MutatingWebhookConfiguration"
     for kind in (
         "ServiceAccount",

@@ -25,7 +25,7 @@ from ca.kube.mesh import KubeMeshStateSource, policy_document
 from ca.mesh_state import base_size, build_mesh_state, policy_entry_size
 from meshward_common.limits import MESH_STATE_MAX_BYTES
 from meshward_common.registry import Registry
-from tests.harness.kube import Kube, install_security_crds
+from tests.harness.kube import Kube, install_istio_crds
 
 TD = "cluster.local"
 OVER = "the mesh state would exceed {} bytes with it (the mesh state's bound, MESH_STATE_MAX_BYTES)"
@@ -234,7 +234,7 @@ async def eventually(what: str, check: Callable[[], Any], within_s: float = 90.0
 async def test_against_the_api_server_an_object_over_the_bound_is_refused_and_reported(
     kube: Kube, tmp_path: Path
 ) -> None:
-    await asyncio.to_thread(install_security_crds, kube.api)
+    await asyncio.to_thread(install_istio_crds, kube.api)
     ns = await asyncio.to_thread(kube.namespace, "bound")
 
     def create(obj: dict[str, Any]) -> None:
@@ -287,6 +287,165 @@ async def test_against_the_api_server_an_object_over_the_bound_is_refused_and_re
             "the refusal cleared", lambda: big not in json.loads(refused_file.read_text())
         )
         assert sorted(json.loads(refused_file.read_text())) == [small]
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        await src.stop()
+
+
+# -- ServiceEntries (networking.istio.io): the --service-entry-dir files' rules ---------------
+
+
+def service_entry(name: str, address: str = "10.213.1.7", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": name, "namespace": "app", "resourceVersion": "1"},
+        "spec": {
+            "hosts": [f"{name}.b.example"],
+            "location": "MESH_INTERNAL",
+            "resolution": "STATIC",
+            "ports": [{"number": 9080, "name": "http", "protocol": "HTTP"}],
+            "endpoints": [{"address": address}],
+            "subjectAltNames": [f"spiffe://b.example/ns/default/sa/{name}"],
+            **spec,
+        },
+    }
+
+
+def entries(src: KubeMeshStateSource) -> dict[str, tuple[list[str], list[str]]]:
+    return {e.name: (list(e.hosts), list(e.endpoints)) for e in src.state.service_entries}
+
+
+async def test_service_entry_objects_get_the_files_rules_one_line_each_last_good_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    src = source()
+    put(src, service_entry("ratings"), service_entry("vip", addresses=["240.0.0.1"]))
+    with caplog.at_level(logging.ERROR):
+        assert await src.refresh()
+    assert entries(src) == {"ratings": (["ratings.b.example"], ["10.213.1.7"])}
+    (entry,) = src.state.service_entries
+    assert (entry.namespace, list(entry.ports), list(entry.subject_alt_names)) == (
+        "app", [9080], ["spiffe://b.example/ns/default/sa/ratings"],
+    )  # fmt: skip
+    vip = (
+        "ServiceEntry/app/vip:19: spec.addresses: VIPs are not supported: the app calls the "
+        "endpoints' addresses"
+    )
+    assert src.refused == {"ServiceEntry/app/vip": vip}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ServiceEntry refused, keeping the last good version: {vip}"
+    ]
+
+    # A bad edit of a served entry: one line, its last good version stays in force.
+    caplog.clear()
+    put(src, service_entry("ratings", address="not-an-ip"))
+    with caplog.at_level(logging.ERROR):
+        assert not await src.refresh()
+        put(src, pod("p0"))  # other changes do not judge it again
+        await src.refresh()
+    why = "ServiceEntry/app/ratings:16: spec.endpoints.address: 'not-an-ip' is not an IP address"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ServiceEntry refused, keeping the last good version: {why}"
+    ]
+    assert entries(src)["ratings"] == (["ratings.b.example"], ["10.213.1.7"])
+    assert src.refused["ServiceEntry/app/ratings"] == why
+
+    # Fixed: the new version is served; deleting an object takes its entry and its refusal away.
+    put(src, service_entry("ratings", address="10.213.1.8"))
+    assert await src.refresh()
+    assert entries(src)["ratings"] == (["ratings.b.example"], ["10.213.1.8"])
+    remove(src, "ServiceEntry", "vip")
+    remove(src, "ServiceEntry", "ratings")
+    assert await src.refresh()
+    assert entries(src) == {}
+    assert src.refused == {}
+
+
+async def test_a_service_entry_over_the_state_bound_is_refused_naming_its_object(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    src = source()
+    put(src, service_entry("small"))
+    await src.refresh()
+    src.max_state_bytes = bound = src.state.ByteSize() + 100
+    many = [f"10.213.2.{i}" for i in range(1, 60)]
+    big = service_entry("big")
+    big["spec"]["endpoints"] = [{"address": a} for a in many]
+    put(src, big)
+    with caplog.at_level(logging.ERROR):
+        assert not await src.refresh()
+    why = f"ServiceEntry/app/big:1: object: {OVER.format(bound)}"
+    assert src.refused == {"ServiceEntry/app/big": why}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ServiceEntry refused, keeping the last good version: {why}"
+    ]
+    assert sorted(entries(src)) == ["small"]
+    assert src.state.ByteSize() <= bound
+
+
+@pytest.mark.slow
+async def test_against_the_api_server_service_entries_are_watched_in_every_served_version(
+    kube: Kube, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(install_istio_crds, kube.api)
+    ns = await asyncio.to_thread(kube.namespace, "se")
+
+    def create(obj: dict[str, Any], version: str) -> None:
+        kube.custom.create_namespaced_custom_object(
+            "networking.istio.io", version, ns, "serviceentries",
+            {**obj, "apiVersion": f"networking.istio.io/{version}",
+             "metadata": {"name": obj["metadata"]["name"]}},
+        )  # fmt: skip
+
+    def patch_spec(name: str, spec: dict[str, Any]) -> None:
+        kube.custom.patch_namespaced_custom_object(
+            "networking.istio.io", "v1", ns, "serviceentries", name, {"spec": spec}
+        )
+
+    src = KubeMeshStateSource(await connect(kube.cluster.kubeconfig), TD, state_dir=tmp_path)
+    await src.start()
+    watching = asyncio.create_task(src.watch())
+
+    def mine() -> dict[str, list[str]]:
+        return {e.name: list(e.endpoints) for e in src.state.service_entries if e.namespace == ns}
+
+    try:
+        # Users' YAML of each version Istio serves applies unchanged and is served alike.
+        for name, version in (("ratings", "v1"), ("details", "v1beta1"), ("reviews", "v1alpha3")):
+            await asyncio.to_thread(create, service_entry(name), version)
+        await eventually("the three entries served", lambda: len(mine()) == 3)
+        assert mine() == {n: ["10.213.1.7"] for n in ("ratings", "details", "reviews")}
+
+        # Istio's schema takes `addresses`; our rules refuse it: one line, the last good kept.
+        await asyncio.to_thread(patch_spec, "ratings", {"addresses": ["240.0.0.1"]})
+        refused_file = tmp_path / REFUSED_FILE
+        source_name = f"ServiceEntry/{ns}/ratings"
+        why = await eventually(
+            "the edit refused and reported",
+            lambda: json.loads(refused_file.read_text()).get(source_name),
+        )
+        where, _, reason = why.partition(": ")
+        assert where.startswith(f"{source_name}:")  # and the line in the object's YAML
+        assert (
+            reason
+            == "spec.addresses: VIPs are not supported: the app calls the endpoints' addresses"
+        )
+        assert mine()["ratings"] == ["10.213.1.7"]
+
+        # The API server refuses what is not Istio's shape, before we see it.
+        bad = service_entry("typo", location="MESH_INTERN")
+        with pytest.raises(Exception, match="Unsupported value"):
+            await asyncio.to_thread(create, bad, "v1")
+
+        await asyncio.to_thread(
+            kube.custom.delete_namespaced_custom_object,
+            "networking.istio.io", "v1", ns, "serviceentries", "ratings",
+        )  # fmt: skip
+        await eventually("the deleted entry gone", lambda: "ratings" not in mine())
+        assert source_name not in json.loads(refused_file.read_text())
     finally:
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError):
