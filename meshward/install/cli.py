@@ -22,7 +22,10 @@ def generate(sets: tuple[str, ...]) -> None:
     caAddress=HOST:PORT, injectionURL=https://HOST:PORT/inject (a control plane outside the
     cluster, as Istio's external control plane), injector.<setting>=V
     (image_pull_policy, failure_policy=Fail|Ignore, rewrite_app_probes, otlp_endpoint,
-    trace_sampling, revision)."""
+    trace_sampling, revision). Federation: bundleEndpoint.port=8443 (the SPIFFE bundle endpoint
+    and its Service meshward-bundle-endpoint; off by default), bundleEndpoint.serviceType=
+    ClusterIP|NodePort|LoadBalancer, bundleEndpoint.refreshHint=5m, federatesWith=FILE (a
+    `federates-with:` block, shipped as the CA's config file in the ConfigMap meshward-ca-config)."""
     from meshward.install.manifests import generate as objects
     from meshward.install.manifests import render
     from meshward.install.values import parse_values

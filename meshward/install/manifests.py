@@ -1,10 +1,12 @@
 """Everything a cluster needs for meshward, as `istioctl manifest generate` prints it for Istio:
-the namespace, Istio's CRDs, the service accounts, the control plane's ClusterRole (the
-one `ca.kube.rbac` defines, nothing more), the injector's ConfigMap, the plug-in CA Secret
-(`cacerts`, Istio's layout) when given, the control plane's Service (15012 gRPC, 443 -> 15017
-webhook) and Deployment, the node agents' DaemonSet (the socket directory as a hostPath, a
-projected ServiceAccount token with audience istio-ca, the mesh's root from the
-`istio-ca-root-cert` ConfigMap), and the MutatingWebhookConfiguration.
+the namespace, the Istio CRDs the control plane watches (security, ServiceEntry), the service
+accounts, the control plane's ClusterRole (the one `ca.kube.rbac` defines, nothing more), the
+injector's ConfigMap, the plug-in CA Secret (`cacerts`, Istio's layout) when given, the control
+plane's Service (15012 gRPC, 443 -> 15017 webhook) and Deployment, the node agents' DaemonSet
+(the socket directory as a hostPath, a projected ServiceAccount token with audience istio-ca, the
+mesh's root from the `istio-ca-root-cert` ConfigMap), and the MutatingWebhookConfiguration. With
+`bundleEndpoint.port` also the SPIFFE bundle endpoint's Service, with `federatesWith` the CA's
+config file as a ConfigMap (`meshward.install.federation`).
 
 With `injectionURL` (Istio's external control plane, `istiodRemote.injectionURL`) the control
 plane runs outside the cluster: no Deployment, Service or CA Secret; the webhook calls the URL and
@@ -32,6 +34,14 @@ from ca.kube.rbac import (
 from injector.config import SOCKET_MOUNT_PATH, SOCKET_NAME, WEBHOOK_PORT, WEBHOOK_SERVICE
 from injector.selection import webhooks
 from injector.webhook import INJECT_PATH
+from meshward.install.federation import (
+    BUNDLE_ENDPOINT_SERVICE,
+    BUNDLE_PORT_NAME,
+    CA_CONFIG_FILE,
+    CA_CONFIG_MOUNT,
+    CA_CONFIGMAP,
+    ca_config_data,
+)
 from meshward.install.values import CACERTS_FILES, InstallValues
 from meshward_common import ports
 
@@ -106,6 +116,33 @@ def _root_cert_configmap(values: InstallValues) -> dict[str, Any]:
     }
 
 
+def _ca_config_configmap(values: InstallValues) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(CA_CONFIGMAP),
+        "data": ca_config_data(values.federation),
+    }
+
+
+def _bundle_endpoint_service(values: InstallValues) -> dict[str, Any]:
+    """The bundle endpoint on its own Service: its type (how peers outside the cluster reach
+    it) is chosen without exposing the CA's gRPC port or the webhook with it."""
+    port = values.federation.bundle_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(BUNDLE_ENDPOINT_SERVICE, app=CONTROL_PLANE_APP),
+        "spec": {
+            "type": values.federation.service_type,
+            "selector": {"app": CONTROL_PLANE_APP},
+            "ports": [
+                {"name": BUNDLE_PORT_NAME, "port": port, "targetPort": port, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
 def _service() -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -158,10 +195,24 @@ def _control_plane(values: InstallValues) -> dict[str, Any]:
         {"name": "injector-config", "configMap": {"name": INJECTOR_CONFIGMAP}},
         {"name": "state", "emptyDir": {}},
     ]
+    container_ports = [
+        {"name": "grpc-ca", "containerPort": ports.CONTROL_PLANE},
+        {"name": "https-webhook", "containerPort": WEBHOOK_PORT},
+    ]
     if values.cacerts is not None:
         args += ["--plugin-ca-dir", CACERTS_MOUNT]
         mounts.append({"name": "cacerts", "mountPath": CACERTS_MOUNT, "readOnly": True})
         volumes.append({"name": "cacerts", "secret": {"secretName": CACERTS_SECRET}})
+    federation = values.federation
+    if federation.bundle_port:
+        args += ["--bundle-endpoint-listen", f"0.0.0.0:{federation.bundle_port}"]
+        if federation.refresh_hint:
+            args += ["--bundle-endpoint-refresh-hint", federation.refresh_hint]
+        container_ports.append({"name": BUNDLE_PORT_NAME, "containerPort": federation.bundle_port})
+    if federation.federates_with:
+        args += ["--config", f"{CA_CONFIG_MOUNT}/{CA_CONFIG_FILE}"]
+        mounts.append({"name": "ca-config", "mountPath": CA_CONFIG_MOUNT, "readOnly": True})
+        volumes.append({"name": "ca-config", "configMap": {"name": CA_CONFIGMAP}})
     labels = {"app": CONTROL_PLANE_APP, "sidecar.istio.io/inject": "false"}
     return {
         "apiVersion": "apps/v1",
@@ -180,10 +231,7 @@ def _control_plane(values: InstallValues) -> dict[str, Any]:
                             "image": values.image,
                             "imagePullPolicy": values.injector.image_pull_policy,
                             "args": args,
-                            "ports": [
-                                {"name": "grpc-ca", "containerPort": ports.CONTROL_PLANE},
-                                {"name": "https-webhook", "containerPort": WEBHOOK_PORT},
-                            ],
+                            "ports": container_ports,
                             "readinessProbe": {
                                 "tcpSocket": {"port": ports.CONTROL_PLANE},
                                 "periodSeconds": 3,
@@ -344,7 +392,12 @@ def generate(values: InstallValues) -> list[dict[str, Any]]:
             objects.append(_cacerts_secret(values))
         objects.append(_root_cert_configmap(values))
     if not external:
-        objects += [_service(), _control_plane(values)]
+        if values.federation.federates_with:
+            objects.append(_ca_config_configmap(values))
+        objects.append(_service())
+        if values.federation.bundle_port:
+            objects.append(_bundle_endpoint_service(values))
+        objects.append(_control_plane(values))
     objects += [_node_agent(values), _webhook_configuration(values)]
     return objects
 

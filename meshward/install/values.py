@@ -14,6 +14,8 @@ generate --set` takes them. Pure and validated; unknown keys are refused by name
                                    istiodRemote.injectionURL): no control plane Deployment,
                                    Service or CA Secret in the cluster
     injector.<setting>=VALUE       the sidecar injector's settings (failure_policy=Ignore, ...)
+    bundleEndpoint.port=8443, bundleEndpoint.serviceType=T, bundleEndpoint.refreshHint=D,
+    federatesWith=FILE             federation (`meshward.install.federation`)
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from injector.config import (
     WEBHOOK_SERVICE,
     InjectorConfig,
 )
+from meshward.install.federation import KEYS as FEDERATION_KEYS
+from meshward.install.federation import FederationValues, parse_federation
 from meshward_common import ports
 from meshward_common.addresses import parse_host_port
 from meshward_common.errors import ConfigError
@@ -45,6 +49,7 @@ _KEYS = (
     "tokenAudience",
     "caAddress",
     "injectionURL",
+    *FEDERATION_KEYS,
 )
 DEFAULT_CA_ADDRESS = f"{WEBHOOK_SERVICE}.{CONTROL_PLANE_NAMESPACE}.svc:{ports.CONTROL_PLANE}"
 _AUDIENCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,252}$")
@@ -60,6 +65,7 @@ class InstallValues:
     injector: InjectorConfig = field(default_factory=InjectorConfig)
     ca_address: str = DEFAULT_CA_ADDRESS
     injection_url: str = ""  # set: the control plane runs outside the cluster
+    federation: FederationValues = field(default_factory=FederationValues)
 
 
 def parse_values(pairs: tuple[str, ...] | list[str]) -> InstallValues:
@@ -101,6 +107,12 @@ def parse_values(pairs: tuple[str, ...] | list[str]) -> InstallValues:
     parsed = urllib.parse.urlsplit(injection_url)
     if injection_url and (parsed.scheme != "https" or not parsed.hostname):
         raise ConfigError(f"--set injectionURL: {injection_url!r} is not an https:// URL")
+    federation = parse_federation(plain, trust_domain)
+    if injection_url and (federation.bundle_port or federation.federates_with):
+        raise ConfigError(
+            "--set injectionURL: the control plane runs outside the cluster; configure its "
+            "bundle endpoint and federation there, not with bundleEndpoint.*/federatesWith"
+        )
     return InstallValues(
         image=injector_config.image,
         trust_domain=trust_domain,
@@ -110,4 +122,5 @@ def parse_values(pairs: tuple[str, ...] | list[str]) -> InstallValues:
         injector=injector_config,
         ca_address=ca_address,
         injection_url=injection_url,
+        federation=federation,
     )

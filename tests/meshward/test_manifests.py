@@ -27,6 +27,26 @@ def cacerts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "cluster1"
 
 
+@pytest.fixture(scope="module")
+def federation_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`federates-with` b.example, its initial bundle named relative to the file."""
+    import datetime as dt
+
+    out = tmp_path_factory.mktemp("federation")
+    write_dev_certs(out / "b", "b.example", "cluster1", dt.datetime.now(dt.UTC))
+    (out / "b.example.pem").write_bytes((out / "b/cluster1/root-cert.pem").read_bytes())
+    (out / "federation.yaml").write_text(FEDERATION.format(bundle="b.example.pem"))
+    return out / "federation.yaml"
+
+
+FEDERATION = """federates-with:
+  b.example:
+    bundle-endpoint-url: https://bundle.b.example:8443/
+    endpoint-spiffe-id: spiffe://b.example/meshward/control-plane
+    trust-bundle: {bundle}
+"""
+
+
 def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o["kind"] == kind]
 
@@ -155,6 +175,126 @@ def test_the_webhook_configuration_trusts_the_plugin_root_and_carries_the_failur
     assert config["failure_policy"] == "Ignore"
 
 
+def control_plane_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = by_kind(objects, "Deployment")
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def test_no_bundle_endpoint_or_federation_unless_asked() -> None:
+    objects = generate(parse_values([]))
+    container = control_plane_container(objects)
+    assert "--bundle-endpoint-listen" not in container["args"]
+    assert "--config" not in container["args"]
+    assert [p["name"] for p in container["ports"]] == ["grpc-ca", "https-webhook"]
+    assert [o["metadata"]["name"] for o in by_kind(objects, "Service")] == [
+        "meshward-control-plane"
+    ]
+
+
+def test_the_bundle_endpoint_and_federation_reach_the_control_plane(
+    federation_file: Path,
+) -> None:
+    objects = generate(
+        parse_values(
+            [
+                "trustDomain=a.example",
+                "bundleEndpoint.port=8443",
+                "bundleEndpoint.serviceType=LoadBalancer",
+                "bundleEndpoint.refreshHint=2m",
+                f"federatesWith={federation_file}",
+            ]
+        )
+    )
+    container = control_plane_container(objects)
+    args = container["args"]
+    assert args[args.index("--bundle-endpoint-listen") + 1] == "0.0.0.0:8443"
+    assert args[args.index("--bundle-endpoint-refresh-hint") + 1] == "2m"
+    assert args[args.index("--config") + 1] == "/etc/meshward/ca-config/config.yaml"
+    assert {"name": "https-bundle", "containerPort": 8443} in container["ports"]
+    services = {o["metadata"]["name"]: o["spec"] for o in by_kind(objects, "Service")}
+    bundle = services["meshward-bundle-endpoint"]
+    assert bundle["type"] == "LoadBalancer"
+    assert bundle["selector"] == {"app": "meshward-control-plane"}
+    assert bundle["ports"] == [
+        {"name": "https-bundle", "port": 8443, "targetPort": 8443, "protocol": "TCP"}
+    ]
+    # Only the bundle endpoint is exposed by that Service; 15012 and the webhook stay apart.
+    assert {p["port"] for p in services["meshward-control-plane"]["ports"]} == {15012, 443}
+
+    (config_map,) = [
+        o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == "meshward-ca-config"
+    ]
+    assert yaml.safe_load(config_map["data"]["config.yaml"]) == {
+        "federates-with": {
+            "b.example": {
+                "bundle-endpoint-url": "https://bundle.b.example:8443/",
+                "endpoint-spiffe-id": "spiffe://b.example/meshward/control-plane",
+                "trust-bundle": "/etc/meshward/ca-config/b.example.bundle",
+            }
+        }
+    }
+    assert (
+        config_map["data"]["b.example.bundle"]
+        == (federation_file.parent / "b.example.pem").read_text()
+    )
+    spec = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]
+    assert {"name": "ca-config", "configMap": {"name": "meshward-ca-config"}} in spec["volumes"]
+    assert {
+        "name": "ca-config",
+        "mountPath": "/etc/meshward/ca-config",
+        "readOnly": True,
+    } in container["volumeMounts"]
+
+
+def test_the_ca_reads_the_shipped_config_file_with_its_own_rules(
+    federation_file: Path, tmp_path: Path
+) -> None:
+    """The ConfigMap, laid out as the kubelet mounts it, is a config file `ca serve` accepts."""
+    from ca.config import build_config, read_config_file
+
+    objects = generate(parse_values([f"federatesWith={federation_file}"]))
+    (config_map,) = [
+        o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == "meshward-ca-config"
+    ]
+    for key, text in config_map["data"].items():
+        (tmp_path / key).write_text(
+            text.replace("/etc/meshward/ca-config/", f"{tmp_path}/")
+            if key == "config.yaml"
+            else text
+        )
+    config = build_config(read_config_file(tmp_path / "config.yaml"))
+    (peer,) = config.federates_with
+    assert (peer.trust_domain, peer.url) == ("b.example", "https://bundle.b.example:8443/")
+    assert peer.trust_bundle == tmp_path / "b.example.bundle"
+
+
+def test_bad_federation_files_are_refused_in_one_line(
+    tmp_path: Path, federation_file: Path
+) -> None:
+    bundle = federation_file.parent / "b.example.pem"
+    cases = {
+        "unknown.yaml": ("federates-with: {}\nlisten: 0.0.0.0:1\n", "federates-with only"),
+        "own.yaml": (
+            FEDERATION.replace("b.example:", "cluster.local:", 1).format(bundle=bundle),
+            "that is this control plane's own trust domain",
+        ),
+        "nobundle.yaml": (FEDERATION.format(bundle="missing.pem"), "missing.pem is not a file"),
+        "wrongtd.yaml": (
+            FEDERATION.replace("b.example:", "c.example:", 1)
+            .replace("spiffe://b.example", "spiffe://c.example")
+            .format(bundle=bundle),
+            "root names trust domain b.example, not c.example",
+        ),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=message) as caught:
+            parse_values([f"federatesWith={tmp_path / name}"])
+        assert str(caught.value).startswith(f"--set federatesWith: {tmp_path / name}")
+        assert "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
@@ -165,6 +305,15 @@ def test_the_webhook_configuration_trusts_the_plugin_root_and_carries_the_failur
         (["trustDomain=Not A Domain"], "trustDomain"),
         (["caAddress=nowhere"], "caAddress"),
         (["injectionURL=http://x/inject"], "not an https:// URL"),
+        (["bundleEndpoint.port=0"], "bundleEndpoint.port: '0' is not a port"),
+        (["bundleEndpoint.port=8443", "bundleEndpoint.serviceType=Ingress"], "serviceType"),
+        (["bundleEndpoint.port=8443", "bundleEndpoint.refreshHint=5"], "refreshHint"),
+        (["bundleEndpoint.serviceType=NodePort"], "give bundleEndpoint.port"),
+        (["federatesWith=/nonexistent.yaml"], "federatesWith: /nonexistent.yaml"),
+        (
+            ["injectionURL=https://x/inject", "bundleEndpoint.port=8443"],
+            "configure its bundle endpoint and federation there",
+        ),
     ],
 )
 def test_bad_settings_are_refused_by_name(sets: list[str], message: str) -> None:
@@ -188,7 +337,7 @@ def test_the_command_prints_yaml_and_warns_without_cacerts() -> None:
 
 @pytest.mark.slow
 def test_the_api_server_accepts_the_manifests_by_server_side_apply(
-    kube_cluster: Any, cacerts: Path
+    kube_cluster: Any, cacerts: Path, federation_file: Path
 ) -> None:
     """Every object applied as `kubectl apply --server-side` would: the namespace and CRDs for
     real (shared by the session, harmless), the rest as a server-side dry run (validated and
@@ -201,7 +350,13 @@ def test_the_api_server_accepts_the_manifests_by_server_side_apply(
     api = admin_client(kube_cluster)
     try:
         client = dynamic.DynamicClient(api)
-        for obj in generate(parse_values([f"cacerts={cacerts}"])):
+        sets = [
+            f"cacerts={cacerts}",
+            "bundleEndpoint.port=8443",
+            "bundleEndpoint.serviceType=NodePort",
+            f"federatesWith={federation_file}",
+        ]
+        for obj in generate(parse_values(sets)):
             resource = client.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
             real = obj["kind"] in ("Namespace", "CustomResourceDefinition")
             kwargs: dict[str, Any] = {"field_manager": "meshward-test", "force_conflicts": True}
