@@ -120,8 +120,9 @@ def _run(component: Any) -> None:
     type=_Seconds(),
     default=f"{DRAIN_S:g}s",
     show_default=True,
-    help="On stop, how long open HTTP/2 and gRPC streams may finish (Istio's "
-    "terminationDrainDuration); 0s: cut at once.",
+    help="On stop, how long HTTP/1.1 requests in flight (answered with connection: close) "
+    "and open HTTP/2 and gRPC streams may finish (Istio's terminationDrainDuration); idle "
+    "connections close at once; 0s: cut at once.",
 )
 @click.option("--log-level", default="INFO", show_default=True)
 def run(

@@ -331,6 +331,13 @@ def _remover(names: frozenset[str]) -> re.Pattern[bytes]:
     return pattern
 
 
+def closing_response(raw: bytes) -> bytes:
+    """A response head (its bytes, up to the blank line) saying `connection: close` instead of
+    whatever connection headers it had: the last response on a draining connection."""
+    kept = _remover(frozenset(HOP_BY_HOP)).sub(b"", raw)
+    return kept[:-2] + b"connection: close\r\n\r\n"
+
+
 def local_response(reply: LocalReply, close: bool = False) -> bytes:
     """One of the sidecar's own answers (sidecar_tls.answers) as a complete HTTP/1.1 response."""
     payload = reply.message.encode()

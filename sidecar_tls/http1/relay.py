@@ -10,6 +10,7 @@ each body ends. No task switch per request; bytes go from one transport to the o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Final, cast
 
@@ -27,6 +28,7 @@ from sidecar_tls.http1.head import (
     MAX_HEAD_BYTES,
     Framing,
     ResponseHead,
+    closing_response,
     local_response,
     parse_request_head,
     parse_response_head,
@@ -67,6 +69,7 @@ class HttpRelay:
         self._resp_buf = bytearray()
         self._reused = False
         self._retried = False
+        self.draining = False  # the sidecar stops: the exchange in flight is the last one
 
     # downstream transport callbacks
 
@@ -171,10 +174,10 @@ class HttpRelay:
             reply = admission.reply
             if reply is not None:
                 assert self.down is not None
-                answer = local_response(reply)
+                answer = local_response(reply, close=self.draining)
                 self.down.write(answer)
                 admission.span.finish(reply.status, len(reply.message), reply.message)
-                if length or not head.keep_alive:
+                if length or not head.keep_alive or self.draining:
                     self._close_down()
                     return
                 continue
@@ -346,7 +349,10 @@ class HttpRelay:
         except MalformedMessage as exc:
             self._fail_response(str(exc))
             return
-        self.down.write(data if end == len(data) else data[:end])
+        out = data if end == len(data) else data[:end]
+        if self.draining:  # the client learns this response is the connection's last
+            out = out[:start] + closing_response(out[start:head_end]) + out[head_end:]
+        self.down.write(out)
         if tracker.done:
             self._finish_exchange(reusable=end == len(data))
 
@@ -364,7 +370,7 @@ class HttpRelay:
             self.hooks.release_upstream(
                 up, reusable and head.keep_alive and tracker.framing is not Framing.CLOSE
             )
-        if close_client or tracker.framing is Framing.CLOSE:
+        if close_client or tracker.framing is Framing.CLOSE or self.draining:
             self._close_down()
             return
         self.state = "head"
@@ -436,6 +442,22 @@ class HttpRelay:
             self.down.write(local_response(reply, close=True))
         self._close_down()
 
+    def drain(self) -> None:
+        """The sidecar stops (Envoy's drain): an idle connection closes now; an exchange in
+        flight finishes, its response says `connection: close`, and the connection closes after
+        it (requests pipelined behind it are not answered: the client retries them elsewhere)."""
+        self.draining = True
+        if self.state in ("head", "pending") and not self.buf:
+            self._close_down()
+
+    def cut(self) -> None:
+        """The drain time is up: the connection ends now, whatever is in flight (and the upstream
+        link with it: connection_lost)."""
+        self.state = "closed"
+        self._stop_timer()
+        if self.down is not None:
+            self.down.abort()  # not close(): a client that stopped reading could hold it open
+
     def _close_down(self) -> None:
         self.state = "closed"
         self._stop_timer()
@@ -458,10 +480,29 @@ def _log_task_error(task: asyncio.Task[None]) -> None:
         log.error("relay task failed: %s", task.exception())
 
 
-async def run_relay(relay: HttpRelay) -> None:
-    """Wait until the relay's downstream connection is gone (keeps the connection's task alive)."""
+async def run_relay(relay: HttpRelay, drain_s: float) -> None:
+    """Wait until the relay's downstream connection is gone (keeps the connection's task alive).
+    Cancelled (the sidecar stops), it drains (`HttpRelay.drain`) for `drain_s` at most, then
+    cuts what is left, as run_side does for HTTP/2."""
+    stopped = False
     try:
-        await relay.done
+        await asyncio.shield(relay.done)  # not cancelled with the task: the drain waits for it
+    except asyncio.CancelledError:
+        stopped = True  # drained below, outside the handler (mypyc: no await in an except)
+    try:
+        if stopped:
+            await _drain(relay, drain_s)
     finally:
         if relay.down is not None and not relay.down.is_closing():
             relay.down.close()
+    if stopped:
+        raise asyncio.CancelledError
+
+
+async def _drain(relay: HttpRelay, drain_s: float) -> None:
+    relay.drain()
+    if not relay.done.done() and drain_s > 0:
+        with contextlib.suppress(asyncio.CancelledError):  # cancelled again: cut now
+            await asyncio.wait((relay.done,), timeout=drain_s)
+    if not relay.done.done():
+        relay.cut()

@@ -95,7 +95,7 @@ class InboundProxy:
         self._original_dst = original_dst
         self.passthrough_source = passthrough_source
         self.request_timeout = request_timeout  # answers.REQUEST_TIMEOUT_S; 0: none
-        self.drain_s = drain_s  # stopping: how long open HTTP/2 streams may finish; 0: none
+        self.drain_s = drain_s  # stopping: how long open exchanges and streams may finish; 0: none
         self.refused = 0
 
     async def handle(self, sock: socket.socket) -> None:
@@ -162,7 +162,7 @@ class InboundProxy:
             relay.hooks = hooks
             relay.start()
             try:
-                await run_relay(relay)
+                await run_relay(relay, self.drain_s)
             finally:
                 hooks.close()
             return

@@ -72,7 +72,7 @@ class OutboundProxy:
         self._destination_for = destination_for or self._intercepted_destination
         self._http_only = http_only
         self.request_timeout = request_timeout  # answers.REQUEST_TIMEOUT_S; 0: none
-        self.drain_s = drain_s  # stopping: how long open HTTP/2 streams may finish; 0: none
+        self.drain_s = drain_s  # stopping: how long open exchanges and streams may finish; 0: none
         self.refused = 0
 
     def _intercepted_destination(self, sock: socket.socket) -> Destination | None:
@@ -108,7 +108,7 @@ class OutboundProxy:
             try:
                 await wrap_accepted_protocol(sock, None, relay)
                 relay.start()
-                await run_relay(relay)
+                await run_relay(relay, self.drain_s)
             finally:
                 hooks.close()
             return

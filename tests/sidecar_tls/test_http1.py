@@ -9,6 +9,7 @@ from sidecar_tls.answers import BadRequest, BadResponse, MalformedMessage
 from sidecar_tls.http1 import head as http1
 from sidecar_tls.http1.head import (
     Framing,
+    closing_response,
     looks_like_http,
     parse_chunk_size,
     parse_request_head,
@@ -151,6 +152,26 @@ def test_rewrite_keeps_original_bytes_and_appends_when_nothing_is_replaced() -> 
     assert rewrite_request(raw, head) is raw
     out = rewrite_request(raw, head, ("connection",), [("traceparent", "00-1-2-01")])
     assert out == b"GET / HTTP/1.1\r\nHost: a\r\ntraceparent: 00-1-2-01\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n"
+        b"Keep-Alive: timeout=5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nconnection: Close\r\nContent-Length: 2\r\n\r\n",
+    ],
+)
+def test_a_draining_connections_last_response_says_close_once(raw: bytes) -> None:
+    out = closing_response(raw)
+    head = parse_response_head(out)
+    assert not head.keep_alive
+    assert out.lower().count(b"connection:") == 1
+    assert b"keep-alive" not in out.lower()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert out.endswith(b"\r\nconnection: close\r\n\r\n")
+    assert head.framing("GET") == (Framing.LENGTH, 2)
 
 
 def test_rewrite_replaces_same_named_headers_case_insensitively() -> None:
