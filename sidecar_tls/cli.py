@@ -49,6 +49,26 @@ class _Seconds(click.ParamType[float, Any]):
             self.fail(str(exc).removeprefix("value: "), param, ctx)
 
 
+# Shared by `run` and `ingress` (below _Seconds, their type).
+_request_timeout = click.option(
+    "--request-timeout",
+    type=_Seconds(),
+    default=f"{REQUEST_TIMEOUT_S:g}s",
+    show_default=True,
+    help="How long an upstream has to begin answering an HTTP request (Envoy's route timeout); "
+    "then 504. 0s: no timeout. gRPC calls are bounded by their grpc-timeout instead.",
+)
+_drain_duration = click.option(
+    "--drain-duration",
+    type=_Seconds(),
+    default=f"{DRAIN_S:g}s",
+    show_default=True,
+    help="On stop, how long HTTP/1.1 requests in flight (answered with connection: close) "
+    "and open HTTP/2 and gRPC streams may finish (Istio's terminationDrainDuration); idle "
+    "connections close at once; 0s: cut at once.",
+)
+
+
 @click.group()
 def sidecar() -> None:
     """The sidecar data path (mTLS outbound 15001 / inbound 15006) and the ingress gateway."""
@@ -107,23 +127,8 @@ def _run(component: Any) -> None:
     default="",
     help="The app's rewritten HTTP probes (JSON, as the injector writes them), served on 15020.",
 )
-@click.option(
-    "--request-timeout",
-    type=_Seconds(),
-    default=f"{REQUEST_TIMEOUT_S:g}s",
-    show_default=True,
-    help="How long an upstream has to begin answering an HTTP request (Envoy's route timeout); "
-    "then 504. 0s: no timeout. gRPC calls are bounded by their grpc-timeout instead.",
-)
-@click.option(
-    "--drain-duration",
-    type=_Seconds(),
-    default=f"{DRAIN_S:g}s",
-    show_default=True,
-    help="On stop, how long HTTP/1.1 requests in flight (answered with connection: close) "
-    "and open HTTP/2 and gRPC streams may finish (Istio's terminationDrainDuration); idle "
-    "connections close at once; 0s: cut at once.",
-)
+@_request_timeout
+@_drain_duration
 @click.option("--log-level", default="INFO", show_default=True)
 def run(
     agent_socket: str,
@@ -169,6 +174,8 @@ def run(
 @_trace_sampling
 @click.option("--name", default="ingress", show_default=True, help="Name for telemetry.")
 @click.option("--namespace", default="default", show_default=True)
+@_request_timeout
+@_drain_duration
 @click.option("--log-level", default="INFO", show_default=True)
 def ingress(
     listen: str,
@@ -178,6 +185,8 @@ def ingress(
     trace_sampling: float,
     name: str,
     namespace: str,
+    request_timeout: float,
+    drain_duration: float,
     log_level: str,
 ) -> None:
     """Run the ingress gateway on the host: plain HTTP in, mTLS out with its own SVID."""
@@ -191,6 +200,8 @@ def ingress(
             trace_sampling=trace_sampling,
             name=name,
             namespace=namespace,
+            request_timeout=request_timeout,
+            drain_s=drain_duration,
         )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -245,6 +245,8 @@ class IngressConfig:
     trace_sampling: float = 1.0
     name: str = "ingress"
     namespace: str = "default"
+    request_timeout: float = REQUEST_TIMEOUT_S  # as SidecarConfig's
+    drain_s: float = DRAIN_S
 
 
 class Ingress:
@@ -278,6 +280,8 @@ class Ingress:
             observer=observer,
             destination_for=lambda _sock: self.destination(),
             http_only=True,
+            request_timeout=config.request_timeout,
+            drain_s=config.drain_s,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.port = 0

@@ -1,7 +1,8 @@
-"""`meshward sidecar run --request-timeout D --drain-duration D`: Go durations that reach both
-proxies of the sidecar the command builds (`0s`: no request timeout, as Envoy's `timeout: 0s`), and
-a bad value is one clear error, exit 2, before anything starts. What the proxies do with the
-values on real sockets: test_request_timeout.py and test_drain.py."""
+"""`meshward sidecar run|ingress --request-timeout D --drain-duration D`: Go durations that reach
+every proxy of the sidecar (both) or ingress gateway (its one) the command builds (`0s`: no request
+timeout, as Envoy's `timeout: 0s`), and a bad value is one clear error, exit 2, before anything
+starts. What the proxies do with the values on real sockets: test_request_timeout.py,
+test_drain.py and test_drain_http1.py."""
 
 from __future__ import annotations
 
@@ -11,37 +12,49 @@ import pytest
 from click.testing import CliRunner
 
 from sidecar_tls import cli
-from sidecar_tls.sidecar import Sidecar
+from sidecar_tls.sidecar import Ingress, Sidecar
 
-_REQUIRED = (
-    "--agent-socket",
-    "/nonexistent/agent.sock",
-    "--pod-ip",
-    "127.0.0.1",
-    "--workload",
-    "w",
-)
+# Each command with its required options.
+_COMMANDS = {
+    "run": (
+        "run",
+        "--agent-socket",
+        "/nonexistent/agent.sock",
+        "--pod-ip",
+        "127.0.0.1",
+        "--workload",
+        "w",
+    ),
+    "ingress": ("ingress", "--agent-socket", "/nonexistent/agent.sock", "--route", "p:9080"),
+}
+COMMANDS = pytest.mark.parametrize("command", sorted(_COMMANDS))
 
 
-def _built(monkeypatch: pytest.MonkeyPatch, *flags: str) -> Sidecar:
-    """The Sidecar `meshward sidecar run FLAGS` builds, captured instead of run."""
+def _built(monkeypatch: pytest.MonkeyPatch, command: str, *flags: str) -> Sidecar | Ingress:
+    """The Sidecar or Ingress `meshward sidecar COMMAND FLAGS` builds, captured instead of run."""
     built: list[Any] = []
     monkeypatch.setattr(cli, "_run", built.append)
-    result = CliRunner().invoke(cli.sidecar, ["run", *_REQUIRED, *flags])
+    result = CliRunner().invoke(cli.sidecar, [*_COMMANDS[command], *flags])
     assert result.exit_code == 0, result.output
-    (sidecar,) = built
-    assert isinstance(sidecar, Sidecar)
-    return sidecar
+    (component,) = built
+    assert isinstance(component, Sidecar if command == "run" else Ingress)
+    return component
 
 
-def _timeouts(sidecar: Sidecar) -> set[tuple[float, float]]:
-    return {(proxy.request_timeout, proxy.drain_s) for proxy in (sidecar.outbound, sidecar.inbound)}
+def _timeouts(component: Sidecar | Ingress) -> set[tuple[float, float]]:
+    proxies = (
+        (component.outbound, component.inbound)
+        if isinstance(component, Sidecar)
+        else (component.proxy,)
+    )
+    return {(proxy.request_timeout, proxy.drain_s) for proxy in proxies}
 
 
+@COMMANDS
 def test_the_defaults_are_envoys_route_timeout_and_istios_drain_duration(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
-    assert _timeouts(_built(monkeypatch)) == {(15.0, 5.0)}
+    assert _timeouts(_built(monkeypatch, command)) == {(15.0, 5.0)}
 
 
 @pytest.mark.parametrize(
@@ -54,12 +67,16 @@ def test_the_defaults_are_envoys_route_timeout_and_istios_drain_duration(
         (("--drain-duration", "0s"), (15.0, 0.0)),  # cut at once
     ],
 )
-def test_the_durations_reach_both_proxies(
-    monkeypatch: pytest.MonkeyPatch, flags: tuple[str, ...], expected: tuple[float, float]
+@COMMANDS
+def test_the_durations_reach_every_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    flags: tuple[str, ...],
+    expected: tuple[float, float],
 ) -> None:
-    sidecar = _built(monkeypatch, *flags)
-    assert _timeouts(sidecar) == {expected}
-    assert (sidecar.config.request_timeout, sidecar.config.drain_s) == expected
+    component = _built(monkeypatch, command, *flags)
+    assert _timeouts(component) == {expected}
+    assert (component.config.request_timeout, component.config.drain_s) == expected
 
 
 @pytest.mark.parametrize("flag", ["--request-timeout", "--drain-duration"])
@@ -73,12 +90,13 @@ def test_the_durations_reach_both_proxies(
         ("", "is not a duration"),
     ],
 )
+@COMMANDS
 def test_a_bad_duration_is_one_line_and_exit_2(
-    monkeypatch: pytest.MonkeyPatch, flag: str, value: str, reason: str
+    monkeypatch: pytest.MonkeyPatch, command: str, flag: str, value: str, reason: str
 ) -> None:
     started: list[Any] = []
     monkeypatch.setattr(cli, "_run", started.append)
-    result = CliRunner().invoke(cli.sidecar, ["run", *_REQUIRED, flag, value])
+    result = CliRunner().invoke(cli.sidecar, [*_COMMANDS[command], flag, value])
     assert result.exit_code == 2
     assert started == []  # refused before a sidecar is built
     assert result.exception is None or isinstance(result.exception, SystemExit)
@@ -89,7 +107,9 @@ def test_a_bad_duration_is_one_line_and_exit_2(
     assert "Traceback" not in result.output
 
 
-def test_the_flags_are_documented_in_the_help() -> None:
-    help_text = CliRunner().invoke(cli.sidecar, ["run", "--help"]).output
+@COMMANDS
+def test_the_flags_are_documented_in_the_help(command: str) -> None:
+    help_text = CliRunner().invoke(cli.sidecar, [command, "--help"]).output
     assert "--request-timeout DURATION" in help_text
     assert "--drain-duration DURATION" in help_text
+    assert "HTTP/1.1 requests in flight" in " ".join(help_text.split())  # drained too
