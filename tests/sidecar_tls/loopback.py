@@ -100,6 +100,18 @@ async def run_listener(
             await task
 
 
+async def refused(port: int, within_s: float = 30.0) -> None:
+    """Until the listener on `port` refuses connections (a stopping proxy has closed it)."""
+    async with asyncio.timeout(within_s):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except ConnectionRefusedError:
+                return
+            writer.close()
+            await asyncio.sleep(0.05)
+
+
 class ModeAuthorizer(InboundAuthorizer):
     """The real adapter's interface with a fixed mTLS mode and an optional deny list."""
 

@@ -11,20 +11,15 @@ import pytest
 
 from sidecar_tls.destinations import resolve_destination
 from tests.sidecar_tls import grpc_apps
-from tests.sidecar_tls.loopback import CLIENT_ID, SERVER_ID, Pair, run_listener, sidecar_pair
+from tests.sidecar_tls.loopback import (
+    CLIENT_ID,
+    SERVER_ID,
+    Pair,
+    refused,
+    run_listener,
+    sidecar_pair,
+)
 from tests.sidecar_tls.testca import MiniCA
-
-
-async def _refused(port: int, within_s: float = 30.0) -> None:
-    """Until the listener on `port` is closed (the stop has begun)."""
-    async with asyncio.timeout(within_s):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except ConnectionRefusedError:
-                return
-            writer.close()
-            await asyncio.sleep(0.05)
 
 
 async def _stream_open(pair: Pair, within_s: float = 30.0) -> None:
@@ -48,7 +43,7 @@ async def test_a_stream_open_when_the_sidecar_stops_finishes(grpc_app: int) -> N
             await call.write(b"before")
             assert await call.read() == b"before"
             stopping = asyncio.create_task(listener.__aexit__(None, None, None))
-            await _refused(port)
+            await refused(port)
             await call.write(b"during")
             assert await call.read() == b"during"
             assert not stopping.done()  # the stop waits for the open stream
