@@ -218,6 +218,7 @@ class CaWorker:
         self.metrics = CaMetrics()
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[grpc.aio.Server] = []
+        self._boundaries: dict[grpc.aio.Server, StatusBoundary] = {}
         self._door: CaFrontDoor | None = None
         self._audit: audit.AuditLog | None = None
         self._mtls: _MtlsCredentials | None = None
@@ -296,7 +297,6 @@ class CaWorker:
         reuse_port: bool = False,
     ) -> grpc.aio.Server:
         server = grpc.aio.server(
-            interceptors=[StatusBoundary(source_of)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MESH_STATE_MESSAGE_LIMIT),
@@ -305,6 +305,7 @@ class CaWorker:
             ],
         )
         self._servers.append(server)
+        self._boundaries[server] = StatusBoundary(source_of)
         return server
 
     def _add_services(
@@ -324,11 +325,14 @@ class CaWorker:
             self.metrics,
             catch_up=self.publications.refresh,
         )
-        istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            service, server
+        boundary = self._boundaries[server]
+        boundary.add(
+            server, istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server, service
         )
-        discovery_pb2_grpc.add_MeshDiscoveryServicer_to_server(  # type: ignore[no-untyped-call]
-            DiscoveryService(auth, mesh, self.clock), server
+        boundary.add(
+            server,
+            discovery_pb2_grpc.add_MeshDiscoveryServicer_to_server,
+            DiscoveryService(auth, mesh, self.clock),
         )
         self._auths.append(auth)
         self._services.append(service)

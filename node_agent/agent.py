@@ -272,7 +272,7 @@ class NodeAgent:
         guard = Guard(self.state, self.peers, proc)
         api = WorkloadApiServicer(self.state, guard, self.svids.ensure, self.clock, self.metrics)
         relay = MeshStateRelay(self.state, guard, self.metrics)
-        self._server = new_server(guard)
+        self._server = new_server()
         add_servicers(self._server, api, relay)
         port = self._server.add_insecure_port("127.0.0.1:0")
         await self._server.start()

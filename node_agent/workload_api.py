@@ -114,12 +114,9 @@ def _require_header(context: grpc.aio.ServicerContext[Any, Any]) -> None:
         raise InvalidRequest(f"security header missing from request: {HEADER_KEY}: {HEADER_VALUE}")
 
 
-def new_server(guard: Guard) -> grpc.aio.Server:
-    """The internal gRPC server behind the front door, with the one error boundary."""
-    return grpc.aio.server(
-        interceptors=[StatusBoundary(guard.source_of)],
-        options=[("grpc.max_send_message_length", MESH_STATE_MESSAGE_LIMIT)],
-    )
+def new_server() -> grpc.aio.Server:
+    """The internal gRPC server behind the front door (`add_servicers` adds the error boundary)."""
+    return grpc.aio.server(options=[("grpc.max_send_message_length", MESH_STATE_MESSAGE_LIMIT)])
 
 
 class WorkloadApiServicer(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
@@ -258,5 +255,7 @@ def _counted(metrics: AgentMetrics | None, stream: Stream) -> Iterator[None]:
 
 
 def add_servicers(server: grpc.aio.Server, api: WorkloadApiServicer, relay: MeshStateRelay) -> None:
-    workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(api, server)  # type: ignore[no-untyped-call]
-    mdpb_grpc.add_MeshDiscoveryServicer_to_server(relay, server)  # type: ignore[no-untyped-call]
+    """Both servicers, behind the one error boundary."""
+    boundary = StatusBoundary(api.guard.source_of)
+    boundary.add(server, workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server, api)
+    boundary.add(server, mdpb_grpc.add_MeshDiscoveryServicer_to_server, relay)

@@ -71,9 +71,10 @@ class _Discovery(mdpb_grpc.MeshDiscoveryServicer):
 
 @pytest.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
-    server = grpc.aio.server(interceptors=[StatusBoundary(lambda ctx: "the-caller")])
-    istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(_Ca(), server)  # type: ignore[no-untyped-call]
-    mdpb_grpc.add_MeshDiscoveryServicer_to_server(_Discovery(), server)  # type: ignore[no-untyped-call]
+    server = grpc.aio.server()
+    boundary = StatusBoundary(lambda ctx: "the-caller")
+    boundary.add(server, istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server, _Ca())
+    boundary.add(server, mdpb_grpc.add_MeshDiscoveryServicer_to_server, _Discovery())
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

@@ -101,7 +101,7 @@ class InProcessAgent:
         proc = ProcReader()
         guard = Guard(self.state, self.peers, proc)
         self.api = WorkloadApiServicer(self.state, guard, self.svids.ensure)
-        self.server = new_server(guard)
+        self.server = new_server()
         add_servicers(self.server, self.api, MeshStateRelay(self.state, guard))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()
