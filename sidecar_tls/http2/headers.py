@@ -167,10 +167,81 @@ class Encoder(hpack.Encoder):
     """The sidecar's HPACK encoder: per-request values (`_PER_REQUEST`) are sent as literals
     without indexing, and no literal is Huffman-coded. Huffman coding in Python costs more CPU
     per header block than the bytes it saves on a loopback or in-cluster hop (RFC 7541 leaves it
-    to the encoder; the decoders at both ends take either)."""
+    to the encoder; the decoders at both ends take either).
+
+    The blocks are hpack's own, byte for byte, but a field already in the tables is not searched
+    for again: its encoding (an index) is remembered until the dynamic table changes (an
+    insertion moves every dynamic index, a new size may evict), so a connection's repeated
+    headers cost a dict lookup each. Fields the sender marked never-indexed stay so (RFC 7541
+    7.1.3: an intermediary keeps that representation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._indexed: dict[tuple[bytes, bytes], bytes] = {}  # fields now in a table
+
+    def encode(
+        self,
+        headers: Iterable[
+            hpack.HeaderTuple
+            | tuple[bytes | str, bytes | str]
+            | tuple[bytes | str, bytes | str, bool | None]
+        ]
+        | dict[bytes | str, bytes | str],
+        huffman: bool = True,
+    ) -> bytes:
+        if isinstance(headers, dict):
+            return super().encode(headers, huffman)
+        indexed = self._indexed
+        block: list[bytes] = []
+        if self.header_table.resized:
+            block.append(self._encode_table_size_change())
+            self.header_table.resized = False
+            indexed.clear()
+        for header in headers:
+            name, value = _as_bytes(header[0]), _as_bytes(header[1])
+            prefix = _NEVER_INDEXED_NAME.get(name)
+            if prefix is not None:  # a per-request value: its name is in no table either
+                block.append(prefix + _length(value) + value)
+                continue
+            if isinstance(header, hpack.NeverIndexedHeaderTuple) or (len(header) > 2 and header[2]):
+                block.append(self.add((name, value), True))
+                continue
+            field = (name, value)
+            encoded = indexed.get(field)
+            if encoded is None:
+                encoded = self.add(field, False)
+                if encoded[0] & 0xC0 == 0x40:  # inserted: the dynamic indexes all moved
+                    indexed.clear()
+                else:
+                    indexed[field] = encoded
+            block.append(encoded)
+        return b"".join(block)
 
     def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
         return super().add(to_add, sensitive or to_add[0] in _PER_REQUEST, False)
+
+
+# A per-request field's representation up to its value: literal never indexed, literal name (none
+# of them is in the static table, and they never enter the dynamic one).
+_NEVER_INDEXED_NAME: Final = {name: b"\x10" + bytes([len(name)]) + name for name in _PER_REQUEST}
+
+
+def _length(value: bytes) -> bytes:
+    """A string literal's length (RFC 7541 5.1, 7-bit prefix, no Huffman)."""
+    n = len(value)
+    if n < 0x7F:
+        return bytes([n])
+    out = bytearray([0x7F])
+    n -= 0x7F
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
 
 
 def status_of(headers: Sequence[Header]) -> int:

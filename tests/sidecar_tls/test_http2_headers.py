@@ -51,3 +51,42 @@ def test_literals_are_sent_without_huffman_coding() -> None:
     for name, value in _request(7):
         if name != b":method" and name != b":scheme":  # static-table entries are indexed
             assert value in block, name
+
+
+class _HpackEncoder(hpack.Encoder):
+    """hpack's encoder with the sidecar's choices (per-request values never indexed, no
+    Huffman) and none of its shortcuts: what every block must equal."""
+
+    def add(self, to_add: tuple[bytes, bytes], sensitive: bool, huffman: bool = False) -> bytes:
+        per_request = to_add[0] in {b"grpc-timeout", b"traceparent", b"x-request-id"}
+        return super().add(to_add, sensitive or per_request, False)
+
+
+def test_blocks_are_hpacks_own_through_insertions_evictions_and_resizes() -> None:
+    ours, reference, decoder = Encoder(), _HpackEncoder(), hpack.Decoder()
+    for n in range(80):
+        headers: list[tuple[bytes, bytes]] = list(_request(n))
+        if n % 4 == 0:  # a value that repeats, inserted again once evicted
+            headers.append((b"x-user", f"user-{n % 7}".encode()))
+        if n % 6 == 0:  # a new value (a 2-byte length) inserted, evicting others
+            headers.append((b"x-long", b"v" * (100 + 50 * (n % 5)) + bytes([n])))
+        if n % 9 == 0:
+            headers.append(hpack.NeverIndexedHeaderTuple(b"authorization", b"secret"))
+        if n % 10 == 3:  # the peer's SETTINGS_HEADER_TABLE_SIZE changes: entries evicted
+            for encoder in (ours, reference):
+                encoder.header_table_size = (100, 0, 4096)[n // 10 % 3]
+        block = ours.encode(headers)
+        assert block == reference.encode(headers), n
+        assert [tuple(h) for h in decoder.decode(block, raw=True)] == headers
+    ours.header_table_size = 4096
+    ours.encode(CONSTANT)
+    assert len(ours.encode(CONSTANT)) == len(CONSTANT)  # then the constant fields: an index each
+
+
+def test_a_field_the_sender_never_indexed_is_never_indexed_onward() -> None:
+    encoder, decoder = Encoder(), hpack.Decoder()
+    field = hpack.NeverIndexedHeaderTuple(b"authorization", b"Bearer x")
+    for _ in range(2):
+        (decoded,) = decoder.decode(encoder.encode([field]), raw=True)
+        assert not decoded.indexable
+    assert not encoder.header_table.dynamic_entries
