@@ -6,8 +6,9 @@ agents: each has its own), every call a different pre-generated P-256 CSR: SPIRE
 over its local admin socket, meshward's `CreateCertificate` over mTLS with the bench node's SVID,
 on its mTLS port (TLS in grpcio) and on 15012 (the front door). The rows alternate within each of
 BENCH_ROUNDS rounds (the machine's speed drifts); each prints SVIDs/s, the server's CPU per SVID
-(every process of it) and the ratios to SPIRE. Targets on the 2-core machine: >= 1.5x SPIRE's
-SVIDs/s, CPU per SVID no higher than SPIRE's.
+(every process of it), the cores the server and the client kept busy, the load average, and the
+ratios to SPIRE. Targets on the 2-core machine: >= 1.5x SPIRE's SVIDs/s, CPU per SVID no higher
+than SPIRE's.
 
 After the rounds, for reference: the signing core alone in this process; ghz and grpcio's Python
 client against the mTLS port; a grpcio servicer that does nothing (grpcio's own per-call floor).
@@ -71,20 +72,22 @@ def make_csrs(n: int) -> list[str]:
     return out
 
 
-def core_rate(csrs: list[str]) -> float:
+def core_rate(csrs: list[str]) -> tuple[float, float]:
+    """(CSRs/s, CPU seconds each) of the signing core in this process."""
     now = dt.datetime.now(dt.UTC)
     cert, key = make_root("cluster.local", now)
     authority = SigningAuthority(cert, key, (), (cert,))
     identity = node_id("cluster.local", "bench")
     ttl = dt.timedelta(hours=1)
     done = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while time.perf_counter() - start < CORE_SECONDS:
         public_key = csr_public_key(csrs[done % len(csrs)])
         leaf = issue_svid(authority, public_key, identity, ttl, now)[0]
         leaf.public_bytes(serialization.Encoding.PEM)
         done += 1
-    return done / (time.perf_counter() - start)
+    # CPU time, not the window: on a loaded machine the window includes others' turns.
+    return done / (time.perf_counter() - start), (time.process_time() - cpu) / done
 
 
 def _free_port() -> int:
@@ -221,6 +224,11 @@ class Run(NamedTuple):
     rate: float  # OK calls per second
     server_cpu: float  # server CPU seconds per OK call
     client_cpu: float  # the load generator's CPU seconds per OK call
+    load: float = float("nan")  # the machine's 1-min load average as the window closed
+
+    def cores(self) -> str:
+        """Cores the server and the client kept busy: how close the 2-core machine is to full."""
+        return f"{self.rate * self.server_cpu:4.2f}+{self.rate * self.client_cpu:4.2f} cores"
 
 
 def go_tool(name: str) -> str | None:
@@ -312,7 +320,7 @@ def caload_rate(
     ok = max(int(report["ok"]), 1)
     # The client's CPU covers its warm-up too: per call over every call it made.
     total = ok * (GRPC_WARMUP + seconds) / seconds
-    return Run(ok / float(report["seconds"]), cpu / ok, client_cpu / total)
+    return Run(ok / float(report["seconds"]), cpu / ok, client_cpu / total, os.getloadavg()[0])
 
 
 SPIRE_ROW = "SPIRE, MintX509SVID (admin socket)"
@@ -494,6 +502,7 @@ def print_rounds(rounds: list[dict[str, Run]]) -> None:
             line = (
                 f"ca: round {n}  {name:<33} {run[name].rate:6.0f} SVID/s"
                 f"  server CPU {run[name].server_cpu * 1e6:5.0f} us/SVID"
+                f"  {run[name].cores()}, load {run[name].load:4.1f}"
             )
             if SPIRE_ROW in run and name != SPIRE_ROW:
                 spire = run[SPIRE_ROW]
@@ -529,7 +538,9 @@ def main() -> None:
     )
     print_rounds(rounds)
     print("ca: targets: >= 1.50x SPIRE's SVIDs/s, <= 1.00x its CPU per SVID")
-    print(f"ca: signing core                {core:6.0f} CSR/s  ({1e6 / core:.0f} us CPU each)")
+    print(
+        f"ca: signing core                {core[0]:6.0f} CSR/s  ({core[1] * 1e6:.0f} us CPU each)"
+    )
     for client, run in reference.items():
         print(
             f"ca: mTLS port, {client:<27} {run.rate:6.0f} CSR/s;"
