@@ -356,7 +356,7 @@ def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
     from sidecar_tls.proxy.inbound import InboundProxy
     from sidecar_tls.proxy.net import listen_socket, serve_accepts
     from sidecar_tls.proxy.outbound import OutboundProxy
-    from sidecar_tls.sidecar import build_observer
+    from sidecar_tls.sidecar import build_observer, freeze_startup_heap
     from sidecar_tls.state import SidecarState
     from sidecar_tls.telemetry.observe import HopObserver, NoopObserver
 
@@ -413,6 +413,7 @@ def _serve_role(role: str, tmp: Path, listen: int, target: int) -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         task = asyncio.create_task(serve_accepts(listen_socket("127.0.0.1", listen), handle))
+        freeze_startup_heap()  # as `meshward sidecar run` does once started
         await stop.wait()
         task.cancel()
         if tracing is not None:

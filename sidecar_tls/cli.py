@@ -16,7 +16,13 @@ from meshward_common.durations import parse_duration
 from meshward_common.errors import ConfigError, MeshwardError
 from sidecar_tls.answers import REQUEST_TIMEOUT_S
 from sidecar_tls.http2.connection import DRAIN_S
-from sidecar_tls.sidecar import Ingress, IngressConfig, Sidecar, SidecarConfig
+from sidecar_tls.sidecar import (
+    Ingress,
+    IngressConfig,
+    Sidecar,
+    SidecarConfig,
+    freeze_startup_heap,
+)
 
 # Shared by `run` and `ingress`.
 _trace_sampling = click.option(
@@ -81,6 +87,7 @@ def _run(component: Any) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await component.start()
+        freeze_startup_heap()
         try:
             await stop.wait()
         finally:
