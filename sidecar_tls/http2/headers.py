@@ -9,6 +9,7 @@ validation would make it a connection error and take every other stream down wit
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Final
 from urllib.parse import quote
@@ -32,9 +33,12 @@ _PER_REQUEST: Final = frozenset(
      b"x-b3-sampled", b"x-request-id", b"grpc-timeout"}
 )  # fmt: skip
 _REQUEST_PSEUDO: Final = frozenset({b":method", b":scheme", b":authority", b":path"})
-_UPPER: Final = bytes(range(ord("A"), ord("Z") + 1))
-_BAD_NAME_BYTES: Final = frozenset(b" \t\r\n\0:" + _UPPER)
-_BAD_VALUE_BYTES: Final = frozenset(b"\r\n\0")
+# One C-level scan per name and per value: a set of bad bytes intersected with every field was
+# ~7% of the inbound sidecar's CPU (`python -m bench grpc`, py-spy).
+_BAD_NAME_BYTE: Final = re.compile(rb"[ \t\r\n\0:A-Z]")
+_BAD_VALUE_BYTE: Final = re.compile(rb"[\r\n\0]")
+_SPACE: Final = 0x20
+_TAB: Final = 0x09
 # grpc-message is percent-encoded: printable ASCII but '%' stays as it is (gRPC's HTTP/2 spec).
 _GRPC_MESSAGE_SAFE: Final = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
@@ -49,11 +53,11 @@ def looks_like_h2c(first_bytes: bytes) -> bool:
 def _field_problem(name: bytes, value: bytes) -> str | None:
     if not name:
         return "empty header name"
-    if _BAD_NAME_BYTES.intersection(name[1:] if name[0] == 0x3A else name):
+    if _BAD_NAME_BYTE.search(name, 1 if name[0] == 0x3A else 0) is not None:
         return f"header name {name[:40]!r} is not lowercase token characters"
-    if _BAD_VALUE_BYTES.intersection(value):
+    if _BAD_VALUE_BYTE.search(value) is not None:
         return f"header {name[:40]!r} has CR, LF or NUL in its value"
-    if value[:1] in (b" ", b"\t") or value[-1:] in (b" ", b"\t"):
+    if value and (value[0] in (_SPACE, _TAB) or value[-1] in (_SPACE, _TAB)):
         return f"header {name[:40]!r} has whitespace around its value"
     return None
 

@@ -1,10 +1,12 @@
-"""The sidecar's HPACK encoder: what is indexed, what is not, and that any HPACK decoder reads it."""
+"""HTTP/2 header blocks: the sidecar's HPACK encoder (what is indexed, what is not, that any HPACK
+decoder reads it) and the checks that make a request or response malformed."""
 
 from __future__ import annotations
 
 import hpack
+import pytest
 
-from sidecar_tls.http2.headers import Encoder
+from sidecar_tls.http2.headers import Encoder, request_problem, response_problem
 
 CONSTANT = [
     (b":method", b"POST"),
@@ -90,3 +92,42 @@ def test_a_field_the_sender_never_indexed_is_never_indexed_onward() -> None:
         (decoded,) = decoder.decode(encoder.encode([field]), raw=True)
         assert not decoded.indexable
     assert not encoder.header_table.dynamic_entries
+
+
+GOOD_REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/a"), (b"x-a", b"1")]
+
+
+@pytest.mark.parametrize(
+    ("field", "problem"),
+    [
+        ((b"", b"1"), "empty header name"),
+        ((b"X-Upper", b"1"), "not lowercase token characters"),
+        ((b"x a", b"1"), "not lowercase token characters"),
+        ((b"x\ta", b"1"), "not lowercase token characters"),
+        ((b"x:a", b"1"), "not lowercase token characters"),
+        ((b"x\x00a", b"1"), "not lowercase token characters"),
+        ((b"x-a", b"1\r\nx-b: 2"), "CR, LF or NUL"),
+        ((b"x-a", b"1\n"), "CR, LF or NUL"),
+        ((b"x-a", b"1\x002"), "CR, LF or NUL"),
+        ((b"x-a", b" 1"), "whitespace around"),
+        ((b"x-a", b"1\t"), "whitespace around"),
+        ((b"connection", b"close"), "connection-specific"),
+        ((b"te", b"gzip"), "te header other than trailers"),
+        ((b"content-length", b"1x"), "content-length"),
+    ],
+)
+def test_a_bad_field_makes_the_request_malformed_and_says_why(
+    field: tuple[bytes, bytes], problem: str
+) -> None:
+    found = request_problem([*GOOD_REQUEST, field])
+    assert found is not None
+    assert problem in found
+
+
+def test_well_formed_fields_pass_whatever_their_bytes() -> None:
+    fields = [(b"x-a", b""), (b"x-b", b"a b\tc"), (b"x-c", b"\x80\xff%"), (b"te", b"trailers")]
+    assert request_problem([*GOOD_REQUEST, *fields]) is None
+    assert request_problem([(b":method", b"GET"), (b":Path", b"/")]) is not None  # pseudo too
+    assert response_problem([(b":status", b"200"), (b"x-a", b" 1")]) is not None
+    assert response_problem([(b":status", b"200"), *fields]) is None
+    assert response_problem([(b"grpc-status", b"0"), (b"x-A", b"1")], trailers=True) is not None
