@@ -94,7 +94,9 @@ class H2Side:
         self.closed = False
         self.draining = False  # GOAWAY seen or sent: no new streams on this connection
         self.retired = False  # an upstream no longer fit for new streams: closes when idle
-        self.settings_received = False
+        # The peer's SETTINGS_MAX_CONCURRENT_STREAMS, read once per SETTINGS (h2's settings
+        # object answers through a Python-level Mapping.get on every read).
+        self.peer_streams = ASSUMED_PEER_STREAMS
         self.generation = 0  # TLS generation it was opened with (upstreams to peer sidecars)
         self.peer_id = ""  # the verified SPIFFE ID of the peer, when mTLS
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -195,7 +197,7 @@ class H2Side:
             if pair is not None:
                 pair.informational(list(event.headers or ()))
         elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self.settings_received = True
+            self.peer_streams = self.conn.remote_settings.max_concurrent_streams
             for pair in list(self.pairs.values()):  # a new initial window opens every stream
                 pair.window_opened(self)
         elif isinstance(event, h2.events.ConnectionTerminated):
@@ -233,12 +235,7 @@ class H2Side:
         """How many more streams this (client-role) side may open now."""
         if self.closed or self.draining:
             return 0
-        limit = (
-            self.conn.remote_settings.max_concurrent_streams
-            if self.settings_received
-            else ASSUMED_PEER_STREAMS
-        )
-        return limit - self.active
+        return self.peer_streams - self.active
 
     def usable(self) -> bool:
         return not self.closed and not self.draining and self.transport is not None
