@@ -171,7 +171,10 @@ def run(
 
 @sidecar.command("ingress")
 @click.option(
-    "--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT for plain HTTP."
+    "--listen",
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="HOST:PORT for plain HTTP/1.1 and h2c.",
 )
 @click.option("--agent-socket", required=True, help="Node agent's Workload API socket.")
 @click.option(
@@ -196,7 +199,8 @@ def ingress(
     drain_duration: float,
     log_level: str,
 ) -> None:
-    """Run the ingress gateway on the host: plain HTTP in, mTLS out with its own SVID."""
+    """Run the ingress gateway on the host: plain HTTP/1.1 or HTTP/2 (h2c prior knowledge, as
+    gRPC clients send it) in, mTLS out with its own SVID (ALPN h2 for HTTP/2)."""
     logs.setup("ingress", log_level)
     try:
         config = IngressConfig(

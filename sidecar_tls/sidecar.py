@@ -1,7 +1,7 @@
 """The sidecar process: listeners, identity, mesh state, policy, telemetry, admin, wired together.
 
 `Sidecar` runs in a pod's network namespace as uid 1337 (after the interception rules), or on the
-host as the ingress gateway (`Ingress`: plain HTTP in, mTLS out to one routed service).
+host as the ingress gateway (`Ingress`: plain HTTP/1.1 or h2c in, mTLS out to one routed service).
 """
 
 from __future__ import annotations
@@ -262,7 +262,9 @@ class IngressConfig:
 
 
 class Ingress:
-    """Plain HTTP on the host, mTLS with the ingress's own SVID to the routed service."""
+    """Plain HTTP on the host, mTLS with the ingress's own SVID to the routed service: HTTP/1.1
+    per request on pooled connections, and HTTP/2 (h2c prior knowledge, gRPC) per stream over
+    ALPN h2, by the outbound proxy's own codecs (each stream its own span, metrics, context)."""
 
     def __init__(
         self,

@@ -70,7 +70,7 @@ class OutboundProxy:
         self.outbound_policy: OutboundPolicy = outbound_policy
         self.observer = observer or NoopObserver()
         self._destination_for = destination_for or self._intercepted_destination
-        self._http_only = http_only
+        self._http_only = http_only  # HTTP/1.1 or h2c, never relayed as TCP (the ingress)
         self.request_timeout = request_timeout  # answers.REQUEST_TIMEOUT_S; 0: none
         self.drain_s = drain_s  # stopping: how long open exchanges and streams may finish; 0: none
         self.refused = 0
@@ -93,7 +93,7 @@ class OutboundProxy:
                 return
             await self._passthrough(sock, dest, downstream)
             return
-        first = b"" if self._http_only else await peek(sock, 8, FIRST_BYTES_TIMEOUT)
+        first = await peek(sock, 8, FIRST_BYTES_TIMEOUT)
         if looks_like_h2c(first):  # before HTTP/1: the preface's PRI looks like a method
             side = H2Side(
                 client_side=False,

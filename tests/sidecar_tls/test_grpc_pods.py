@@ -3,11 +3,13 @@ with istio-init's rules and `meshward sidecar run` (uid 1337), identities from a
 and node agent, spans to a real Jaeger. Every stream kind goes through both sidecars (h2c from the
 app, ALPN h2 between the sidecars), the server sees A's SPIFFE ID in x-forwarded-client-cert, an
 Istio DENY on one method refuses only that method, each RPC is one trace, and certificates that
-rotate every few seconds fail no call."""
+rotate every few seconds fail no call. The mesh's ingress gateway on the host carries gRPC and
+plain HTTP/2 (h2c in) into the mesh as well, over mTLS with ALPN h2 and its own identity."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.harness.control_plane import run_control_plane
+from tests.harness.ingress import HostIngress, run_ingress
 from tests.harness.jaeger import Jaeger, run_jaeger
 from tests.harness.node_agent import run_node_agent
 from tests.harness.pods import PodNetwork, add_intercepted_pod, pod_network
@@ -33,6 +36,7 @@ PREFIX, SUBNET, BRIDGE_IP = "mwgr", "10.213.112.0/24", "10.213.112.1"
 REPO = Path(__file__).resolve().parents[2]
 APP_UID = 1000
 ID = {n: f"spiffe://cluster.local/ns/default/sa/{n}" for n in "ab"}
+INGRESS_ID = "spiffe://cluster.local/ns/istio-system/sa/ingress"
 WORKLOAD_TTL = "16s"  # each sidecar rotates its SVID every ~8 s
 
 DENY_ECHO = """\
@@ -71,11 +75,21 @@ def registry_yaml(net: PodNetwork) -> str:
             f"      netns: {pod.netns}",
             "      uids: [1337]",
         ]
+    lines += [
+        "  - name: ingress",
+        "    namespace: istio-system",
+        "    serviceAccount: ingress",
+        "    node: node-1",
+        "    selector: {netns: host, uids: [1337]}",
+    ]
     return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PodNetwork, Jaeger, Path]]:
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[PodNetwork, Jaeger, Path, Path]]:
+    """(the pods, Jaeger, the logs' directory, the node agent's socket)."""
     tmp_path = tmp_path_factory.mktemp("grpc-pods")
     policies = tmp_path / "policies"
     policies.mkdir()
@@ -98,7 +112,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PodNetwork,
                     agent.socket_path,
                     ["--otlp-endpoint", jaeger.otlp_endpoint, "--trace-sampling", "100"],
                 )
-                yield net, jaeger, tmp_path
+                yield net, jaeger, tmp_path, agent.socket_path
         finally:
             jaeger.stop()
 
@@ -154,6 +168,11 @@ def app(net: PodNetwork, *args: str) -> dict[str, Any]:
         env={**clean_env(), "PYTHONPATH": str(REPO)},
         timeout=120,
     )
+    return answer(done)
+
+
+def answer(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The JSON line the gRPC client printed last."""
     try:
         result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
@@ -161,12 +180,11 @@ def app(net: PodNetwork, *args: str) -> dict[str, Any]:
     return result
 
 
-def test_every_stream_kind_through_both_sidecars_with_the_callers_identity(mesh) -> None:
-    net, _, _ = mesh
-    result = app(net, "kinds", "b:9090")
+def assert_every_kind(result: dict[str, Any], caller: str) -> None:
+    """`kinds`' answer: every stream kind worked, and the server saw `caller` in the XFCC."""
     xfcc = result["unary"]["metadata"]["x-forwarded-client-cert"]
     assert xfcc.startswith(f"By={ID['b']};Hash=")
-    assert xfcc.endswith(f";URI={ID['a']}")  # the forged value sent by the app was replaced
+    assert xfcc.endswith(f";URI={caller}")  # the forged value sent by the client was replaced
     assert "admin" not in xfcc
     assert result["server_stream"] == [7, 7, 7, 7]
     assert result["client_stream"] == {"count": 5, "size": 10}
@@ -175,8 +193,13 @@ def test_every_stream_kind_through_both_sidecars_with_the_callers_identity(mesh)
     assert result["fail"] == {"code": "NOT_FOUND", "details": "no such rating"}
 
 
+def test_every_stream_kind_through_both_sidecars_with_the_callers_identity(mesh) -> None:
+    net, *_ = mesh
+    assert_every_kind(app(net, "kinds", "b:9090"), ID["a"])
+
+
 def test_a_deny_policy_refuses_only_its_method(mesh) -> None:
-    net, _, _ = mesh
+    net, *_ = mesh
     assert app(net, "call", "b:9090", "Echo") == {
         "code": "PERMISSION_DENIED",
         "details": "RBAC: access denied",
@@ -187,7 +210,7 @@ def test_a_deny_policy_refuses_only_its_method(mesh) -> None:
 
 
 def test_a_plain_http2_client_through_the_mesh(mesh) -> None:
-    net, _, _ = mesh
+    net, *_ = mesh
     done = net.run(
         net.pod("a"),
         ["curl", "-s", "--http2-prior-knowledge", "-w", "\n%{http_code} %{http_version}",
@@ -203,7 +226,7 @@ def test_a_plain_http2_client_through_the_mesh(mesh) -> None:
 
 
 def test_each_rpc_is_one_trace_across_the_hops(mesh) -> None:
-    net, jaeger, _ = mesh
+    net, jaeger, *_ = mesh
     assert app(net, "call", "b:9090", "Unary")["code"] == "OK"
     found_trace: dict[str, Any] | None = None
 
@@ -233,7 +256,7 @@ def test_each_rpc_is_one_trace_across_the_hops(mesh) -> None:
 
 
 def test_rotation_under_load_fails_no_rpc(mesh) -> None:
-    net, _, tmp_path = mesh
+    net, _, tmp_path, _ = mesh
 
     def loads(name: str) -> int:
         return (tmp_path / f"sidecar-{name}.log").read_text(errors="replace").count(" loaded,")
@@ -246,3 +269,82 @@ def test_rotation_under_load_fails_no_rpc(mesh) -> None:
     assert result["bidi_messages"] > 1
     for name in "ab":
         assert loads(name) >= before[name] + 1, f"sidecar {name} did not rotate"
+
+
+def host_app(*args: str) -> dict[str, Any]:
+    """The gRPC client on the host (where the ingress listens); its JSON answer."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.sidecar_tls.grpc_pod_app", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**clean_env(), "PYTHONPATH": str(REPO)},
+    )
+    return answer(done)
+
+
+def until_routed(ingress: HostIngress, check: Callable[[], bool]) -> None:
+    """Until the ingress has the mesh state and `check` passes through it."""
+
+    def ok() -> bool:
+        if not ingress.running:
+            pytest.fail(f"ingress exited:\n{ingress.log()}")
+        return check()
+
+    wait_until(f"{ingress.name} routing", ok, timeout_s=60, logs=ingress.log)
+
+
+def test_the_ingress_carries_grpc_into_the_mesh_with_its_own_identity(mesh) -> None:
+    net, jaeger, tmp_path, agent_socket = mesh
+    tracing = ["--otlp-endpoint", jaeger.otlp_endpoint, "--trace-sampling", "100"]
+    with run_ingress(tmp_path, agent_socket, "b:9090", tracing) as ingress:
+        target = f"127.0.0.1:{ingress.port}"
+        until_routed(ingress, lambda: host_app("call", target, "Unary").get("code") == "OK")
+        result = host_app("kinds", target)
+        denied = host_app("call", target, "Echo")
+    assert_every_kind(result, INGRESS_ID)  # the ingress's identity, over mTLS
+    # b's policy applies per method to calls from the ingress too
+    assert denied == {"code": "PERMISSION_DENIED", "details": "RBAC: access denied"}
+    from_ingress = {"source_principal": INGRESS_ID, "request_protocol": "grpc"}
+    assert (
+        requests_total(net, "b", reporter="destination", grpc_response_status="0", **from_ingress)
+        >= 1
+    )
+    assert (
+        requests_total(net, "b", reporter="destination", grpc_response_status="7", **from_ingress)
+        >= 1
+    )
+
+    def traced() -> bool:  # the ingress's CLIENT span and b's SERVER span, one trace per RPC
+        for trace in jaeger.traces("ingress.default"):
+            kinds = {
+                (trace["processes"][s["processID"]]["serviceName"], tags(s)["span.kind"])
+                for s in trace["spans"]
+                if tags(s).get("grpc.path") == "/test.Echo/Unary"
+            }
+            if {("ingress.default", "client"), ("b.default", "server")} <= kinds:
+                return True
+        return False
+
+    wait_until("a trace of a Unary call from the ingress to b in Jaeger", traced)
+
+
+def test_curl_with_http2_prior_knowledge_through_the_ingress(mesh) -> None:
+    _, _, tmp_path, agent_socket = mesh
+    with run_ingress(tmp_path, agent_socket, "b:9081") as ingress:
+        argv = [
+            "curl", "-s", "--http2-prior-knowledge", "-w", "\n%{http_code} %{http_version}",
+            f"http://127.0.0.1:{ingress.port}/reviews/1",
+        ]  # fmt: skip
+        answers: list[subprocess.CompletedProcess[str]] = []
+
+        def answered() -> bool:
+            answers.append(subprocess.run(argv, capture_output=True, text=True, timeout=30))
+            return answers[-1].stdout.endswith("\n200 2")
+
+        until_routed(ingress, answered)
+    body, _, _ = answers[-1].stdout.rpartition("\n")
+    seen = json.loads(body)
+    assert seen["path"] == "/reviews/1"
+    assert seen["headers"]["x-forwarded-client-cert"].endswith(f";URI={INGRESS_ID}")

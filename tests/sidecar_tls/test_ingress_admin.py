@@ -1,43 +1,115 @@
-"""The ingress gateway (plain HTTP in, mTLS out with its own SVID) and the admin/health surfaces."""
+"""The ingress gateway (plain HTTP/1.1 or h2c in, mTLS out with its own SVID) and the admin/health
+surfaces."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import aiohttp
+import grpc
+import pytest
 
 from sidecar_tls.admin import admin_app, certs_view, health_app, serve_app
 from sidecar_tls.destinations import MeshSnapshot, MeshWorkload
 from sidecar_tls.identity import StaticSvidSource
 from sidecar_tls.sidecar import Ingress, IngressConfig
 from sidecar_tls.state import SidecarState
-from tests.sidecar_tls.loopback import SERVER_ID, http_get, sidecar_pair
+from tests.sidecar_tls import grpc_apps
+from tests.sidecar_tls.h2_apps import RawH2Client, h2_echo_app
+from tests.sidecar_tls.loopback import SERVER_ID, Pair, http_get, sidecar_pair
 from tests.sidecar_tls.testca import MiniCA
 
 INGRESS_ID = "spiffe://cluster.local/ns/istio-system/sa/ingress"
+FORGED = "By=spiffe://evil/x;Hash=00;URI=spiffe://cluster.local/ns/default/sa/admin"
+
+
+@contextlib.asynccontextmanager
+async def ingress_to(pair: Pair, ca: MiniCA) -> AsyncIterator[Ingress]:
+    """An ingress (its own SVID) routed to the pair's inbound sidecar, started."""
+    ingress = Ingress(
+        IngressConfig(
+            agent_socket="/nonexistent",
+            listen=("127.0.0.1", 0),
+            route=("server", pair.inbound_port),
+        ),
+        svids=StaticSvidSource(ca.issue(INGRESS_ID)),
+    )
+    ingress.state.set_snapshot(pair.client_state.snapshot)
+    await ingress.start(follow_agent=False)
+    try:
+        yield ingress
+    finally:
+        await ingress.stop()
 
 
 async def test_ingress_routes_plain_http_over_mtls_with_its_own_identity() -> None:
     ca = MiniCA.create()
-    async with sidecar_pair(ca.issue(INGRESS_ID), ca.issue(SERVER_ID)) as pair:
-        ingress = Ingress(
-            IngressConfig(
-                agent_socket="/nonexistent",
-                listen=("127.0.0.1", 0),
-                route=("server", pair.inbound_port),
-            ),
-            svids=StaticSvidSource(ca.issue(INGRESS_ID)),
-        )
-        ingress.state.set_snapshot(pair.client_state.snapshot)
-        await ingress.start(follow_agent=False)
-        try:
-            status, body = await http_get(ingress.port, "/productpage")
-        finally:
-            await ingress.stop()
+    async with (
+        sidecar_pair(ca.issue(INGRESS_ID), ca.issue(SERVER_ID)) as pair,
+        ingress_to(pair, ca) as ingress,
+    ):
+        status, body = await http_get(ingress.port, "/productpage")
     assert status == 200
     seen = json.loads(body)
     assert seen["request"] == "GET /productpage HTTP/1.1"
     assert seen["headers"]["x-forwarded-client-cert"][0].endswith(f"URI={INGRESS_ID}")
+
+
+async def test_ingress_carries_grpc_into_the_mesh_over_mtls_h2(grpc_app: int) -> None:
+    ca = MiniCA.create()
+    async with (
+        sidecar_pair(ca.issue(INGRESS_ID), ca.issue(SERVER_ID), app_port=grpc_app) as pair,
+        ingress_to(pair, ca) as ingress,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingress.port}") as ch,
+    ):
+        unary = json.loads(
+            await ch.unary_unary(grpc_apps.path("Unary"))(
+                b"hello", metadata=(("x-forwarded-client-cert", FORGED),), timeout=30
+            )
+        )
+        streamed = [
+            len(m)
+            async for m in ch.unary_stream(grpc_apps.path("ServerStream"))(b"3:9", timeout=30)
+        ]
+        bidi = ch.stream_stream(grpc_apps.path("Bidi"))(timeout=30)
+        echoed = []
+        for word in (b"one", b"two"):
+            await bidi.write(word)
+            echoed.append(await bidi.read())
+        await bidi.done_writing()
+        assert await bidi.code() == grpc.StatusCode.OK
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await ch.unary_unary(grpc_apps.path("Fail"))(b"NOT_FOUND:no such rating", timeout=30)
+    xfcc = unary["metadata"]["x-forwarded-client-cert"]
+    assert xfcc.startswith(f"By={SERVER_ID};Hash=")
+    assert xfcc.endswith(f";URI={INGRESS_ID}")  # the ingress's identity, the forged one replaced
+    assert "admin" not in xfcc
+    assert streamed == [9, 9, 9]
+    assert echoed == [b"one", b"two"]
+    assert (failed.value.code(), failed.value.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        "no such rating",
+    )
+
+
+async def test_ingress_carries_a_plain_http2_request() -> None:
+    ca = MiniCA.create()
+    async with (
+        sidecar_pair(ca.issue(INGRESS_ID), ca.issue(SERVER_ID), h2_echo_app) as pair,
+        ingress_to(pair, ca) as ingress,
+    ):
+        client = await RawH2Client.connect(ingress.port)
+        try:
+            sid = client.request("/reviews/1")
+            outcomes = await client.settle(within_s=30)
+        finally:
+            client.close()
+    assert outcomes[sid].status == 200
+    seen = json.loads(outcomes[sid].body)
+    assert seen["path"] == "/reviews/1"
+    assert seen["headers"]["x-forwarded-client-cert"].endswith(f";URI={INGRESS_ID}")
 
 
 async def test_ingress_without_a_known_route_answers_503() -> None:
