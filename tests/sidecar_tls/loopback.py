@@ -76,6 +76,34 @@ async def silent_app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
         writer.close()
 
 
+class GatedApp:
+    """Answers each request only once `release` is set; `received` says a request arrived."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.received = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return
+                self.received.set()
+                await self.release.wait()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: "
+                    + str(len(self.body)).encode()
+                    + b"\r\n\r\n"
+                    + self.body
+                )
+                await writer.drain()
+        finally:
+            writer.close()
+
+
 @contextlib.asynccontextmanager
 async def serve_app(handler: Handler) -> AsyncIterator[int]:
     server = await asyncio.start_server(handler, "127.0.0.1", 0)

@@ -19,6 +19,7 @@ from sidecar_tls.proxy.outbound import OutboundProxy
 from tests.sidecar_tls.loopback import (
     CLIENT_ID,
     SERVER_ID,
+    GatedApp,
     Pair,
     refused,
     run_listener,
@@ -29,33 +30,6 @@ from tests.sidecar_tls.testca import MiniCA
 BODY = b"b" * 300_000  # more than one read and one TLS record: the whole body must arrive
 LONG_DRAIN = 120.0  # far more than any exchange here needs, even on a loaded machine
 REQUEST = b"GET /slow HTTP/1.1\r\nhost: server\r\n\r\n"  # keep-alive: HTTP/1.1's default
-
-
-class GatedApp:
-    """Answers each request only once `release` is set; `received` says a request arrived."""
-
-    def __init__(self) -> None:
-        self.received = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError:
-                    return
-                self.received.set()
-                await self.release.wait()
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: "
-                    + str(len(BODY)).encode()
-                    + b"\r\n\r\n"
-                    + BODY
-                )
-                await writer.drain()
-        finally:
-            writer.close()
 
 
 @dataclass
@@ -126,7 +100,7 @@ SIDES = pytest.mark.parametrize("side", ["outbound", "inbound"])
 async def test_a_request_in_flight_finishes_with_connection_close_and_new_ones_are_refused(
     side: str,
 ) -> None:
-    app = GatedApp()
+    app = GatedApp(BODY)
     async with stoppable(side, app, LONG_DRAIN) as rig:
         reader, writer = await rig.connect()
         try:
@@ -151,7 +125,7 @@ async def test_a_request_in_flight_finishes_with_connection_close_and_new_ones_a
 
 @SIDES
 async def test_an_idle_keep_alive_connection_is_closed_at_once(side: str) -> None:
-    app = GatedApp()
+    app = GatedApp(BODY)
     app.release.set()
     async with stoppable(side, app, LONG_DRAIN) as rig:
         reader, writer = await rig.connect()
@@ -170,7 +144,7 @@ async def test_an_idle_keep_alive_connection_is_closed_at_once(side: str) -> Non
 
 @SIDES
 async def test_a_request_still_in_flight_at_the_drain_deadline_is_cut(side: str) -> None:
-    app = GatedApp()  # never released while the proxy drains
+    app = GatedApp(BODY)  # never released while the proxy drains
     async with stoppable(side, app, drain_s=0.5) as rig:
         reader, writer = await rig.connect()
         try:

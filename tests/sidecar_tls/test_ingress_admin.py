@@ -3,6 +3,7 @@ surfaces."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from sidecar_tls.sidecar import Ingress, IngressConfig
 from sidecar_tls.state import SidecarState
 from tests.sidecar_tls import grpc_apps
 from tests.sidecar_tls.h2_apps import RawH2Client, h2_echo_app
-from tests.sidecar_tls.loopback import SERVER_ID, Pair, http_get, sidecar_pair
+from tests.sidecar_tls.loopback import SERVER_ID, GatedApp, Pair, http_get, refused, sidecar_pair
 from tests.sidecar_tls.testca import MiniCA
 
 INGRESS_ID = "spiffe://cluster.local/ns/istio-system/sa/ingress"
@@ -26,13 +27,14 @@ FORGED = "By=spiffe://evil/x;Hash=00;URI=spiffe://cluster.local/ns/default/sa/ad
 
 
 @contextlib.asynccontextmanager
-async def ingress_to(pair: Pair, ca: MiniCA) -> AsyncIterator[Ingress]:
+async def ingress_to(pair: Pair, ca: MiniCA, drain_s: float = 5.0) -> AsyncIterator[Ingress]:
     """An ingress (its own SVID) routed to the pair's inbound sidecar, started."""
     ingress = Ingress(
         IngressConfig(
             agent_socket="/nonexistent",
             listen=("127.0.0.1", 0),
             route=("server", pair.inbound_port),
+            drain_s=drain_s,
         ),
         svids=StaticSvidSource(ca.issue(INGRESS_ID)),
     )
@@ -110,6 +112,31 @@ async def test_ingress_carries_a_plain_http2_request() -> None:
     seen = json.loads(outcomes[sid].body)
     assert seen["path"] == "/reviews/1"
     assert seen["headers"]["x-forwarded-client-cert"].endswith(f";URI={INGRESS_ID}")
+
+
+async def test_a_stopping_ingress_finishes_the_request_in_flight_with_connection_close() -> None:
+    ca = MiniCA.create()
+    app = GatedApp(b"the whole answer")
+    async with (
+        sidecar_pair(ca.issue(INGRESS_ID), ca.issue(SERVER_ID), app) as pair,
+        ingress_to(pair, ca, drain_s=120.0) as ingress,  # far more than the request needs
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port)
+        try:
+            writer.write(b"GET /productpage HTTP/1.1\r\nhost: productpage\r\n\r\n")
+            await asyncio.wait_for(app.received.wait(), 30)
+            stopping = asyncio.create_task(ingress.stop())
+            await refused(ingress.port)
+            assert not stopping.done()  # the drain waits for the request in flight
+            app.release.set()
+            answer = await asyncio.wait_for(reader.read(), 60)  # then the connection closes
+            await asyncio.wait_for(stopping, 60)
+        finally:
+            writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nconnection: close" in head
+    assert body == b"the whole answer"
 
 
 async def test_ingress_without_a_known_route_answers_503() -> None:
