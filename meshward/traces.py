@@ -58,16 +58,22 @@ def span_rows(trace: Mapping[str, Any]) -> list[SpanRow]:
             if r.get("refType") == "CHILD_OF" and r.get("traceID") == span.get("traceID")
         ]
         error = tags.get("error") == "true" or tags.get("otel.status_code") == "ERROR"
+        status = tags.get("http.status_code", "ERR" if error else "-")
+        operation = str(span.get("operationName", ""))
+        if "grpc.path" in tags:  # a gRPC call: its method, and grpc-status beside the HTTP one
+            operation += f" {tags['grpc.path']}"
+            if "grpc.status_code" in tags:
+                status += f" grpc-status={tags['grpc.status_code']}"
         rows.append(
             SpanRow(
                 span_id=str(span["spanID"]),
                 parent_id=parents[0] if parents else "",
                 service=str(processes.get(span.get("processID"), {}).get("serviceName", "?")),
-                operation=str(span.get("operationName", "")),
+                operation=operation,
                 kind=tags.get("span.kind", ""),
                 start_us=int(span.get("startTime", 0)),
                 duration_us=int(span.get("duration", 0)),
-                status=tags.get("http.status_code", "ERR" if error else "-"),
+                status=status,
                 peer=tags.get("peer.principal", ""),
                 error=error,
             )

@@ -65,6 +65,22 @@ def test_rows_take_service_kind_status_peer_and_parent():
     assert not rows["s3"].error
 
 
+def test_a_grpc_span_shows_its_method_and_grpc_status():
+    trace = make_trace()
+    trace["spans"].append(
+        span("s4", "s3", "p2", "ratings.default.svc.cluster.local:9090/*", "client", 1, 2,
+             http_status_code="200", **{"grpc.path": "/meshward.demo.Ratings/GetRating",
+                                        "grpc.status_code": "7"})
+    )  # fmt: skip
+    rows = {r.span_id: r for r in span_rows(trace)}
+    assert rows["s4"].operation == (
+        "ratings.default.svc.cluster.local:9090/* /meshward.demo.Ratings/GetRating"
+    )
+    assert rows["s4"].status == "200 grpc-status=7"
+    assert rows["s3"].operation == "b.default.svc.cluster.local:9080/*"  # HTTP: unchanged
+    assert any("grpc-status=7" in line for line in render_trace(trace))
+
+
 def test_tree_order_is_depth_first_from_the_root():
     assert [(d, r.span_id) for d, r in tree_order(span_rows(make_trace()))] == [
         (0, "s1"),
