@@ -1,9 +1,10 @@
 """The four demo services as aiohttp applications.
 
-`productpage` calls `details` and `reviews`; `reviews` (v1 and v2) calls `ratings`. Every answer is
-JSON with the service's data, the headers it received, the caller identity taken from
-`x-forwarded-client-cert`, the trace id, and (for callers) the answers of the services it called,
-so one `curl` of the ingress shows every hop.
+`productpage` calls `details` and `reviews` over HTTP; `reviews` (v1 and v2) calls `ratings` over
+gRPC (`meshward.demo.Ratings/GetRating`, served by ratings beside its HTTP API; an `http://` upstream
+makes it HTTP again). Every answer is JSON with the service's data, the headers it received, the
+caller identity taken from `x-forwarded-client-cert`, the trace id, and (for callers) the answers
+of the services it called, so one `curl` of the ingress shows every hop.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from meshward.demo import GRPC_PORT, ratings_grpc
 from meshward.demo.propagation import caller_identity, headers_to_forward, trace_id_of
 from meshward_common.errors import ConfigError
 
@@ -29,6 +31,9 @@ CALLS: Mapping[str, tuple[str, ...]] = {
     "ratings": (),
 }
 DEFAULT_PORT = 9080
+# Who is called over gRPC unless told otherwise (`--upstream ratings=http://ratings:9080`).
+DEFAULT_UPSTREAMS: Mapping[str, str] = {"ratings": f"grpc://ratings:{GRPC_PORT}"}
+GRPC_SERVICES = ("ratings",)  # the services with a gRPC API
 UPSTREAM_TIMEOUT_S = 5.0
 
 _BOOK = {
@@ -43,7 +48,6 @@ _REVIEWS = [
     {"reviewer": "Reviewer1", "text": "An extremely entertaining play by Shakespeare."},
     {"reviewer": "Reviewer2", "text": "Absolutely fun and entertaining."},
 ]
-_RATINGS = {"Reviewer1": 5, "Reviewer2": 4}
 
 
 @dataclass(frozen=True)
@@ -52,23 +56,39 @@ class DemoConfig:
     version: str = "v1"
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
-    # service name -> base URL; defaults to http://<name>:9080, resolved by the pod's hosts file.
+    # service name -> base URL; defaults to http://<name>:9080 (ratings: grpc://ratings:9090),
+    # resolved by the pod's hosts file.
     upstreams: Mapping[str, str] = field(default_factory=dict)
     # Pods share the host's UTS namespace, so the hostname does not tell them apart.
     pod: str = field(default_factory=socket.gethostname)
+    grpc_port: int = GRPC_PORT  # ratings only: where it serves gRPC (0: it does not)
 
     def __post_init__(self) -> None:
         if self.service not in SERVICES:
             raise ConfigError(
                 f"demo: unknown service {self.service!r} (known: {', '.join(SERVICES)})"
             )
+        for name, url in self.upstreams.items():
+            target = ratings_grpc.grpc_target(url)
+            if target is None and not url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"demo: upstream {name}={url}: the URL must start with http:// or grpc://"
+                )
+            if target is not None and name not in GRPC_SERVICES:
+                raise ConfigError(
+                    f"demo: upstream {name}={url}: only {', '.join(GRPC_SERVICES)} serves gRPC"
+                )
+            if target == "":
+                raise ConfigError(f"demo: upstream {name}={url}: no host:port after grpc://")
 
     def upstream(self, name: str) -> str:
-        return self.upstreams.get(name, f"http://{name}:{DEFAULT_PORT}").rstrip("/")
+        default = DEFAULT_UPSTREAMS.get(name, f"http://{name}:{DEFAULT_PORT}")
+        return self.upstreams.get(name, default).rstrip("/")
 
 
 _SESSION = web.AppKey("session", aiohttp.ClientSession)
 _CONFIG = web.AppKey("config", DemoConfig)
+_RATINGS_CHANNEL: web.AppKey[Any] = web.AppKey("ratings_channel")  # a grpc.aio.Channel
 
 
 def _envelope(config: DemoConfig, request: web.Request, data: Any) -> dict[str, Any]:
@@ -111,6 +131,7 @@ def _hops(response: Mapping[str, Any]) -> list[dict[str, str]]:
             "version": str(response.get("version", "")),
             "caller": str(response.get("identity", {}).get("caller", "")),
             "status": str(response.get("status", 200)),
+            "protocol": str(response.get("protocol", "http")),
         }
     ]
     for key in ("details", "reviews", "ratings"):
@@ -141,7 +162,12 @@ async def details(request: web.Request) -> web.Response:
 async def reviews(request: web.Request) -> web.Response:
     config = request.app[_CONFIG]
     product = int(request.match_info["id"])
-    ratings = await _call(request, "ratings", f"/ratings/{product}")
+    channel = request.app.get(_RATINGS_CHANNEL)
+    if channel is None:
+        ratings = await _call(request, "ratings", f"/ratings/{product}")
+    else:
+        forward = headers_to_forward(request.headers)
+        ratings = await ratings_grpc.get_rating(channel, product, forward, UPSTREAM_TIMEOUT_S)
     scores = ratings.get("data", {}).get("ratings", {}) if ratings.get("status") == 200 else {}
     # As in bookinfo, v2 shows black stars; v1 shows the plain score.
     color = "black" if config.version == "v2" else ""
@@ -153,7 +179,7 @@ async def reviews(request: web.Request) -> web.Response:
 
 
 async def ratings(request: web.Request) -> web.Response:
-    data = {"id": int(request.match_info["id"]), "ratings": _RATINGS}
+    data = {"id": int(request.match_info["id"]), "ratings": ratings_grpc.RATINGS}
     return web.json_response(_envelope(request.app[_CONFIG], request, data), dumps=_dumps)
 
 
@@ -173,6 +199,32 @@ async def _session_ctx(app: web.Application) -> Any:
         yield
 
 
+async def _ratings_channel_ctx(app: web.Application) -> Any:
+    target = ratings_grpc.grpc_target(app[_CONFIG].upstream("ratings"))
+    if target is None:
+        yield
+        return
+    channel = ratings_grpc.open_channel(target)
+    app[_RATINGS_CHANNEL] = channel
+    try:
+        yield
+    finally:
+        await channel.close()
+
+
+async def _grpc_server_ctx(app: web.Application) -> Any:
+    """ratings' gRPC service, started before its HTTP port listens (so an app that answers
+    /healthz serves both)."""
+    config = app[_CONFIG]
+    server = await ratings_grpc.start_server(
+        config.host, config.grpc_port, config.version, config.pod
+    )
+    try:
+        yield
+    finally:
+        await server.stop(grace=1.0)
+
+
 _ROUTES = {
     "productpage": [("/productpage", productpage), ("/", productpage)],
     "details": [("/details/{id:\\d+}", details)],
@@ -185,6 +237,10 @@ def make_app(config: DemoConfig) -> web.Application:
     app = web.Application()
     app[_CONFIG] = config
     app.cleanup_ctx.append(_session_ctx)
+    if config.service == "reviews":
+        app.cleanup_ctx.append(_ratings_channel_ctx)
+    if config.service == "ratings" and config.grpc_port:
+        app.cleanup_ctx.append(_grpc_server_ctx)
     app.router.add_get("/healthz", healthz)
     for path, handler in _ROUTES[config.service]:
         app.router.add_get(path, handler)

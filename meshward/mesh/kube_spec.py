@@ -21,6 +21,7 @@ from meshward.mesh.spec import (
     APP_PORT,
     INGRESS_NAMESPACE,
     INGRESS_SERVICE_ACCOUNT,
+    SERVICE_PORTS,
     MeshSpec,
 )
 from meshward_common import ports
@@ -136,7 +137,10 @@ def demo_objects(spec: MeshSpec) -> list[dict[str, Any]]:
                 "metadata": _meta(service, ns, app=service),
                 "spec": {
                     "selector": {"app": service},
-                    "ports": [{"name": "http", "port": APP_PORT, "targetPort": APP_PORT}],
+                    "ports": [
+                        {"name": name, "port": port, "targetPort": port}
+                        for name, port in SERVICE_PORTS[service]
+                    ],
                 },
             }
         )
@@ -158,7 +162,7 @@ def demo_objects(spec: MeshSpec) -> list[dict[str, Any]]:
             "env": [
                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
             ],
-            "ports": [{"name": "http", "containerPort": APP_PORT}],
+            "ports": [{"name": name, "containerPort": port} for name, port in pod.ports],
             "readinessProbe": {
                 "httpGet": {"path": "/healthz", "port": APP_PORT},
                 "periodSeconds": 2,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from meshward.demo import GRPC_PORT  # ratings' gRPC service, which reviews calls
 from meshward_common import ports
 from meshward_common.errors import ConfigError
 from meshward_common.registry import HOST_NETNS, Registry, Selector, Workload, dump_registry
@@ -24,6 +25,13 @@ INGRESS_NAMESPACE = "istio-system"
 INGRESS_NAME = "ingress"
 INGRESS_SERVICE_ACCOUNT = "meshward-ingress"
 APP_PORT = 9080
+# Each demo service's ports by Istio's port names (the name says the protocol).
+SERVICE_PORTS: dict[str, tuple[tuple[str, int], ...]] = {
+    "productpage": (("http", APP_PORT),),
+    "details": (("http", APP_PORT),),
+    "reviews": (("http", APP_PORT),),
+    "ratings": (("http", APP_PORT), ("grpc", GRPC_PORT)),
+}
 # Link names are "<prefix>-br" and "<prefix>-v<n>" and must fit IFNAMSIZ (as meshward.pods checks).
 _PREFIX_RE = re.compile(r"[a-z][a-z0-9]{1,7}")
 
@@ -89,6 +97,10 @@ class PodSpec:
     @property
     def labels(self) -> dict[str, str]:
         return {"app": self.service, "version": self.version}
+
+    @property
+    def ports(self) -> tuple[tuple[str, int], ...]:
+        return SERVICE_PORTS[self.service]
 
 
 @dataclass(frozen=True)
@@ -163,7 +175,7 @@ def registry_of(spec: MeshSpec) -> Registry:
             node=pod.node,
             address=pod.ip,
             service=pod.service,
-            ports=(APP_PORT,),
+            ports=tuple(port for _, port in pod.ports),
             labels=pod.labels,
             selector=Selector(netns=pod.netns, uids=(ports.PROXY_UID,)),
         )

@@ -73,6 +73,9 @@ def test_readme_walkthrough_on_kubernetes_end_to_end(tmp_path: Path) -> None:
         # 3. curl between pods, through both sidecars, as the app user.
         steps.curl_between_pods(mesh)
 
+        # 3b. gRPC between pods: reviews -> ratings, the identity, the metric.
+        steps.grpc_between_pods(mesh)
+
         # 4. a DENY AuthorizationPolicy applied with the API: Envoy's 403, other calls pass.
         done = mesh.kubectl("apply", "-f", str(steps.DENY_POLICY))
         assert done.returncode == 0, done.stderr
@@ -82,6 +85,14 @@ def test_readme_walkthrough_on_kubernetes_end_to_end(tmp_path: Path) -> None:
         done = mesh.kubectl("delete", "-f", str(steps.DENY_POLICY))
         assert done.returncode == 0, done.stderr
         steps.deny_lifted(mesh, POLICY_WAIT_S)
+
+        # 5b. an ALLOW policy on ratings' gRPC service: only reviews, only GetRating.
+        done = mesh.kubectl("apply", "-f", str(steps.ALLOW_GRPC_POLICY))
+        assert done.returncode == 0, done.stderr
+        steps.grpc_allow_enforced(mesh, POLICY_WAIT_S)
+        done = mesh.kubectl("delete", "-f", str(steps.ALLOW_GRPC_POLICY))
+        assert done.returncode == 0, done.stderr
+        steps.grpc_allow_lifted(mesh, POLICY_WAIT_S)
 
         # 6. the traces: the ingress request's trace, through every service.
         steps.trace_through_every_service(mesh, trace_id, within_s=30)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshward.mesh.network import leftovers
 from meshward.mesh.supervisor import Supervisor, pids_mentioning
@@ -60,6 +61,10 @@ class LocalMesh:
         self.webhook_port = free_port()
         self.jaeger_ports = (free_port(), free_port(), free_port())
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The README's root shell has the venv on PATH (`source .venv/bin/activate`): `python`
+        # in a `meshward exec` command is the venv's.
+        venv_bin = str(Path(sys.executable).parent)
+        self.env["PATH"] = f"{venv_bin}:{self.env.get('PATH', '')}"
         if jaeger:
             self.env["MESHWARD_JAEGER"] = jaeger
         self.sup = Supervisor(state_dir / "run", state_dir / "logs")
@@ -141,6 +146,38 @@ class LocalMesh:
         done = self.cli("exec", pod, "--", "curl", "-s", "-m", "10", "-w", "\n%{http_code}", url)
         body, _, code = done.stdout.rpartition("\n")
         return (int(code) if code.isdigit() else 0), body
+
+    def rpc(self, pod: str, *args: str) -> tuple[int, str]:
+        """`meshward exec POD -- python -m meshward.demo.rpc ARGS`: (exit status, the reply's JSON,
+        or the last line on stderr - the call's status - when it failed)."""
+        done = self.cli("exec", pod, "--", "python", "-m", "meshward.demo.rpc", *args)
+        if done.returncode == 0:
+            return 0, done.stdout
+        lines = done.stderr.strip().splitlines()
+        return done.returncode, lines[-1] if lines else done.stdout
+
+    def poll_rpc(self, pod: str, want: int, *args: str, wait_s: float) -> tuple[float, str]:
+        """`rpc` until it exits `want` (a policy on its way) or `wait_s` is up."""
+        start = time.monotonic()
+        while True:
+            status, out = self.rpc(pod, *args)
+            elapsed = time.monotonic() - start
+            if status == want or elapsed > wait_s:
+                return elapsed, out
+            time.sleep(0.2)
+
+    def requests_total(self, pod: str, **labels: str) -> float:
+        """`istio_requests_total` of POD's sidecar matching LABELS, read as the README does
+        (`meshward exec POD -- curl -s localhost:15090/stats/prometheus`)."""
+        url = "localhost:15090/stats/prometheus"
+        done = self.cli("exec", pod, "--", "curl", "-s", "-m", "10", url)
+        assert done.returncode == 0, done.stderr
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(done.stdout)
+            for s in f.samples
+            if s.name == "istio_requests_total" and labels.items() <= s.labels.items()
+        )
 
     def kill(self, component: str) -> None:
         """SIGKILL, as a crash: the record stays, so the mesh can tell it is gone."""

@@ -40,7 +40,8 @@ def test_registry_yaml_is_a_valid_registry_with_netns_selectors():
     assert by_name["ratings"].selector.netns == "mwup-ratings"
     assert by_name["ratings"].selector.uids == (1337,)
     assert by_name["ratings"].address == spec.pod("ratings").ip
-    assert by_name["ratings"].ports == (9080,)
+    assert by_name["ratings"].ports == (9080, 9090)  # HTTP and the gRPC service reviews calls
+    assert by_name["reviews-v1"].ports == (9080,)
     assert by_name["reviews-v2"].labels == {"app": "reviews", "version": "v2"}
     ingress = by_name["ingress"]
     assert (ingress.selector.netns, ingress.selector.uids) == ("host", (1338,))

@@ -1,6 +1,7 @@
 """The README walkthrough, every command of it, against a real mesh:
-up, the ingress and its identity headers, pod-to-pod calls, a DENY policy and its removal, traces,
-inspection, down - and then nothing is left."""
+up, the ingress and its identity headers, pod-to-pod calls (HTTP and the gRPC hop), a DENY policy and
+its removal, a gRPC ALLOW policy on one method, traces, inspection, down - and then nothing is
+left."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def test_readme_walkthrough_end_to_end():
         # 3. curl between pods, through both sidecars, as the app user.
         steps.curl_between_pods(mesh)
 
+        # 3b. gRPC between pods: reviews -> ratings, the identity, the metric.
+        steps.grpc_between_pods(mesh)
+
         # 4. a DENY policy: productpage -> reviews gets Envoy's 403, other calls still pass.
         policy = mesh.state_dir / "policies" / steps.DENY_POLICY.name
         shutil.copy(steps.DENY_POLICY, policy)
@@ -44,6 +48,13 @@ def test_readme_walkthrough_end_to_end():
         # 5. remove it: allowed again.
         policy.unlink()
         steps.deny_lifted(mesh, POLICY_WAIT_S)
+
+        # 5b. an ALLOW policy on ratings' gRPC service: only reviews, only GetRating.
+        allow = mesh.state_dir / "policies" / steps.ALLOW_GRPC_POLICY.name
+        shutil.copy(steps.ALLOW_GRPC_POLICY, allow)
+        steps.grpc_allow_enforced(mesh, POLICY_WAIT_S)
+        allow.unlink()
+        steps.grpc_allow_lifted(mesh, POLICY_WAIT_S)
 
         # 6. the traces: the ingress request's trace, through every service.
         steps.trace_through_every_service(mesh, trace_id, within_s=20)
