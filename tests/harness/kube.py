@@ -377,7 +377,12 @@ def control_plane_account(kube: Kube) -> str:
 
 @contextlib.contextmanager
 def kube_control_plane(
-    kube: Kube, tmp_path: Path, extra_args: tuple[str, ...] = ()
+    kube: Kube,
+    tmp_path: Path,
+    extra_args: tuple[str, ...] = (),
+    *,
+    trust_domain: str = "cluster.local",
+    plugin_ca_dir: Path | None = None,
 ) -> Iterator[KubeMesh]:
     from tests.harness.control_plane import ControlPlane
 
@@ -398,6 +403,8 @@ def kube_control_plane(
     cp = KubeControlPlane(
         tmp_path,
         "",
+        trust_domain=trust_domain,
+        plugin_ca_dir=plugin_ca_dir,
         extra_args=(
             "--kubernetes", "--kubeconfig", str(kubeconfig),
             "--agent-service-account", f"{agents}/meshward-node-agent", *extra_args,

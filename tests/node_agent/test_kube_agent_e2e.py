@@ -84,10 +84,13 @@ class KubeNode:
         self._procs.append(proc)
         return proc
 
-    def fetch_svid(self, pod: Pod, cgroup: Path | None, uid: int = PROXY_UID) -> dict[str, Any]:
+    def fetch_svid(
+        self, pod: Pod, cgroup: Path | None, uid: int = PROXY_UID, script: str = FETCH
+    ) -> dict[str, Any]:
         """One FetchX509SVID from the agent's socket by a process in `pod`'s network namespace,
-        in `cgroup` (None: in no pod's cgroup), as `uid`."""
-        argv = self.net.command(pod, [sys.executable, "-c", FETCH, self.agent.endpoint], uid=uid)
+        in `cgroup` (None: in no pod's cgroup), as `uid`; `script` (a SPIFFE client taking the
+        socket as its argument, printing JSON last) for another call."""
+        argv = self.net.command(pod, [sys.executable, "-c", script, self.agent.endpoint], uid=uid)
         with cgroups_made(cgroup):
             done = subprocess.run(
                 in_cgroup(cgroup, argv), env=clean_env(), capture_output=True, text=True,
