@@ -48,6 +48,7 @@ HOT_PATH: Final = (
     "http1/relay",
     "http1/upstream",
     "http2/connection",
+    "http2/deadlines",
     "http2/headers",
     "http2/streams",
     "http2/upstreams",

@@ -26,6 +26,7 @@ import h2.exceptions
 from sidecar_tls.answers import REQUEST_TIMEOUT_S, LocalReply, bad_response, upstream_timeout
 from sidecar_tls.exchange import Admission, Exchange
 from sidecar_tls.http2.connection import Acceptor, H2Side, flush_dirty
+from sidecar_tls.http2.deadlines import Deadlines
 from sidecar_tls.http2.headers import (
     Header,
     RequestView,
@@ -98,6 +99,7 @@ class StreamPair:
 
     __slots__ = (
         "bytes_down",
+        "deadlines",
         "down",
         "down_sid",
         "grpc",
@@ -124,6 +126,7 @@ class StreamPair:
         headers: list[Header],
         grpc: bool,
         timeout: float,
+        deadlines: Deadlines,
     ) -> None:
         self.down: H2Side | None = down
         self.down_sid = down_sid
@@ -140,7 +143,8 @@ class StreamPair:
         self.grpc_status = -1
         self.bytes_down = 0
         self.timeout = timeout  # for the response head, once the request is sent (not gRPC)
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadlines = deadlines  # the downstream connection's
+        self.timer = 0  # its token there, 0: none
 
     # opening the upstream stream
 
@@ -383,15 +387,15 @@ class StreamPair:
         gRPC call still running by then is reset (CANCEL) both ways."""
         self.timeout = 0.0  # once
         self._stop_timer()
-        self.timer = asyncio.get_running_loop().call_later(seconds, self._timed_out)
+        self.timer = self.deadlines.add(seconds, self._timed_out)
 
     def _stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.timer:
+            self.deadlines.cancel(self.timer)
+            self.timer = 0
 
     def _timed_out(self) -> None:
-        self.timer = None
+        self.timer = 0
         if self.down is None:
             return
         if not self.responded:
@@ -449,6 +453,7 @@ class Forwarder(Acceptor):
     def __init__(self, route: Route, request_timeout: float = REQUEST_TIMEOUT_S) -> None:
         self.route = route
         self.request_timeout = request_timeout
+        self.deadlines = Deadlines()
 
     def accept(self, side: H2Side, stream_id: int, headers: list[Header], ended: bool) -> None:
         problem = request_problem(headers)
@@ -467,6 +472,7 @@ class Forwarder(Acceptor):
             headers,
             view.grpc,
             0.0 if view.grpc else self.request_timeout,
+            self.deadlines,
         )
         side.pairs[stream_id] = pair
         pair.to_up.end = ended
@@ -485,6 +491,7 @@ class Forwarder(Acceptor):
         task.add_done_callback(_log_task_error)
 
     def connection_lost(self, side: H2Side) -> None:
+        self.deadlines.close()
         self.route.closed()
 
 
