@@ -252,9 +252,16 @@ class _BoundTracing(BoundHop):
     ) -> HopSpan:
         # A sampling draw, not a secret: the fast generator is the right one (Envoy's too).
         draw = random.random()  # noqa: S311
-        if isinstance(headers, HeaderView):
-            # Every header read here is one the parser picked out already (C-level lookups).
-            wanted = headers.wanted
+        # HTTP/1.1: every header read here is one the parser picked out already; HTTP/2: the
+        # head's headers by name. Plain dicts either way (C-level lookups).
+        wanted = (
+            headers.wanted
+            if isinstance(headers, HeaderView)
+            else headers
+            if isinstance(headers, dict)
+            else None
+        )
+        if wanted is not None:
             get: Lookup = wanted.get
             names = wanted.keys()
             if names.isdisjoint(CONTEXT_HEADERS):
