@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from meshward.pods import Pod, PodNetwork
 from tests.harness.control_plane import ControlPlane, run_control_plane
+from tests.harness.ingress import run_ingress
 from tests.harness.node_agent import NodeAgent, run_node_agent
 from tests.harness.pods import add_intercepted_pod, pod_network, spawn_sidecar
 from tests.sidecar_tls.testca import MiniCA
@@ -337,52 +338,21 @@ def test_rotation_under_load_fails_no_request(mesh: Mesh) -> None:
 
 
 def test_ingress_on_the_host_routes_plain_http_into_the_mesh_over_mtls(mesh: Mesh) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = mesh.tmp / "ingress.log"
-    with log.open("wb") as out:
-        ingress = subprocess.Popen(
-            [
-                "setpriv",
-                "--reuid",
-                "1337",
-                "--regid",
-                "1337",
-                "--clear-groups",
-                "--",
-                PY,
-                "-m",
-                "meshward",
-                "sidecar",
-                "ingress",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--agent-socket",
-                str(mesh.agent.socket_path),
-                "--route",
-                "server:8080",
-            ],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    with run_ingress(mesh.tmp, mesh.agent.socket_path, "server:8080") as ingress:
         deadline = time.monotonic() + 30
         status, body = 0, ""
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/productpage", timeout=5) as r:
+                url = f"http://127.0.0.1:{ingress.port}/productpage"
+                with urllib.request.urlopen(url, timeout=5) as r:
                     status, body = r.status, r.read().decode()
                 break
-            except OSError:  # not listening yet, or no SVID / mesh state yet (503)
-                if ingress.poll() is not None:
-                    pytest.fail(f"ingress exited:\n{log.read_text()}")
+            except OSError:  # no SVID / mesh state yet (503)
+                if not ingress.running:
+                    pytest.fail(f"ingress exited:\n{ingress.log()}")
                 time.sleep(0.3)
-    finally:
-        ingress.terminate()
-        ingress.wait(timeout=10)
-    assert status == 200, log.read_text()
+        log = ingress.log()
+    assert status == 200, log
     seen = json.loads(body)
     assert seen["path"] == "/productpage"
     (xfcc,) = seen["headers"]["x-forwarded-client-cert"]
