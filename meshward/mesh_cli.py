@@ -122,6 +122,7 @@ def _up_summary(spec: MeshSpec, report: UpReport) -> str:
         (f"curl localhost:{o.ingress_port}/productpage", "the page, each hop's caller identity, the trace id"),
         (f"meshward status{state}", "nodes, pods, identities, certificate expiry, readiness"),
         (f"meshward exec{state} productpage -- curl -s http://reviews:9080/reviews/1", "a call through both sidecars"),
+        (f"meshward exec{state} reviews-v1 -- python -m meshward.demo.rpc ratings:9090 GetRating 1", "a gRPC call (reviews' own hop)"),
         (f"meshward proxy-config secret{state} productpage", "the pod's SVID, chain and bundle"),
         (f"meshward check{state}", "is everything healthy, and what to do if not"),
         (f"meshward logs{state} <component>", f"logs of every process ({o.state_dir}/logs/)"),

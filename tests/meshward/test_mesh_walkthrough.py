@@ -28,6 +28,7 @@ def test_readme_walkthrough_end_to_end():
         print(f"\nmeshward up: ready after {time.monotonic() - start:.1f} s")
         assert "the mesh is up (5 pods on node-1, node-2)" in out
         assert f"curl localhost:{mesh.ingress_port}/productpage" in out
+        assert "-- python -m meshward.demo.rpc ratings:9090 GetRating 1" in out  # step 3b
         again = mesh.make_up().stdout
         assert "the mesh is already running" in again
 
