@@ -5,8 +5,10 @@ bundle (or, after a restart, the last one fetched, kept in the state database; a
 operator changed wins, as the spec lets operators update a foreign bundle locally). Each refresh
 authenticates the endpoint with the current bundle of the endpoint ID's trust domain and takes
 what it serves if it is a valid bundle for that trust domain and not older (by `spiffe_sequence`)
-than the one held. A refresh that fails keeps the last good bundle, in one log line, and the next
-attempt waits the usual interval (the spec asks clients not to hammer a failing endpoint).
+than the one held. A refresh that fails keeps the last good bundle, in one log line; the next
+attempts back off from FIRST_RETRY_SECONDS, doubling, up to the usual interval (the spec asks clients
+not to hammer a failing endpoint, but a peer that was merely not up yet should not cost a whole
+interval).
 
 The interval is a quarter of the bundle's refresh hint (SPIRE's four attempts per hint, so a missed
 poll or two costs nothing), five minutes' worth when the bundle sets none, and never under
@@ -44,11 +46,20 @@ SEEDED = "federated_seed:"  # + trust domain: digest of the initial file it was 
 DEFAULT_REFRESH_HINT = 300
 ATTEMPTS_PER_HINT = 4
 MIN_REFRESH_SECONDS = 1.0
+FIRST_RETRY_SECONDS = 5.0
 
 
 def refresh_interval(bundle: SpiffeBundle) -> float:
     hint = bundle.refresh_hint or DEFAULT_REFRESH_HINT
     return max(MIN_REFRESH_SECONDS, hint / ATTEMPTS_PER_HINT)
+
+
+def retry_interval(bundle: SpiffeBundle, failures: int) -> float:
+    """The wait before the next attempt after `failures` consecutive failed ones (0: none failed)."""
+    usual = refresh_interval(bundle)
+    if failures == 0:
+        return usual
+    return min(usual, FIRST_RETRY_SECONDS * 2.0 ** min(failures - 1, 32))
 
 
 def take_fetched(held: SpiffeBundle, fetched: SpiffeBundle) -> SpiffeBundle | None:
@@ -202,12 +213,15 @@ class Federation:
             listener()
 
     async def _follow(self, trust_domain: str) -> None:
+        failures = 0
         while True:
             try:
                 await self.refresh(trust_domain)
+                failures = failures + 1 if self.domains[trust_domain].error else 0
             except Exception:  # a follower that dies silently would freeze this bundle
                 log.exception("refreshing the federated bundle of %s failed", trust_domain)
-            await asyncio.sleep(refresh_interval(self.domains[trust_domain].bundle))
+                failures += 1
+            await asyncio.sleep(retry_interval(self.domains[trust_domain].bundle, failures))
 
     async def run(self) -> None:
         await asyncio.gather(*(self._follow(td) for td in self.domains))

@@ -12,7 +12,7 @@ import pytest
 from ca.authority import make_root
 from ca.bundle_endpoint import next_sequence
 from ca.config import build_config
-from ca.federation import refresh_interval, take_fetched
+from ca.federation import refresh_interval, retry_interval, take_fetched
 from meshward_common.errors import ConfigError, SvidError
 from meshward_common.spiffe_bundle import SpiffeBundle
 
@@ -101,3 +101,11 @@ def test_refreshes_come_four_times_per_hint_and_never_in_a_tight_loop() -> None:
     assert refresh_interval(_bundle((), 1, 300)) == 75
     assert refresh_interval(_bundle((), 1, None)) == 75  # five minutes when the bundle sets none
     assert refresh_interval(_bundle((), 1, 2)) == 1.0
+
+
+def test_after_failures_the_next_attempt_backs_off_from_5_s_up_to_the_usual_interval() -> None:
+    bundle = _bundle((), 1, 300)  # usual interval 75 s
+    waits = [retry_interval(bundle, n) for n in range(6)]
+    assert waits == [75, 5, 10, 20, 40, 75]
+    assert retry_interval(bundle, 10_000) == 75
+    assert retry_interval(_bundle((), 1, 2), 1) == 1.0  # never longer than the usual interval
