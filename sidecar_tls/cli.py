@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import signal
 from typing import Any
 
@@ -33,9 +32,6 @@ _trace_sampling = click.option(
     help="Percent of new traces sampled (Istio's defaultConfig.tracing.sampling); parent-based.",
 )
 
-_ZERO_RE = re.compile(r"0|(0+(ms|s|m|h|d))+")
-
-
 class _Seconds(click.ParamType[float, Any]):
     """A Go duration (`15s`, `1m30s`, `500ms`) as seconds; `0s` is none, as Envoy's `timeout: 0s`."""
 
@@ -46,11 +42,8 @@ class _Seconds(click.ParamType[float, Any]):
     ) -> float:
         if isinstance(value, float):
             return value
-        text = str(value).strip()
-        if _ZERO_RE.fullmatch(text):
-            return 0.0
         try:
-            return parse_duration(text, "value").total_seconds()
+            return parse_duration(str(value), "value", zero=True).total_seconds()
         except ConfigError as exc:
             self.fail(str(exc).removeprefix("value: "), param, ctx)
 

@@ -66,3 +66,16 @@ def test_ca_and_agent_read_durations_alike(tmp_path: Path) -> None:
 def test_format_duration_round_trips() -> None:
     for text in ("30s", "10m", "24h"):
         assert format_duration(parse_duration(text)) == text
+
+
+@pytest.mark.parametrize("text", ["0", "0s", "0ms", "0m0s", " 0s "])
+def test_zero_is_a_duration_only_where_it_is_allowed(text: str) -> None:
+    assert parse_duration(text, "--x", zero=True) == dt.timedelta(0)
+    with pytest.raises(ConfigError, match="--x"):
+        parse_duration(text, "--x")
+
+
+def test_allowing_zero_still_refuses_what_is_not_a_duration() -> None:
+    for text in ("", "00", "30", "-0s", "0x"):
+        with pytest.raises(ConfigError, match="--x"):
+            parse_duration(text, "--x", zero=True)
