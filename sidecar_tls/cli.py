@@ -32,6 +32,7 @@ _trace_sampling = click.option(
     help="Percent of new traces sampled (Istio's defaultConfig.tracing.sampling); parent-based.",
 )
 
+
 class _Seconds(click.ParamType[float, Any]):
     """A Go duration (`15s`, `1m30s`, `500ms`) as seconds; `0s` is none, as Envoy's `timeout: 0s`."""
 
