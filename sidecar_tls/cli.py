@@ -14,7 +14,7 @@ from meshward_common.addresses import parse_host_port
 from meshward_common.durations import parse_duration
 from meshward_common.errors import ConfigError, MeshwardError
 from sidecar_tls.answers import REQUEST_TIMEOUT_S
-from sidecar_tls.http2.connection import DRAIN_S
+from sidecar_tls.draining import DRAIN_S
 from sidecar_tls.sidecar import (
     Ingress,
     IngressConfig,

@@ -22,7 +22,7 @@ from sidecar_tls.admin import HttpServer, admin_app, health_app, serve_app
 from sidecar_tls.answers import REQUEST_TIMEOUT_S
 from sidecar_tls.authz import InboundAuthorizer
 from sidecar_tls.destinations import Destination, MeshSnapshot, OutboundPolicy, resolve_destination
-from sidecar_tls.http2.connection import DRAIN_S
+from sidecar_tls.draining import DRAIN_S
 from sidecar_tls.identity import SvidSource, WorkloadApiSvidSource, WorkloadIdentity
 from sidecar_tls.proxy.inbound import InboundProxy
 from sidecar_tls.proxy.net import listen_socket, serve_accepts

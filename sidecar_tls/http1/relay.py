@@ -10,7 +10,6 @@ each body ends. No task switch per request; bytes go from one transport to the o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Final, cast
 
@@ -442,13 +441,22 @@ class HttpRelay:
             self.down.write(local_response(reply, close=True))
         self._close_down()
 
-    def drain(self) -> None:
-        """The sidecar stops (Envoy's drain): an idle connection closes now; an exchange in
-        flight finishes, its response says `connection: close`, and the connection closes after
-        it (requests pipelined behind it are not answered: the client retries them elsewhere)."""
+    def drain(self) -> asyncio.Future[None]:
+        """The sidecar stops (Envoy's drain; `sidecar_tls.draining`): an idle connection closes
+        now; an exchange in flight finishes, its response says `connection: close`, and the
+        connection closes after it (requests pipelined behind it are not answered: the client
+        retries them elsewhere). Drained when the connection is gone."""
         self.draining = True
         if self.state in ("head", "pending") and not self.buf:
             self._close_down()
+        return self.done
+
+    def end(self) -> None:
+        """The connection's task ends: cut what is still in flight, else close."""
+        if not self.done.done():
+            self.cut()
+        elif self.down is not None and not self.down.is_closing():
+            self.down.close()
 
     def cut(self) -> None:
         """The drain time is up: the connection ends now, whatever is in flight (and the upstream
@@ -478,31 +486,3 @@ class TlsHttpRelay(HttpRelay):
 def _log_task_error(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("relay task failed: %s", task.exception())
-
-
-async def run_relay(relay: HttpRelay, drain_s: float) -> None:
-    """Wait until the relay's downstream connection is gone (keeps the connection's task alive).
-    Cancelled (the sidecar stops), it drains (`HttpRelay.drain`) for `drain_s` at most, then
-    cuts what is left, as run_side does for HTTP/2."""
-    stopped = False
-    try:
-        await asyncio.shield(relay.done)  # not cancelled with the task: the drain waits for it
-    except asyncio.CancelledError:
-        stopped = True  # drained below, outside the handler (mypyc: no await in an except)
-    try:
-        if stopped:
-            await _drain(relay, drain_s)
-    finally:
-        if relay.down is not None and not relay.down.is_closing():
-            relay.down.close()
-    if stopped:
-        raise asyncio.CancelledError
-
-
-async def _drain(relay: HttpRelay, drain_s: float) -> None:
-    relay.drain()
-    if not relay.done.done() and drain_s > 0:
-        with contextlib.suppress(asyncio.CancelledError):  # cancelled again: cut now
-            await asyncio.wait((relay.done,), timeout=drain_s)
-    if not relay.done.done():
-        relay.cut()

@@ -35,9 +35,6 @@ log = logging.getLogger(__name__)
 STREAM_WINDOW: Final = 1 << 20  # what one stream may have in flight towards us
 CONNECTION_WINDOW: Final = 16 << 20
 MAX_CONCURRENT_STREAMS: Final = 256  # that we accept from a downstream
-# How long a stopping sidecar lets the open streams of a connection finish after its GOAWAY:
-# Istio's default terminationDrainDuration.
-DRAIN_S: Final = 5.0
 ASSUMED_PEER_STREAMS: Final = 100  # until the peer's SETTINGS say (RFC 9113 suggests >= 100)
 _DEFAULT_WINDOW: Final = 65535
 _READ_SIZE: Final = 64 * 1024
@@ -285,6 +282,16 @@ class H2Side:
         if self.transport is not None:
             self.transport.close()
 
+    def drain(self) -> asyncio.Future[None]:
+        """The sidecar stops (`sidecar_tls.draining`): GOAWAY NO_ERROR with the last stream it
+        took (the peer retries the streams it never got on another connection instead of seeing
+        the connection drop); drained when no stream is left."""
+        self.goaway()
+        return self.until_idle()
+
+    def end(self) -> None:
+        self.close()
+
 
 class TlsH2Side(H2Side):
     """An HTTP/2 connection over TLS: decrypted into the shared read buffer."""
@@ -300,30 +307,3 @@ def flush_dirty() -> None:
     """Write the frames every side touched since the last flush has queued."""
     while _DIRTY:
         _DIRTY.pop().flush()
-
-
-async def run_side(side: H2Side, drain_s: float = DRAIN_S) -> None:
-    """Wait until the connection is gone (keeps the connection's task alive). Cancelled (the
-    sidecar stops), it drains: GOAWAY NO_ERROR with the last stream it took (the peer retries the
-    streams it never got on another connection instead of seeing the connection drop), then the
-    open streams may finish, for `drain_s` at most, before the connection is closed."""
-    stopped = False
-    try:
-        await side.done
-    except asyncio.CancelledError:
-        stopped = True  # drained below, outside the handler (mypyc: no await in an except)
-    try:
-        if stopped:
-            await _drain(side, drain_s)
-    finally:
-        side.close()
-    if stopped:
-        raise asyncio.CancelledError
-
-
-async def _drain(side: H2Side, drain_s: float) -> None:
-    side.goaway()
-    if side.pairs and drain_s > 0 and not side.closed:
-        idle = side.until_idle()
-        with contextlib.suppress(asyncio.CancelledError):  # cancelled again: close now
-            await asyncio.wait((side.done, idle), timeout=drain_s)

@@ -22,11 +22,12 @@ from meshward_common.errors import Unauthenticated
 from policy.request import Request
 from sidecar_tls.answers import REQUEST_TIMEOUT_S, LocalReply, app_unreachable
 from sidecar_tls.authz import InboundAuthorizer
+from sidecar_tls.draining import DRAIN_S, hold
 from sidecar_tls.exchange import Admission, Exchange, InboundExchange
 from sidecar_tls.http1.head import RequestHead, looks_like_http
-from sidecar_tls.http1.relay import HttpRelay, TlsHttpRelay, run_relay
+from sidecar_tls.http1.relay import HttpRelay, TlsHttpRelay
 from sidecar_tls.http1.upstream import RelayHooks, UpstreamLink
-from sidecar_tls.http2.connection import DRAIN_S, H2Side, TlsH2Side, run_side
+from sidecar_tls.http2.connection import H2Side, TlsH2Side
 from sidecar_tls.http2.headers import looks_like_h2c
 from sidecar_tls.http2.streams import Forwarder, Route
 from sidecar_tls.http2.upstreams import H2Upstreams
@@ -153,7 +154,7 @@ class InboundProxy:
                 side.data_received(bytes(relay.buf))
             transport.resume_reading()
             try:
-                await run_side(side, self.drain_s)
+                await hold(side, self.drain_s)
             finally:
                 route.closed()
             return
@@ -162,7 +163,7 @@ class InboundProxy:
             relay.hooks = hooks
             relay.start()
             try:
-                await run_relay(relay, self.drain_s)
+                await hold(relay, self.drain_s)
             finally:
                 hooks.close()
             return

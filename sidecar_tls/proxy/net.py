@@ -106,7 +106,7 @@ async def serve_accepts(
             task.add_done_callback(tasks.discard)
     finally:
         # Stopped: no new connections; the open ones are cancelled and may drain (an HTTP/2
-        # connection says GOAWAY and lets its streams finish, bounded: run_side) before we return.
+        # connection says GOAWAY and lets its streams finish, bounded: sidecar_tls.draining) before we return.
         with contextlib.suppress(OSError):
             listener.close()
         for task in tasks:

@@ -18,11 +18,12 @@ from meshward_common import ports
 from meshward_common.errors import MeshwardError
 from sidecar_tls.answers import REQUEST_TIMEOUT_S, LocalReply, upstream_unavailable
 from sidecar_tls.destinations import Destination, OutboundPolicy, resolve_destination
+from sidecar_tls.draining import DRAIN_S, hold
 from sidecar_tls.exchange import Admission, Exchange, OutboundExchange
 from sidecar_tls.http1.head import HOP_BY_HOP, RequestHead, looks_like_http
-from sidecar_tls.http1.relay import HttpRelay, run_relay
+from sidecar_tls.http1.relay import HttpRelay
 from sidecar_tls.http1.upstream import RelayHooks, UpstreamLink
-from sidecar_tls.http2.connection import DRAIN_S, H2Side, run_side
+from sidecar_tls.http2.connection import H2Side
 from sidecar_tls.http2.headers import looks_like_h2c
 from sidecar_tls.http2.streams import Forwarder, Route
 from sidecar_tls.proxy.net import (
@@ -100,7 +101,7 @@ class OutboundProxy:
                 acceptor=Forwarder(_OutboundH2Route(self, dest, downstream), self.request_timeout),
             )
             await wrap_accepted_protocol(sock, None, side)
-            await run_side(side, self.drain_s)
+            await hold(side, self.drain_s)
             return
         if self._http_only or looks_like_http(first):
             hooks = _OutboundHooks(self, dest, downstream)
@@ -108,7 +109,7 @@ class OutboundProxy:
             try:
                 await wrap_accepted_protocol(sock, None, relay)
                 relay.start()
-                await run_relay(relay, self.drain_s)
+                await hold(relay, self.drain_s)
             finally:
                 hooks.close()
             return
