@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from ca.config import DEFAULT_STATE_DIR, CaConfig, build_config, read_config_file
+from ca.config import DEFAULT_STATE_DIR, CaConfig, load_config
+from ca.config_watch import ConfigSource
 from meshward_common import logs
 from meshward_common.clock import utc_now
 from meshward_common.durations import parse_duration
@@ -82,24 +83,24 @@ def serve(config_file: Path | None, log_level: str, **flags: Any) -> None:
     """Serve IstioCertificateService and MeshDiscovery over TLS, on every core."""
     logs.setup("ca", log_level)
     try:
-        settings = read_config_file(config_file) if config_file is not None else {}
-        settings.update({k.replace("_", "-"): v for k, v in flags.items() if v is not None})
-        config = build_config(settings)
+        given = {k.replace("_", "-"): v for k, v in flags.items() if v is not None}
+        config = load_config(config_file, given)
         try:
             import uvloop
 
             uvloop.install()
         except ImportError:  # pragma: no cover - uvloop is pinned, but the CA works without it
             pass
-        asyncio.run(_serve(config, log_level))
+        source = ConfigSource(config_file, given) if config_file is not None else None
+        asyncio.run(_serve(config, source, log_level))
     except MeshwardError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
-async def _serve(config: CaConfig, log_level: str) -> None:
+async def _serve(config: CaConfig, source: ConfigSource | None, log_level: str) -> None:
     from ca.supervisor import serve as run
 
-    await run(config, _announce, log_level)
+    await run(config, _announce, log_level, source)
 
 
 def _announce(line: str) -> None:

@@ -138,14 +138,18 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> LineDict:
+    """The file's settings by key (`line_of` says where each is)."""
     docs = load_file(path)
     if not docs:
-        return {}
+        empty = LineDict()
+        empty.key_lines = {}
+        return empty
     if len(docs) != 1 or not isinstance(docs[0], LineDict):
         raise ConfigError(f"{path}:1: config must be one YAML mapping")
     top = docs[0]
-    out: dict[str, Any] = {}
+    out = LineDict()
+    out.key_lines = {}
     for key, value in top.items():
         norm = key.replace("_", "-")
         if norm not in DEFAULTS:
@@ -153,7 +157,51 @@ def read_config_file(path: Path) -> dict[str, Any]:
                 f"{path}:{top.line_of(key)}: unknown key {key!r} (known: {', '.join(DEFAULTS)})"
             )
         out[norm] = value
+        out.key_lines[norm] = top.line_of(key)
     return out
+
+
+def load_config(path: Path | None, flags: Mapping[str, Any]) -> CaConfig:
+    """The one config reader, at start and when the file changes: defaults < the file < flags.
+    A problem of a setting from the file is one ConfigError `FILE:LINE: key...: reason`."""
+    from_file = read_config_file(path) if path is not None else None
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return build_config({**(from_file or {}), **given})
+    except ConfigError as exc:
+        line = None if from_file is None else _line_of_problem(from_file, str(exc), given)
+        if line is None:  # not about the file's settings (a flag's, or of none in particular)
+            raise
+        raise ConfigError(f"{path}:{line}: {exc}") from exc
+
+
+def locate_problem(path: Path, exc: ConfigError, flags: Mapping[str, Any]) -> ConfigError:
+    """`exc` as `FILE:LINE: ...` when it is about a setting of the file (read again: it is for
+    problems found after `load_config`, such as an unusable initial bundle)."""
+    if str(exc).startswith(f"{path}:"):
+        return exc
+    try:
+        line = _line_of_problem(read_config_file(path), str(exc), flags)
+    except ConfigError:
+        line = None
+    return ConfigError(f"{path}:{line}: {exc}" if line is not None else f"{path}: {exc}")
+
+
+def _line_of_problem(top: LineDict, message: str, flags: Mapping[str, Any]) -> int | None:
+    """The line of the setting a build_config message starts with (`key: ...` or
+    `key.sub.key: ...`; trust domains have dots, so keys are matched whole, not split)."""
+    mapping: Any = top
+    rest, line = message, None
+    while isinstance(mapping, LineDict):
+        match = next(
+            (k for k in sorted(map(str, mapping), key=len, reverse=True)
+             if rest.startswith(k) and rest[len(k) : len(k) + 1] in (".", ":", " ")),
+            None,
+        )  # fmt: skip
+        if match is None or (mapping is top and match in flags):
+            break
+        line, mapping, rest = mapping.line_of(match), mapping[match], rest[len(match) + 1 :]
+    return line
 
 
 def _existing(value: Any, key: str, *, directory: bool) -> Path | None:

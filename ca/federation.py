@@ -14,6 +14,11 @@ The interval is a quarter of the bundle's refresh hint (SPIRE's four attempts pe
 poll or two costs nothing), five minutes' worth when the bundle sets none, and never under
 MIN_REFRESH_SECONDS. Every change reaches the mesh through the publisher: MeshState.trust_bundles
 carries each federated domain's roots beside our own, distinct per trust domain (never merged).
+
+The relationships change at runtime (`apply`: the CA's config file edited, as SPIRE's federation
+API adds and removes them): a new one starts from its initial bundle, a removed one leaves the mesh
+and the state database, a changed one (URL, endpoint ID, initial bundle) restarts its fetching from
+the bundle in force (the last one fetched, unless the operator's initial file changed).
 """
 
 from __future__ import annotations
@@ -121,8 +126,10 @@ class Federation:
         self.clock = clock
         self.own_roots = own_roots
         self.own_trust_domain = own_trust_domain
-        self.domains: dict[str, FederatedDomain] = {}
+        self.domains: dict[str, FederatedDomain] = {}  # replaced whole, never mutated (scrapes)
         self._listeners: list[Callable[[], None]] = []
+        self._followers: dict[str, asyncio.Task[None]] = {}
+        self._running = False
 
     def on_change(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -130,8 +137,51 @@ class Federation:
     def load(self) -> None:
         """The bundle in force for each relationship; an unusable initial bundle is a
         ConfigError at start (there is nothing good to keep yet)."""
-        for rel in self.relationships:
-            self.domains[rel.trust_domain] = FederatedDomain(rel, self._initial(rel))
+        self.domains = {
+            rel.trust_domain: FederatedDomain(rel, self._initial(rel)) for rel in self.relationships
+        }
+
+    def apply(self, relationships: Sequence[FederationRelationship]) -> list[str]:
+        """Put these relationships in force; what changed, one phrase per trust domain (empty:
+        nothing). All or nothing: an unusable initial bundle is a ConfigError and the
+        relationships in force stay. Listeners hear of it once, however many changed."""
+        wanted = {rel.trust_domain: rel for rel in relationships}
+        domains, restarted, changes = {}, [], []
+        for td, rel in wanted.items():
+            held = self.domains.get(td)
+            if held is not None and held.relationship == rel and not self._reseeded(rel):
+                domains[td] = held
+                continue
+            domains[td] = FederatedDomain(rel, self._initial(rel))
+            restarted.append(td)
+            changes.append(f"{td} {'changed' if held is not None else 'added'}")
+        removed = sorted(set(self.domains) - set(wanted))
+        changes += [f"{td} removed" for td in removed]
+        if not changes:
+            return []
+        for td in removed:
+            self.store.unpublish(FETCHED + td)  # re-adding it starts from its initial bundle
+            self.store.unpublish(SEEDED + td)
+        for td in (*removed, *restarted):
+            follower = self._followers.pop(td, None)
+            if follower is not None:
+                follower.cancel()
+        self.relationships, self.domains = tuple(relationships), domains
+        if self._running:
+            for td in restarted:
+                self._start(td)
+        self._notify()
+        return changes
+
+    def _reseeded(self, rel: FederationRelationship) -> bool:
+        """Whether the relationship's initial bundle file changed since it was seeded."""
+        if rel.trust_bundle is None:
+            return False
+        try:
+            data = rel.trust_bundle.read_bytes()
+        except OSError:
+            return True  # _initial says why
+        return self.store.published_version(SEEDED + rel.trust_domain) != _digest(data)
 
     def _initial(self, rel: FederationRelationship) -> SpiffeBundle:
         td = rel.trust_domain
@@ -223,5 +273,22 @@ class Federation:
                 failures += 1
             await asyncio.sleep(retry_interval(self.domains[trust_domain].bundle, failures))
 
+    def _start(self, trust_domain: str) -> None:
+        self._followers[trust_domain] = asyncio.create_task(
+            self._follow(trust_domain), name=f"federated bundle of {trust_domain}"
+        )
+
     async def run(self) -> None:
-        await asyncio.gather(*(self._follow(td) for td in self.domains))
+        """Follow every relationship's endpoint, those `apply` adds too, until cancelled."""
+        self._running = True
+        for td in self.domains:
+            self._start(td)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._running = False
+            followers = list(self._followers.values())
+            self._followers.clear()
+            for follower in followers:
+                follower.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)

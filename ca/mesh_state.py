@@ -83,18 +83,21 @@ def service_entry_pb(e: ServiceEntry) -> pb.ServiceEntry:
 
 
 @dataclass(frozen=True)
-class _Stamp:
+class FileStamp:
     mtime_ns: int
     size: int
     inode: int
 
 
-def _stamp(path: Path) -> _Stamp | None:
+def file_stamp(path: Path) -> FileStamp | None:
+    """What tells a changed file, without reading it: a new stamp. stat() follows symlinks, so a
+    Kubernetes ConfigMap mount's update (a new `..data` directory swapped in by one rename, the
+    file's own name a symlink through `..data`) shows as the new file's inode and mtime."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return _Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
+    return FileStamp(st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 @dataclass
@@ -207,7 +210,7 @@ class MeshStateSource:
         self._policies: dict[str, str] = {}
         self._bundles: dict[str, bytes] = {}
         self._service_entries: tuple[ServiceEntry, ...] = ()
-        self._stamps: dict[Path, _Stamp | None] = {}  # touched by the scanning thread only
+        self._stamps: dict[Path, FileStamp | None] = {}  # touched by the scanning thread only
         self.changed = asyncio.Condition()
         self.state = build_mesh_state(self.registry, {}, trust_domain, root_namespace)
         self._base_size = self.state.ByteSize()  # the state without its policies
@@ -218,7 +221,7 @@ class MeshStateSource:
         registry = None
         if self.registry_path is not None:
             registry = self._checked(load_registry(self.registry_path))
-            self._stamps[self.registry_path] = _stamp(self.registry_path)
+            self._stamps[self.registry_path] = file_stamp(self.registry_path)
         self._apply(self._scan_policies(_Scan(registry=registry)))
         if registry is not None and self.registry is not registry:
             raise ConfigError(
@@ -254,7 +257,7 @@ class MeshStateSource:
         names = {p.name for p in files}
         scan.gone = [n for n in self._policies if n not in names]
         for path in files:
-            stamp = _stamp(path)
+            stamp = file_stamp(path)
             if path in self._stamps and self._stamps[path] == stamp:
                 continue
             self._stamps[path] = stamp
@@ -272,7 +275,7 @@ class MeshStateSource:
     def _scan_registry(self, scan: _Scan) -> _Scan:
         if self.registry_path is None:
             return scan
-        stamp = _stamp(self.registry_path)
+        stamp = file_stamp(self.registry_path)
         if stamp == self._stamps.get(self.registry_path):
             return scan
         self._stamps[self.registry_path] = stamp

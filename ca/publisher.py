@@ -17,7 +17,6 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -35,8 +34,9 @@ from ca.authority import (
     write_public,
 )
 from ca.config import CaConfig
+from ca.config_watch import ConfigSource, ConfigWatch
 from ca.federation import Federation
-from ca.mesh_state import POLL_INTERVAL, MeshStateSource
+from ca.mesh_state import POLL_INTERVAL, FileStamp, MeshStateSource, file_stamp
 from ca.published import PublishedAuthority, publish_authority, publish_mesh_state
 from ca.rotation import ROTATION, RootRotation, decode_rotation, encode_rotation
 from ca.service_entries import ServiceEntryDir
@@ -64,8 +64,11 @@ def _same(a: PublishedAuthority | None, b: PublishedAuthority) -> bool:
 
 
 class Publisher:
-    def __init__(self, config: CaConfig, store: CaStore, clock: Clock) -> None:
-        self.config = config
+    def __init__(
+        self, config: CaConfig, store: CaStore, clock: Clock, source: ConfigSource | None = None
+    ) -> None:
+        self.config = config  # as started; what changes live is in federation (config_watch)
+        self.config_watch = ConfigWatch(source, config) if source is not None else None
         self.store = store
         self.clock = clock
         self.mesh = MeshStateSource(
@@ -77,7 +80,7 @@ class Publisher:
         self._loaded: PublishedAuthority | None = None  # from the files, without a rotation
         self.rotation: RootRotation | None = None
         self.phase = "steady"
-        self._plugin_stamps: tuple[tuple[int, int, int] | None, ...] = ()
+        self._plugin_stamps: tuple[FileStamp | None, ...] = ()
         self._authority_listeners: list[Callable[[PublishedAuthority], None]] = []
         self.federation = Federation(
             config.federates_with, store, clock, self._own_roots, config.trust_domain
@@ -100,7 +103,7 @@ class Publisher:
         signer = load_authority(cfg.state_dir, cfg.plugin_ca_dir, cfg.trust_domain, self.clock())
         self._loaded = PublishedAuthority(signer)
         if cfg.plugin_ca_dir is not None:
-            self._plugin_stamps = tuple(_stamp(cfg.plugin_ca_dir / n) for n in PLUGIN_FILES)
+            self._plugin_stamps = tuple(file_stamp(cfg.plugin_ca_dir / n) for n in PLUGIN_FILES)
         self.federation.load()
         if cfg.kubernetes:
             from ca.kube.wiring import kube_mesh
@@ -153,12 +156,27 @@ class Publisher:
             publish_mesh_state(self.store, self._source_state())
         self._write_status()
 
+    async def _follow_config(self) -> None:
+        """A changed config file: its federation relationships put in force (read in a thread,
+        as the registry and policy files are), or one line and the last good ones kept."""
+        watch = self.config_watch
+        if watch is None or not watch.changed():
+            return
+        try:
+            new = await asyncio.to_thread(watch.source.load)
+            applied = self.federation.apply(new.federates_with)
+        except ConfigError as exc:
+            watch.refused(exc)
+        else:
+            watch.took(new, applied)
+        self._write_status()
+
     def _watch_plugin_files(self) -> None:
         """A changed, complete and consistent set of plug-in files starts a rotation to it (with
         no grace when only the intermediate changed: its root is trusted already)."""
         plugin_dir = self.config.plugin_ca_dir
         assert plugin_dir is not None
-        stamps = tuple(_stamp(plugin_dir / name) for name in PLUGIN_FILES)
+        stamps = tuple(file_stamp(plugin_dir / name) for name in PLUGIN_FILES)
         if stamps == self._plugin_stamps:
             return
         if self.store.published(ROTATION) is not None:
@@ -226,6 +244,7 @@ class Publisher:
             "roots": [_cert_info(c) for c in authority.roots],
             "rotation": None,
             "federation": dict(self.federation.status()),
+            "config": self.config_watch.status() if self.config_watch is not None else None,
         }
         if self.rotation is not None:
             status["rotation"] = {
@@ -239,8 +258,8 @@ class Publisher:
         write_public(self.config.state_dir / STATUS_FILE, json.dumps(status, indent=1).encode())
 
     async def run(self) -> None:
-        """Follow the registry and policy files (or the API), the rotation schedule and the
-        federated bundle endpoints; publish each change."""
+        """Follow the registry and policy files (or the API), the config file, the rotation
+        schedule and the federated bundle endpoints; publish each change."""
         source = self._poll() if self.kube is None else self._run_kube(self.kube)
         await asyncio.gather(source, self.federation.run())
 
@@ -248,6 +267,7 @@ class Publisher:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             try:
+                await self._follow_config()  # publishes what it changes itself
                 before = self.mesh.state.version_info
                 self._follow_rotation()
                 await self.mesh.poll_once()
@@ -267,6 +287,7 @@ class Publisher:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(kube.changed.wait(), POLL_INTERVAL)
                 try:
+                    await self._follow_config()
                     self._follow_rotation()
                     if kube.state.version_info != published:
                         publish_mesh_state(self.store, kube.state)
@@ -276,14 +297,6 @@ class Publisher:
         finally:
             watching.cancel()
             await kube.stop()
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def _cert_info(cert: x509.Certificate) -> dict[str, str]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from ca.authority import ensure_state_dir
 from ca.bundle_endpoint import BundleEndpoint, start_bundle_endpoint
 from ca.config import CaConfig
+from ca.config_watch import ConfigSource
 from ca.publisher import Publisher
 from ca.rate_limit import clear_rate_limits
 from ca.store import CaStore
@@ -88,8 +89,15 @@ class _Worker:
 
 
 class Supervisor:
-    def __init__(self, config: CaConfig, log_level: str, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        config: CaConfig,
+        log_level: str,
+        clock: Clock = utc_now,
+        source: ConfigSource | None = None,
+    ) -> None:
         self.config = config
+        self.source = source  # the config file, followed for what can change live
         self.log_level = log_level
         self.clock = clock
         self.store: CaStore | None = None
@@ -107,7 +115,7 @@ class Supervisor:
         ensure_state_dir(cfg.state_dir)
         self.store = store = CaStore(cfg.state_dir)
         clear_rate_limits(cfg.state_dir)
-        self.publisher = Publisher(cfg, store, self.clock)
+        self.publisher = Publisher(cfg, store, self.clock, self.source)
         await self.publisher.start()
         await self._start_webhook()
         self.bundle_endpoint = await start_bundle_endpoint(cfg, self.publisher, self.clock)
@@ -251,9 +259,14 @@ class Supervisor:
             self.store.close()
 
 
-async def serve(config: CaConfig, announce: Callable[[str], None], log_level: str) -> None:
+async def serve(
+    config: CaConfig,
+    announce: Callable[[str], None],
+    log_level: str,
+    source: ConfigSource | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT, announcing `meshward ca: serving on HOST:PORT` when ready."""
-    supervisor = Supervisor(config, log_level)
+    supervisor = Supervisor(config, log_level, source=source)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
