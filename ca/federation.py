@@ -27,7 +27,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -222,7 +222,7 @@ class Federation:
         domain = self.domains.get(trust_domain)
         return domain.bundle.x509_authorities if domain is not None else ()
 
-    def status(self) -> Mapping[str, object]:
+    def status(self) -> dict[str, dict[str, object]]:
         return {td: d.status() for td, d in sorted(self.domains.items())}
 
     async def refresh(self, trust_domain: str) -> bool:

@@ -8,7 +8,7 @@ or /stats/prometheus.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -157,3 +157,46 @@ class KubernetesCollector:
         for kind, count in sorted(counts.items()):
             gauge.add_metric([kind], float(count))
         yield gauge
+
+
+class FederationCollector:
+    """The federation relationships in force, read at scrape time from `Federation.status()`
+    (their bundles' roots, whether the last refresh succeeded), and the config file's state (an
+    edit refused, keys changed that wait for a restart)."""
+
+    def __init__(
+        self,
+        federation: Callable[[], Mapping[str, Mapping[str, object]]],
+        config: Callable[[], tuple[bool, int]],
+    ) -> None:
+        self.federation = federation
+        self.config = config  # () -> (last edit refused, restart-only keys changed)
+
+    def collect(self) -> Iterator[Metric]:
+        roots = GaugeMetricFamily(
+            telemetry.CA_FEDERATED_ROOTS,
+            "Roots of each federated trust domain's bundle in force (one series per relationship).",
+            labels=["trust_domain"],
+        )
+        ok = GaugeMetricFamily(
+            telemetry.CA_FEDERATED_REFRESH_OK,
+            "1 if the last fetch from the trust domain's bundle endpoint succeeded or none failed yet.",
+            labels=["trust_domain"],
+        )
+        for td, status in sorted(self.federation().items()):
+            count = status.get("roots", 0)
+            roots.add_metric([td], float(count if isinstance(count, int) else 0))
+            ok.add_metric([td], 0.0 if status.get("error") else 1.0)
+        yield roots
+        yield ok
+        refused, pending = self.config()
+        yield GaugeMetricFamily(
+            telemetry.CA_CONFIG_REFUSED,
+            "1 if the config file's last edit is refused (the last good settings stay).",
+            value=1.0 if refused else 0.0,
+        )
+        yield GaugeMetricFamily(
+            telemetry.CA_CONFIG_RESTART_PENDING,
+            "Settings changed in the config file that take effect at the next restart.",
+            value=float(pending),
+        )

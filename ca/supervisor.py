@@ -161,6 +161,7 @@ class Supervisor:
 
         from ca.metrics import (
             AuthorityCollector,
+            FederationCollector,
             KubernetesCollector,
             start_multiprocess_metrics_server,
         )
@@ -170,12 +171,17 @@ class Supervisor:
         path.mkdir(mode=0o700)
         registry = CollectorRegistry()
         registry.register(AuthorityCollector(self._authority_state))
+        registry.register(FederationCollector(self.publisher.federation.status, self._config_state))
         kube = self.publisher.kube
         if kube is not None:
             registry.register(KubernetesCollector(lambda: list(kube.refused)))
         address = start_multiprocess_metrics_server(*self.config.metrics_listen, path, registry)
         log.info("metrics on http://%s:%d/metrics", *address)
         return {"PROMETHEUS_MULTIPROC_DIR": str(path)}
+
+    def _config_state(self) -> tuple[bool, int]:
+        watch = self.publisher.config_watch
+        return (bool(watch.error), len(watch.restart_pending)) if watch is not None else (False, 0)
 
     def _authority_state(self) -> tuple[str, list[tuple[str, float]]]:
         authority = self.publisher.authority

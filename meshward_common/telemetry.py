@@ -17,6 +17,10 @@ CA_ROTATION_PHASE = "meshward_ca_root_rotation_phase"  # 1 for the phase in forc
 CA_BUNDLE_ROOTS = "meshward_ca_trust_bundle_roots"
 CA_ROOT_EXPIRY = "meshward_ca_root_expiry_timestamp_seconds"
 CA_KUBE_REFUSED = "meshward_ca_kubernetes_refused_objects"  # by kind
+CA_FEDERATED_ROOTS = "meshward_ca_federated_bundle_roots"  # by trust domain in force
+CA_FEDERATED_REFRESH_OK = "meshward_ca_federated_bundle_refresh_ok"  # 0: last refresh failed
+CA_CONFIG_REFUSED = "meshward_ca_config_refused"  # 1: the config file's last edit is refused
+CA_CONFIG_RESTART_PENDING = "meshward_ca_config_restart_pending"  # keys waiting for a restart
 
 # Node agent.
 AGENT_ROTATIONS = "meshward_agent_svid_rotations_total"

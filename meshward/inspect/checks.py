@@ -167,6 +167,28 @@ def federation_checks(status: Mapping[str, Any] | None) -> list[CheckResult]:
     return out
 
 
+def config_check(status: Mapping[str, Any] | None) -> CheckResult | None:
+    """What the CA's `ca-status.json` says of its config file, followed while it runs: a refused
+    edit (the last good settings stay), keys changed that wait for a restart. None: no file."""
+    config = (status or {}).get("config")
+    if not config:
+        return None
+    name = f"the control plane's config file is in force ({config.get('file')})"
+    if config.get("error"):
+        return CheckResult(
+            "control-plane", name, False, f"edit refused: {config['error']}"[:600],
+            "fix the line named above; the control plane keeps its last good settings",
+        )  # fmt: skip
+    pending = config.get("restart_pending") or []
+    if pending:
+        return CheckResult(
+            "control-plane", name, False,
+            f"{', '.join(pending)} changed: takes effect at restart; federates-with is live",
+            "restart the control plane (on Kubernetes: kubectl rollout restart) to apply them",
+        )  # fmt: skip
+    return CheckResult("control-plane", name, True)
+
+
 def rotation_line(rotation: Mapping[str, Any]) -> str:
     return (
         f"{rotation['phase']}: new root {str(rotation['new_root'])[:16]} trusted since "

@@ -23,6 +23,7 @@ from meshward.inspect.checks import (
     CheckResult,
     check_sidecar_svid,
     check_signing_certs,
+    config_check,
     federation_checks,
     kubernetes_policy_check,
     rotation_line,
@@ -231,6 +232,9 @@ def run_checks(view: MeshView, now: dt.datetime) -> list[CheckResult]:
     if bundle_status is not None:
         results.append(bundle_status)
     results += federation_checks(view.ca_status())
+    config = config_check(view.ca_status())
+    if config is not None:
+        results.append(config)
     if view.kube_pods is not None:
         from meshward.inspect.kube_view import kube_process_checks
 
