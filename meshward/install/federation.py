@@ -11,8 +11,10 @@ peers, and the foreign trust domains it federates with (`--set` keys of `manifes
     bundleEndpoint.refreshHint=5m   the spiffe_refresh_hint it serves
     federatesWith=FILE              a YAML file holding `federates-with:` in the CA config file's
                                     format; its `trust-bundle` files (relative to FILE) are read
-                                    now. Shipped as the ConfigMap meshward-ca-config, mounted as
-                                    the CA's `--config` file (a change needs a rollout restart).
+                                    now. Shipped as the ConfigMap meshward-ca-config (always
+                                    there, no relationship without this key), mounted as the
+                                    CA's `--config` file, which the CA follows: an edit of the
+                                    ConfigMap is applied live once the kubelet swaps the mount.
 
 Pure apart from reading FILE and its bundles, validated at generate time with the CA's own rules
 (`ca.federation_config`, `meshward_common.spiffe_bundle`), so a bad file fails here in one line

@@ -5,8 +5,9 @@ injector's ConfigMap, the plug-in CA Secret (`cacerts`, Istio's layout) when giv
 plane's Service (15012 gRPC, 443 -> 15017 webhook) and Deployment, the node agents' DaemonSet
 (the socket directory as a hostPath, a projected ServiceAccount token with audience istio-ca, the
 mesh's root from the `istio-ca-root-cert` ConfigMap), and the MutatingWebhookConfiguration. With
-`bundleEndpoint.port` also the SPIFFE bundle endpoint's Service, with `federatesWith` the CA's
-config file as a ConfigMap (`meshward.install.federation`).
+`bundleEndpoint.port` also the SPIFFE bundle endpoint's Service; the CA's config file is the
+ConfigMap meshward-ca-config (`federatesWith`'s relationships, none by default; the CA applies
+an edit of it live: `meshward.install.federation`).
 
 With `injectionURL` (Istio's external control plane, `istiodRemote.injectionURL`) the control
 plane runs outside the cluster: no Deployment, Service or CA Secret; the webhook calls the URL and
@@ -209,10 +210,11 @@ def _control_plane(values: InstallValues) -> dict[str, Any]:
         if federation.refresh_hint:
             args += ["--bundle-endpoint-refresh-hint", federation.refresh_hint]
         container_ports.append({"name": BUNDLE_PORT_NAME, "containerPort": federation.bundle_port})
-    if federation.federates_with:
-        args += ["--config", f"{CA_CONFIG_MOUNT}/{CA_CONFIG_FILE}"]
-        mounts.append({"name": "ca-config", "mountPath": CA_CONFIG_MOUNT, "readOnly": True})
-        volumes.append({"name": "ca-config", "configMap": {"name": CA_CONFIGMAP}})
+    # Always there, empty unless federatesWith is set: the CA follows the file, so a relationship
+    # added later is an edit of the ConfigMap, not a change of this Deployment (no restart).
+    args += ["--config", f"{CA_CONFIG_MOUNT}/{CA_CONFIG_FILE}"]
+    mounts.append({"name": "ca-config", "mountPath": CA_CONFIG_MOUNT, "readOnly": True})
+    volumes.append({"name": "ca-config", "configMap": {"name": CA_CONFIGMAP}})
     labels = {"app": CONTROL_PLANE_APP, "sidecar.istio.io/inject": "false"}
     return {
         "apiVersion": "apps/v1",
@@ -392,8 +394,7 @@ def generate(values: InstallValues) -> list[dict[str, Any]]:
             objects.append(_cacerts_secret(values))
         objects.append(_root_cert_configmap(values))
     if not external:
-        if values.federation.federates_with:
-            objects.append(_ca_config_configmap(values))
+        objects.append(_ca_config_configmap(values))
         objects.append(_service())
         if values.federation.bundle_port:
             objects.append(_bundle_endpoint_service(values))

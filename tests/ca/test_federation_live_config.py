@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,21 @@ def relationship(b_port: int, initial: Path, endpoint: str = "") -> str:
     )
 
 
+ROOTS = "meshward_ca_federated_bundle_roots"
+
+
+def metrics(port: int) -> dict[str, float]:
+    """The supervisor's /metrics, `name{labels}` -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
 def federated(agent_endpoint: str) -> dict[str, list[str]]:
     """What an unmodified SPIFFE client sees: each trust domain's roots, by sha256."""
     with WorkloadApiClient(socket_path=agent_endpoint) as client:
@@ -103,10 +119,10 @@ def test_federates_with_edited_in_a_configmap_mount_is_applied_without_restart(
     mount = tmp_path / "ca-config"
     configmap_update(mount, config_text(1))
     config = mount / "config.yaml"
+    metrics_port = free_port()
+    args = ("--config", str(config), "--metrics-listen", f"127.0.0.1:{metrics_port}")
     with (
-        run_control_plane(
-            tmp_path / "a", REGISTRY_A, trust_domain=A, extra_args=("--config", str(config))
-        ) as cp_a,  # fmt: skip
+        run_control_plane(tmp_path / "a", REGISTRY_A, trust_domain=A, extra_args=args) as cp_a,
         run_node_agent(tmp_path, cp_a) as agent,
     ):
 
@@ -134,6 +150,9 @@ def test_federates_with_edited_in_a_configmap_mount_is_applied_without_restart(
         check = config_check(status(cp_a))
         assert check is not None
         assert check.ok, check
+        wait_until("the metrics show B's bundle in force", lambda: metrics(metrics_port).get(
+            f'{ROOTS}{{trust_domain="{B}"}}') == 1.0, logs)  # fmt: skip
+        assert metrics(metrics_port)["meshward_ca_config_refused"] == 0.0
 
         # Bad edits: one line each naming file and line; B's bundle stays in force.
         refused = "config refused, keeping the last good settings: "
@@ -160,6 +179,7 @@ def test_federates_with_edited_in_a_configmap_mount_is_applied_without_restart(
         assert check is not None
         assert not check.ok
         assert "edit refused" in check.detail
+        assert metrics(metrics_port)["meshward_ca_config_refused"] == 1.0
 
         # A restart-only key changed: one line saying so; B stays, the workers are the same.
         configmap_update(mount, config_text(2, relationship(b_port, initial)))
@@ -176,6 +196,10 @@ def test_federates_with_edited_in_a_configmap_mount_is_applied_without_restart(
         assert check is not None
         assert not check.ok
         assert "workers changed" in check.detail
+        got = metrics(metrics_port)
+        assert (got["meshward_ca_config_refused"], got["meshward_ca_config_restart_pending"]) == (
+            0.0, 1.0,
+        )  # fmt: skip
 
         # Removed: B's bundle leaves the Workload API and A's status.
         configmap_update(mount, config_text(2))
@@ -183,6 +207,7 @@ def test_federates_with_edited_in_a_configmap_mount_is_applied_without_restart(
                    lambda: set(federated(agent.endpoint)) == {A}, logs)  # fmt: skip
         assert count(f"config {config}: federates-with applied: {B} removed") == 1
         assert status(cp_a)["federation"] == {}
+        assert not any(key.startswith(ROOTS) for key in metrics(metrics_port))
         assert count(pending) == 1  # the pending key is the same: not said again
         assert cp_a.worker_pids() == workers
         assert "federation with b.example ended" in agent.log()

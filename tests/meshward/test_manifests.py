@@ -185,7 +185,14 @@ def test_no_bundle_endpoint_or_federation_unless_asked() -> None:
     objects = generate(parse_values([]))
     container = control_plane_container(objects)
     assert "--bundle-endpoint-listen" not in container["args"]
-    assert "--config" not in container["args"]
+    # The config file is there all the same, with no relationship: the CA follows it, so one
+    # added later is an edit of the ConfigMap, not a new Deployment.
+    args = container["args"]
+    assert args[args.index("--config") + 1] == "/etc/meshward/ca-config/config.yaml"
+    (config_map,) = [
+        o for o in by_kind(objects, "ConfigMap") if o["metadata"]["name"] == "meshward-ca-config"
+    ]
+    assert yaml.safe_load(config_map["data"]["config.yaml"]) == {"federates-with": {}}
     assert [p["name"] for p in container["ports"]] == ["grpc-ca", "https-webhook"]
     assert [o["metadata"]["name"] for o in by_kind(objects, "Service")] == [
         "meshward-control-plane"
