@@ -81,6 +81,7 @@ class Publisher:
         self.rotation: RootRotation | None = None
         self.phase = "steady"
         self._plugin_stamps: tuple[FileStamp | None, ...] = ()
+        self._published = ""  # the mesh state version the workers have
         self._authority_listeners: list[Callable[[PublishedAuthority], None]] = []
         self.federation = Federation(
             config.federates_with, store, clock, self._own_roots, config.trust_domain
@@ -115,7 +116,7 @@ class Publisher:
         self._follow_rotation()
         if self.authority is None:
             self.set_authority(self._loaded)
-        publish_mesh_state(self.store, self._source_state())
+        self._publish()
 
     def _scan_service_entries(self) -> None:
         if self.service_entries.scan():
@@ -125,6 +126,13 @@ class Publisher:
 
     def _source_state(self) -> pb.MeshState:
         return self.kube.state if self.kube is not None else self.mesh.state
+
+    def _publish(self) -> None:
+        """The source's state to the workers, once per version (every path here calls this)."""
+        state = self._source_state()
+        if state.version_info != self._published:
+            publish_mesh_state(self.store, state)
+            self._published = state.version_info
 
     def set_authority(self, authority: PublishedAuthority) -> None:
         self.authority = authority
@@ -153,7 +161,7 @@ class Publisher:
 
     def _federation_changed(self) -> None:
         if self._set_trust_bundles():
-            publish_mesh_state(self.store, self._source_state())
+            self._publish()
         self._write_status()
 
     async def _follow_config(self) -> None:
@@ -267,19 +275,16 @@ class Publisher:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             try:
-                await self._follow_config()  # publishes what it changes itself
-                before = self.mesh.state.version_info
+                await self._follow_config()
                 self._follow_rotation()
                 await self.mesh.poll_once()
                 self._scan_service_entries()
-                if self.mesh.state.version_info != before:
-                    publish_mesh_state(self.store, self.mesh.state)
+                self._publish()
             except Exception:  # a publisher that dies silently would freeze the mesh's state
                 log.exception("publishing the control plane's state failed")
 
     async def _run_kube(self, kube: KubeMeshStateSource) -> None:
         watching = asyncio.create_task(kube.watch(), name="kubernetes mesh state")
-        published = kube.state.version_info
         try:
             while True:
                 async with kube.changed:
@@ -289,9 +294,7 @@ class Publisher:
                 try:
                     await self._follow_config()
                     self._follow_rotation()
-                    if kube.state.version_info != published:
-                        publish_mesh_state(self.store, kube.state)
-                        published = kube.state.version_info
+                    self._publish()
                 except Exception:  # a publisher that dies silently would freeze the mesh
                     log.exception("publishing the control plane's state failed")
         finally:

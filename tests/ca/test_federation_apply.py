@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from ca.authority import make_root
+from ca.authority import ensure_state_dir, make_root
 from ca.bundle_endpoint import BundleEndpoint
 from ca.config import load_config, locate_problem
-from ca.config_watch import restart_only_changes
+from ca.config_watch import ConfigSource, restart_only_changes
 from ca.federation import FETCHED, SEEDED, Federation
 from ca.federation_config import FederationRelationship
 from ca.issuer import SigningAuthority
-from ca.published import PublishedAuthority
+from ca.published import MESH_STATE, PublishedAuthority
+from ca.publisher import Publisher
 from ca.store import CaStore
 from meshward_common.clock import utc_now
 from meshward_common.errors import ConfigError
@@ -203,3 +204,52 @@ def test_the_keys_that_wait_for_a_restart(tmp_path: Path) -> None:
     assert restart_only_changes(started, moved) == (
         "listen", "state-dir", "workers", "agent-service-account",
     )  # fmt: skip
+
+
+def test_one_edit_is_one_new_mesh_state_version(tmp_path: Path) -> None:
+    """Two relationships added and one restart-only key changed in one edit: the workers get one
+    new mesh state version (the publisher's real store, its writes counted)."""
+    now = dt.datetime.now(dt.UTC)
+    conf = tmp_path / "ca.yaml"
+    conf.write_text(f"state-dir: {tmp_path / 'state'}\ntrust-domain: {A}\nworkers: 1\n")
+    peers = ""
+    for td in (B, C):
+        bundle = tmp_path / f"{td}.json"
+        bundle.write_bytes(encode_bundle(SpiffeBundle(td, (make_root(td, now)[0],), 1)))
+        peers += (
+            f"  {td}:\n    bundle-endpoint-url: https://127.0.0.1:9/\n"
+            f"    endpoint-spiffe-id: {_endpoint_id(td)}\n    trust-bundle: {bundle}\n"
+        )
+    source = ConfigSource(conf, {})
+    config = source.load()
+    ensure_state_dir(config.state_dir)
+    store = CaStore(config.state_dir)
+    published: list[str] = []
+    real_publish = store.publish
+
+    def counted(name: str, version: str, data: bytes) -> None:
+        if name == MESH_STATE:
+            published.append(version)
+        real_publish(name, version, data)
+
+    store.publish = counted  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        publisher = Publisher(config, store, utc_now, source)
+        await publisher.start()
+        assert len(published) == 1
+        conf.write_text(
+            conf.read_text().replace("workers: 1", "workers: 2") + "federates-with:\n" + peers
+        )
+        await publisher._follow_config()
+        assert len(published) == 2
+        assert set(publisher.mesh.state.trust_bundles) == {A, B, C}
+        assert publisher.config_watch is not None
+        assert publisher.config_watch.restart_pending == ("workers",)
+        await publisher._follow_config()  # the file did not change again: nothing
+        assert len(published) == 2
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
