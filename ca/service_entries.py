@@ -11,20 +11,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ca.mesh_state import FileStamp, file_stamp
 from meshward_common.errors import ConfigError
 from meshward_common.service_entry import ServiceEntry, parse_service_entries
 from meshward_common.yaml_lines import read_text
 
 log = logging.getLogger(__name__)
 
-_Stamp = tuple[int, int, int]  # mtime_ns, size, inode: a rewrite changes one of them
-
 
 class ServiceEntryDir:
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
         self._held: dict[str, tuple[ServiceEntry, ...]] = {}  # file name -> its entries
-        self._stamps: dict[str, _Stamp] = {}
+        self._stamps: dict[str, FileStamp] = {}
 
     @property
     def entries(self) -> tuple[ServiceEntry, ...]:
@@ -54,11 +53,9 @@ class ServiceEntryDir:
             self._stamps.pop(gone, None)
             changed = True
         for name, path in sorted(files.items()):
-            try:
-                st = path.stat()
-            except OSError:
+            stamp = file_stamp(path)
+            if stamp is None:
                 continue
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
             if self._stamps.get(name) == stamp:
                 continue
             self._stamps[name] = stamp
