@@ -5,7 +5,7 @@ VENV_STAMP := .venv/.installed
 TOOLS := tools/bin
 JAEGER_VERSION := v1.76.0
 
-.PHONY: install compiled system-deps protos test test-fast lint fmt bench jaeger kube spiffe-client dev-certs up down clean
+.PHONY: install compiled native system-deps protos test test-fast lint fmt bench jaeger kube spiffe-client dev-certs up down clean
 
 # The venv. Nothing is compiled: lint, the fast tests, protos and dev certificates need no C
 # compiler, and the sidecar runs its sources.
@@ -16,6 +16,11 @@ install: $(VENV_STAMP)
 # current, unless MESHWARD_INTERPRETED=1.
 compiled: install
 	@$(PY) -m sidecar_tls.hot_path
+
+# The CA's mTLS port's transport (TLS, HTTP/2, gRPC framing) in Rust: native/ca_grpc into
+# ca/_native_grpc.abi3.so, cargo's build cached in /var/cache/meshward/cargo-target.
+native:
+	@bash scripts/build_native.sh
 
 # The distribution's CPython 3.11 when there is one: it is built with PGO/LTO (about twice as fast
 # as a plain source build such as pyenv's here) and lives where the sidecar's uid 1337 can run it.
@@ -36,11 +41,11 @@ protos: install
 	$(PY) scripts/gen_protos.py
 
 # Everything with the compiled hot path, then the sidecar's own tests once more on its sources.
-test: compiled system-deps kube spiffe-client
+test: compiled native system-deps kube spiffe-client
 	$(PY) -m pytest -q
 	MESHWARD_INTERPRETED=1 $(PY) -m pytest -q -m "not netns and not slow" tests/sidecar_tls
 
-test-fast: install
+test-fast: install native
 	MESHWARD_INTERPRETED=1 $(PY) -m pytest -q -m "not netns and not slow"
 
 lint: install
@@ -52,7 +57,7 @@ fmt: install
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-bench: compiled system-deps
+bench: compiled native system-deps
 	$(PY) -m bench
 
 # A real Jaeger v2, built from the Go module proxy into tools/bin (cached).

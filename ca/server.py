@@ -7,8 +7,9 @@ worker processes (`meshward ca serve`).
 
 Ports: the TLS port (15012, Istio's) asks for a client certificate and takes a join token when
 there is none; grpcio cannot do that, so a front door ends TLS there (`ca.front_door`). The
-optional mTLS port (`mtls-listen`) requires a node SVID and ends TLS in grpcio itself, with no relay:
-node agents renew and stream the mesh state over it at less CPU per call.
+optional mTLS port (`mtls-listen`) requires a node SVID and is served natively (`ca.native_port`:
+TLS, HTTP/2 and gRPC framing in Rust, the same servicers in Python), with no relay: node agents
+renew and stream the mesh state over it at a fraction of grpcio's CPU per call.
 
 The server's own certificate is issued by the CA at start (URI SAN = the control plane's SPIFFE ID,
 DNS SANs `localhost` and `meshward-control-plane`), re-issued at half-life and whenever the signer
@@ -28,17 +29,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca import audit
 from ca.authority import cert_pem, key_pem
 from ca.config import CaConfig
-from ca.front_door import CaFrontDoor, PeerInfo, peer_info, server_ssl_context
+from ca.front_door import CaFrontDoor, peer_info, server_ssl_context
 from ca.issuer import SigningAuthority, issue_svid
 from ca.join_tokens import JoinTokenStore
 from ca.metrics import CaMetrics
+from ca.native_port import NativeGrpcPort, NativePeers
 from ca.published import Publications, PublishedAuthority
 from ca.publisher import Publisher
 from ca.rate_limit import RateLimiter
@@ -51,6 +51,7 @@ from meshward_common.clock import Clock, utc_now
 from meshward_common.front_door import (
     DESCRIPTORS_PER_CONNECTION,
     DoorLimits,
+    listening_socket,
     raise_descriptor_limit,
 )
 from meshward_common.grpc_boundary import StatusBoundary
@@ -131,12 +132,17 @@ def door_limits(cfg: CaConfig) -> DoorLimits:
     )
 
 
-def keepalive_options(idle_timeout: dt.timedelta) -> list[tuple[str, int]]:
-    """The gRPC servers ping every connection well within the door's idle timeout, so a caller
-    that answers (every HTTP/2 client does) is never idle, however quiet its streams; one that
-    does not answer is closed by gRPC itself after the ping timeout."""
+def keepalive_timing(idle_timeout: dt.timedelta) -> tuple[dt.timedelta, dt.timedelta]:
+    """(ping every, wait for the answer): the gRPC servers ping every connection well within the
+    door's idle timeout, so a caller that answers (every HTTP/2 client does) is never idle,
+    however quiet its streams; one that does not answer is closed after the wait."""
     every = min(KEEPALIVE_MAX, idle_timeout / 3)
-    wait = min(every, KEEPALIVE_TIMEOUT)
+    return every, min(every, KEEPALIVE_TIMEOUT)
+
+
+def keepalive_options(idle_timeout: dt.timedelta) -> list[tuple[str, int]]:
+    """`keepalive_timing` as grpcio's channel arguments."""
+    every, wait = keepalive_timing(idle_timeout)
     return [
         ("grpc.keepalive_time_ms", max(100, int(every.total_seconds() * 1000))),
         ("grpc.keepalive_timeout_ms", max(100, int(wait.total_seconds() * 1000))),
@@ -145,59 +151,11 @@ def keepalive_options(idle_timeout: dt.timedelta) -> list[tuple[str, int]]:
     ]
 
 
-class AuthContextPeers:
-    """Who called over the mTLS port: the client certificate grpcio verified in the handshake."""
-
-    def __init__(self) -> None:
-        self._der: dict[bytes, bytes] = {}  # PEM -> DER: a node repeats one certificate
-
-    def peer_of(self, context: grpc.aio.ServicerContext) -> PeerInfo | None:
-        pems = context.auth_context().get("x509_pem_cert")
-        if not pems:
-            return None  # cannot happen on a port that requires a client certificate
-        pem = pems[0]
-        der = self._der.get(pem)
-        if der is None:
-            if len(self._der) >= 10_000:
-                self._der.clear()
-            der = self._der[pem] = x509.load_pem_x509_certificate(pem).public_bytes(
-                serialization.Encoding.DER
-            )
-        return PeerInfo(der, context.peer())
-
-
-class _MtlsCredentials:
-    """grpcio's TLS configuration for the mTLS port, swapped when the certificate or the bundle
-    changes (grpcio asks before every handshake)."""
-
-    def __init__(self, cert: ServerCert, bundle_pem: bytes) -> None:
-        self._pending: grpc.ServerCertificateConfiguration | None = None
-        self.initial = self._config(cert, bundle_pem)
-
-    @staticmethod
-    def _config(cert: ServerCert, bundle_pem: bytes) -> grpc.ServerCertificateConfiguration:
-        return grpc.ssl_server_certificate_configuration(
-            [(cert.key_pem, cert.cert_pem)], bundle_pem
-        )
-
-    def update(self, cert: ServerCert, bundle_pem: bytes) -> None:
-        self._pending = self._config(cert, bundle_pem)
-
-    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        pending, self._pending = self._pending, None
-        return pending
-
-    def credentials(self) -> grpc.ServerCredentials:
-        return grpc.dynamic_ssl_server_credentials(
-            self.initial, self.fetch, require_client_authentication=True
-        )
-
-
 class CaWorker:
     """Serves the CA's gRPC API. `start()` returns once it accepts connections.
 
-    `listen_sock`: a listening socket shared with other workers (else it binds config's listen).
-    `mtls_port`: the mTLS port's number when config's was 0 (all workers must share one port).
+    `listen_sock`, `mtls_sock`: listening sockets shared with other workers (else it listens on
+    config's listen and mtls-listen itself).
     """
 
     def __init__(
@@ -207,13 +165,13 @@ class CaWorker:
         clock: Clock = utc_now,
         *,
         listen_sock: socket.socket | None = None,
-        mtls_port: int | None = None,
+        mtls_sock: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.listen_sock = listen_sock
-        self.mtls_port_wanted = mtls_port
+        self.mtls_sock = mtls_sock
         self.publications = Publications(store, config.trust_domain)
         self.metrics = CaMetrics()
         self._tasks: list[asyncio.Task[None]] = []
@@ -221,7 +179,7 @@ class CaWorker:
         self._boundaries: dict[grpc.aio.Server, StatusBoundary] = {}
         self._door: CaFrontDoor | None = None
         self._audit: audit.AuditLog | None = None
-        self._mtls: _MtlsCredentials | None = None
+        self._mtls: NativeGrpcPort | None = None
         self._limiter: RateLimiter | None = None
         self._auths: list[PeerAuthenticator] = []
         self._services: list[CertificateService] = []
@@ -261,24 +219,34 @@ class CaWorker:
         )
         self._door = door
         self._add_services(
+            self._boundaries[relayed],
             relayed,
             PeerAuthenticator(published, cfg.trust_domain, door.peers, tokens, bearer),
             limiter,
         )
         if cfg.mtls_listen is not None:
-            host, port = cfg.mtls_listen
-            if self.mtls_port_wanted is not None:
-                port = self.mtls_port_wanted
-            self._mtls = _MtlsCredentials(self.server_cert, bundle_pem)
-            native = self._grpc_server(_remote_host, reuse_port=True)
-            self.mtls_port = native.add_secure_port(_join(host, port), self._mtls.credentials())
+            sock = self.mtls_sock or listening_socket(*cfg.mtls_listen, what="mtls-listen")
+            keepalive = keepalive_timing(cfg.idle_timeout)
+            self._mtls = mtls = NativeGrpcPort(
+                sock,
+                self.server_cert.cert_pem,
+                self.server_cert.key_pem,
+                bundle_pem,
+                limits=door_limits(cfg),
+                keepalive=(keepalive[0].total_seconds(), keepalive[1].total_seconds()),
+                max_message=MAX_MESSAGE_BYTES,
+            )
+            self.mtls_port = mtls.port
             self._add_services(
-                native,
-                PeerAuthenticator(published, cfg.trust_domain, AuthContextPeers(), tokens),
+                StatusBoundary(_remote_host),
+                mtls,
+                PeerAuthenticator(published, cfg.trust_domain, NativePeers(), tokens),
                 limiter,
             )
         for server in self._servers:
             await server.start()
+        if self._mtls is not None:
+            self._mtls.start()
         self._door = door
         self.port = await door.start_tcp(cfg.host, cfg.port, sock=self.listen_sock)
         self.publications.on_authority(self._use_authority)
@@ -291,16 +259,13 @@ class CaWorker:
         return info.remote.rpartition(":")[0] if info is not None else str(context.peer())
 
     def _grpc_server(
-        self,
-        source_of: Callable[[grpc.aio.ServicerContext[Any, Any]], str],
-        *,
-        reuse_port: bool = False,
+        self, source_of: Callable[[grpc.aio.ServicerContext[Any, Any]], str]
     ) -> grpc.aio.Server:
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MESH_STATE_MESSAGE_LIMIT),
-                ("grpc.so_reuseport", 1 if reuse_port else 0),
+                ("grpc.so_reuseport", 0),
                 *keepalive_options(self.config.idle_timeout),
             ],
         )
@@ -309,7 +274,11 @@ class CaWorker:
         return server
 
     def _add_services(
-        self, server: grpc.aio.Server, auth: PeerAuthenticator, limiter: RateLimiter
+        self,
+        boundary: StatusBoundary,
+        server: grpc.aio.Server | NativeGrpcPort,
+        auth: PeerAuthenticator,
+        limiter: RateLimiter,
     ) -> None:
         cfg = self.config
         assert self._audit is not None
@@ -325,7 +294,6 @@ class CaWorker:
             self.metrics,
             catch_up=self.publications.refresh,
         )
-        boundary = self._boundaries[server]
         boundary.add(
             server, istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server, service
         )
@@ -353,7 +321,7 @@ class CaWorker:
         bundle_pem = cert_pem(*published.roots)
         self._door.use_ssl_context(new_ssl_context(cert, bundle_pem))
         if self._mtls is not None:
-            self._mtls.update(cert, bundle_pem)
+            self._mtls.use_tls(cert.cert_pem, cert.key_pem, bundle_pem)
         self.server_cert = cert
         log.info("server certificate valid until %s", cert.not_after.isoformat())
 
@@ -377,6 +345,8 @@ class CaWorker:
                 await task
         if self._door is not None:
             await self._door.close()
+        if self._mtls is not None:
+            await self._mtls.stop()
         for server in self._servers:
             await server.stop(grace=1.0)
         if self._audit is not None:
@@ -389,10 +359,6 @@ class CaWorker:
 
 def _remote_host(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return str(context.peer())
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ControlPlane:

@@ -30,12 +30,14 @@ from ca.authority import ensure_state_dir
 from ca.bundle_endpoint import BundleEndpoint, start_bundle_endpoint
 from ca.config import CaConfig
 from ca.config_watch import ConfigSource
+from ca.native_port import native_module
 from ca.publisher import Publisher
 from ca.rate_limit import clear_rate_limits
 from ca.store import CaStore
 from ca.webhook import ControlPlaneWebhook
 from meshward_common.clock import Clock, utc_now
 from meshward_common.errors import ConfigError
+from meshward_common.front_door import listening_socket
 from meshward_common.svid import fingerprint_sha256
 
 log = logging.getLogger(__name__)
@@ -52,33 +54,9 @@ class WorkerArgs:
 
     config: CaConfig
     listen_fd: int
-    mtls_port: int | None
+    mtls_fd: int | None
     log_level: str
     index: int
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        sock = socket.create_server((host, port), family=family, backlog=1024)
-    except OSError as exc:
-        raise ConfigError(f"listen: cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock.set_inheritable(True)
-    return sock
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A bound, not listening SO_REUSEPORT socket: fixes the mTLS port's number (port 0 resolved)
-    for the workers, which join it with SO_REUSEPORT; it takes no connections itself."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"mtls-listen: cannot bind {host}:{port}: {exc.strerror}") from exc
-    return sock
 
 
 class _Worker:
@@ -123,10 +101,13 @@ class Supervisor:
         listen = listening_socket(cfg.host, cfg.port)
         self._sockets.append(listen)
         self.port = int(listen.getsockname()[1])
+        self._mtls_fd: int | None = None
         if cfg.mtls_listen is not None:
-            reserved = reserve_port(*cfg.mtls_listen)
-            self._sockets.append(reserved)
-            self.mtls_port = int(reserved.getsockname()[1])
+            native_module()  # one line now, not a worker that dies at start
+            mtls = listening_socket(*cfg.mtls_listen, what="mtls-listen")
+            self._sockets.append(mtls)
+            self.mtls_port = int(mtls.getsockname()[1])
+            self._mtls_fd = mtls.fileno()
         self._listen_fd = listen.fileno()
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
         self._tasks = [
@@ -191,13 +172,12 @@ class Supervisor:
         ]
 
     async def _spawn(self, worker: _Worker) -> None:
-        args = WorkerArgs(
-            self.config, self._listen_fd, self.mtls_port, self.log_level, worker.index
-        )
+        args = WorkerArgs(self.config, self._listen_fd, self._mtls_fd, self.log_level, worker.index)
+        fds = (self._listen_fd,) if self._mtls_fd is None else (self._listen_fd, self._mtls_fd)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ca.worker",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            pass_fds=(self._listen_fd,), start_new_session=True,
+            pass_fds=fds, start_new_session=True,
             env={**os.environ, **self._metrics_env},
         )  # fmt: skip
         assert proc.stdin is not None

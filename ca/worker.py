@@ -37,8 +37,9 @@ async def _run(args: WorkerArgs) -> None:
 
     loop.add_reader(0, stdin_readable)
     sock = socket.socket(fileno=args.listen_fd)
+    mtls = None if args.mtls_fd is None else socket.socket(fileno=args.mtls_fd)
     store = CaStore(args.config.state_dir)
-    worker = CaWorker(args.config, store, listen_sock=sock, mtls_port=args.mtls_port)
+    worker = CaWorker(args.config, store, listen_sock=sock, mtls_sock=mtls)
     try:
         await worker.start()
         print(f"ready {os.getpid()}", flush=True)

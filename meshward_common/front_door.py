@@ -29,6 +29,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
+from meshward_common.errors import ConfigError
 from meshward_common.refusal_log import RefusalLog
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,18 @@ class DoorLimits:
     idle_timeout: float | None = None  # nothing received from the caller for this long: closed
     max_connections: int = 4096
     max_per_source: int | None = None  # per source address (a Unix socket has one source)
+
+
+def listening_socket(host: str, port: int, what: str = "listen") -> socket.socket:
+    """A listening socket every worker inherits: the kernel hands each connection to whichever
+    worker accepts first. `what` names the setting in the one-line error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.set_inheritable(True)
+    return sock
 
 
 def raise_descriptor_limit() -> int:

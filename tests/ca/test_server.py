@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from meshward_common.protos import istio_ca_pb2, istio_ca_pb2_grpc
 from meshward_common.protos import meshward_discovery_pb2 as discovery_pb2
@@ -215,8 +216,8 @@ def test_workload_svid_cannot_call_the_ca(cp: ControlPlane, node1: wire.Credenti
     assert "not a node agent" in err.details()
 
 
-def test_client_certificate_from_another_ca_is_refused(cp: ControlPlane, tmp_path: Path) -> None:
-    # A node SVID with the right name, issued by a different CA: the TLS handshake refuses it.
+def forged_credential() -> wire.Credential:
+    """A node SVID with the right name, issued by a different CA."""
     from ca.authority import make_root
     from ca.issuer import SigningAuthority, issue_svid
 
@@ -230,25 +231,13 @@ def test_client_certificate_from_another_ca_is_refused(cp: ControlPlane, tmp_pat
         dt.timedelta(hours=1),
         dt.datetime.now(dt.UTC),
     )
-    from cryptography.hazmat.primitives import serialization
-
-    forged = wire.Credential(
+    return wire.Credential(
         own_key, [c.public_bytes(serialization.Encoding.PEM).decode() for c in chain]
     )
-    before = len(audit_lines(cp))
-    err = refused(cp, forged)
-    # Python's ssl verifies a presented client certificate during the handshake (as Go's
-    # VerifyClientCertIfGiven does in istiod): the connection never reaches the servicer.
-    assert err.code() == Code.UNAVAILABLE
-    assert "failed to connect" in err.details()
-    assert len(audit_lines(cp)) == before, "nothing was issued or even considered"
 
 
-def test_a_node_certificate_naming_another_trust_domain_is_refused(cp: ControlPlane) -> None:
-    # Signed by this CA's own root, so the TLS handshake takes it; but it names b.example, and
-    # a chain is verified with the bundle of the trust domain it names: this CA has none for it.
-    from cryptography.hazmat.primitives import serialization
-
+def foreign_domain_credential(cp: ControlPlane) -> wire.Credential:
+    """Signed by this CA's own root, so a TLS handshake takes it; but it names b.example."""
     from ca.authority import load_or_create_root
     from ca.issuer import issue_svid
 
@@ -261,10 +250,24 @@ def test_a_node_certificate_naming_another_trust_domain_is_refused(cp: ControlPl
         dt.timedelta(hours=1),
         dt.datetime.now(dt.UTC),
     )
-    forged = wire.Credential(
+    return wire.Credential(
         own_key, [c.public_bytes(serialization.Encoding.PEM).decode() for c in chain]
     )
-    err = refused(cp, forged)
+
+
+def test_client_certificate_from_another_ca_is_refused(cp: ControlPlane) -> None:
+    before = len(audit_lines(cp))
+    err = refused(cp, forged_credential())
+    # Python's ssl verifies a presented client certificate during the handshake (as Go's
+    # VerifyClientCertIfGiven does in istiod): the connection never reaches the servicer.
+    assert err.code() == Code.UNAVAILABLE
+    assert "failed to connect" in err.details()
+    assert len(audit_lines(cp)) == before, "nothing was issued or even considered"
+
+
+def test_a_node_certificate_naming_another_trust_domain_is_refused(cp: ControlPlane) -> None:
+    # A chain is verified with the bundle of the trust domain it names: this CA has none for it.
+    err = refused(cp, foreign_domain_credential(cp))
     assert err.code() == Code.UNAUTHENTICATED
     assert "no trust bundle for trust domain b.example" in err.details()
 

@@ -112,9 +112,10 @@ class ControlPlane(LoggedProcess):
         assert self.proc is not None
         return _children(self.proc.pid)
 
-    def connections_per_worker(self) -> dict[int, int]:
-        """How many established connections to the TLS port each worker holds (from /proc)."""
-        established = _established_inodes(self.port)
+    def connections_per_worker(self, port: int | None = None) -> dict[int, int]:
+        """How many established connections to the TLS port (or `port`) each worker holds (from
+        /proc)."""
+        established = _established_inodes(self.port if port is None else port)
         return {pid: len(_socket_inodes(pid) & established) for pid in self.worker_pids()}
 
     def bundle_pem(self) -> bytes:

@@ -1,0 +1,616 @@
+//! The CA's mTLS port in native code: TLS (rustls), HTTP/2 (hyper) and gRPC's length-prefixed
+//! framing, on one tokio thread beside the worker's asyncio loop. Nothing here decides anything:
+//! every call is handed to Python whole (method, verified client leaf, metadata, message bytes)
+//! and Python answers it with serialized messages and a status. The hand-off never takes the GIL
+//! on the tokio thread: calls wait in a queue and an eventfd wakes the asyncio loop, which takes
+//! them all at once (`Server.take`).
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{FromRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+const GRPC_HEADER: usize = 5;
+// grpc-message is percent-encoded (gRPC over HTTP/2): controls, space-free printable ASCII kept.
+const GRPC_MESSAGE_ESCAPES: &AsciiSet = &CONTROLS.add(b'%');
+const STATUS_INVALID_ARGUMENT: u32 = 3;
+const STATUS_RESOURCE_EXHAUSTED: u32 = 8;
+const STATUS_UNAVAILABLE: u32 = 14;
+
+/// Caps of the port, as the front door's (`meshward_common.front_door.DoorLimits`).
+#[derive(Clone, Copy)]
+struct Limits {
+    handshake_timeout: Duration,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+    max_connections: usize,
+    max_per_source: usize,
+    max_message: usize,
+}
+
+enum Event {
+    Call(CallData),
+    Closed(u64),
+}
+
+struct CallData {
+    id: u64,
+    method: String,
+    conn: Arc<ConnInfo>,
+    metadata: Vec<(String, String)>,
+    message: Bytes,
+    reply: Reply,
+}
+
+struct ConnInfo {
+    peer_der: Option<Bytes>,
+    peer: String,
+}
+
+/// The answer's half of a call: framed messages, then the status as trailers.
+struct Reply {
+    tx: Mutex<Option<mpsc::UnboundedSender<Frame<Bytes>>>>,
+    finished: Arc<AtomicBool>,
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        // Python let go of the call without an answer (its worker is stopping): say so, rather
+        // than end the stream with no status at all.
+        if let Some(tx) = self.tx.get_mut().unwrap().take() {
+            let _ = tx.send(Frame::trailers(grpc_trailers(
+                STATUS_UNAVAILABLE,
+                "the call was dropped unanswered: the CA worker is stopping",
+            )));
+        }
+    }
+}
+
+struct Connections {
+    total: usize,
+    per_source: HashMap<IpAddr, usize>,
+}
+
+struct Shared {
+    queue: Mutex<VecDeque<Event>>,
+    signalled: AtomicBool,
+    wakeup: RawFd,
+    tls: RwLock<Arc<ServerConfig>>,
+    next_id: AtomicU64,
+    connections: Mutex<Connections>,
+    limits: Limits,
+}
+
+impl Shared {
+    fn push(&self, event: Event) {
+        self.queue.lock().unwrap().push_back(event);
+        if !self.signalled.swap(true, Ordering::AcqRel) {
+            let one: u64 = 1;
+            // SAFETY: an eventfd owned by this Shared; 8 bytes from a live u64.
+            unsafe { libc::write(self.wakeup, (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    fn admit(&self, ip: IpAddr) -> bool {
+        let mut conns = self.connections.lock().unwrap();
+        let from_source = conns.per_source.get(&ip).copied().unwrap_or(0);
+        if conns.total >= self.limits.max_connections || from_source >= self.limits.max_per_source
+        {
+            return false;
+        }
+        conns.total += 1;
+        *conns.per_source.entry(ip).or_insert(0) += 1;
+        true
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut conns = self.connections.lock().unwrap();
+        conns.total -= 1;
+        if let Some(n) = conns.per_source.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                conns.per_source.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: the eventfd was created by Server::new and is closed only here.
+        unsafe { libc::close(self.wakeup) };
+    }
+}
+
+struct Admitted {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.shared.release(self.ip);
+    }
+}
+
+/// A response body fed by Python: the first frame is already here when hyper sends the
+/// headers, so a unary answer leaves in one write (headers, message, trailers).
+struct ReplyBody {
+    empty: bool, // nothing follows the headers: they end the stream (Trailers-Only)
+    first: Option<Frame<Bytes>>,
+    rx: mpsc::UnboundedReceiver<Frame<Bytes>>,
+    id: u64,
+    finished: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+}
+
+impl http_body::Body for ReplyBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(frame) = self.first.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if self.empty {
+            return Poll::Ready(None);
+        }
+        self.rx.poll_recv(cx).map(|frame| frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.empty
+    }
+}
+
+impl Drop for ReplyBody {
+    fn drop(&mut self) {
+        // The caller went away (reset, closed connection) before Python finished: tell it, so
+        // a stream's task stops.
+        if !self.finished.load(Ordering::Acquire) {
+            self.shared.push(Event::Closed(self.id));
+        }
+    }
+}
+
+fn grpc_trailers(code: u32, message: &str) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.insert(HeaderName::from_static("grpc-status"), HeaderValue::from(code));
+    if !message.is_empty() {
+        let encoded = utf8_percent_encode(message, GRPC_MESSAGE_ESCAPES).to_string();
+        if let Ok(value) = HeaderValue::from_str(&encoded) {
+            map.insert(HeaderName::from_static("grpc-message"), value);
+        }
+    }
+    map
+}
+
+fn empty_body(shared: &Arc<Shared>) -> ReplyBody {
+    let (_tx, rx) = mpsc::unbounded_channel();
+    ReplyBody {
+        empty: true,
+        first: None,
+        rx,
+        id: 0,
+        finished: Arc::new(AtomicBool::new(true)),
+        shared: shared.clone(),
+    }
+}
+
+/// A status with no message: gRPC's Trailers-Only response (the status in the headers).
+fn trailers_only(shared: &Arc<Shared>, trailers: HeaderMap) -> Response<ReplyBody> {
+    let mut response = Response::new(empty_body(shared));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.extend(trailers);
+    response
+}
+
+fn refuse(shared: &Arc<Shared>, code: u32, message: &str) -> Response<ReplyBody> {
+    trailers_only(shared, grpc_trailers(code, message))
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+) -> Result<Response<ReplyBody>, Infallible> {
+    let is_grpc = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if request.method() != hyper::Method::POST || !is_grpc {
+        let mut response = Response::new(empty_body(&shared));
+        *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        return Ok(response);
+    }
+    let method = request.uri().path().to_owned();
+    let metadata: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            name != "content-type" && name != "te" && !name.starts_with("grpc-")
+        })
+        .filter_map(|(name, value)| {
+            value.to_str().ok().map(|v| (name.as_str().to_owned(), v.to_owned()))
+        })
+        .collect();
+    let limit = shared.limits.max_message + GRPC_HEADER;
+    let body = match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => {
+            if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                let text = format!(
+                    "received message larger than max ({} bytes)",
+                    shared.limits.max_message
+                );
+                return Ok(refuse(&shared, STATUS_RESOURCE_EXHAUSTED, &text));
+            }
+            return Ok(Response::new(empty_body(&shared))); // the caller reset the stream
+        }
+    };
+    let message = match unframe(&body) {
+        Ok(message) => message,
+        Err(reason) => return Ok(refuse(&shared, STATUS_INVALID_ARGUMENT, reason)),
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let finished = Arc::new(AtomicBool::new(false));
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    shared.push(Event::Call(CallData {
+        id,
+        method,
+        conn,
+        metadata,
+        message: body.slice(message),
+        reply: Reply { tx: Mutex::new(Some(tx)), finished: finished.clone() },
+    }));
+    let mut body =
+        ReplyBody { empty: false, first: None, rx: mpsc::unbounded_channel().1, id, finished, shared };
+    let first = rx.recv().await;
+    body.rx = rx;
+    match first {
+        None => Ok(Response::new(body)), // Python dropped the call without an answer
+        Some(frame) => match frame.into_trailers() {
+            Ok(trailers) => {
+                body.finished.store(true, Ordering::Release);
+                Ok(trailers_only(&body.shared, trailers))
+            }
+            Err(data) => {
+                body.first = Some(data);
+                let mut response = Response::new(body);
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                Ok(response)
+            }
+        },
+    }
+}
+
+/// The one message of a unary request: its byte range in `body`, or why the framing is bad.
+fn unframe(body: &Bytes) -> Result<std::ops::Range<usize>, &'static str> {
+    if body.len() < GRPC_HEADER {
+        return Err("the request holds no complete gRPC message");
+    }
+    if body[0] != 0 {
+        return Err("compressed messages are not accepted (no grpc-encoding is served)");
+    }
+    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if body.len() != GRPC_HEADER + length {
+        return Err("the request is not exactly one length-prefixed gRPC message");
+    }
+    Ok(GRPC_HEADER..body.len())
+}
+
+fn peer_text(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("ipv4:{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("ipv6:[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _admitted = Admitted { shared: shared.clone(), ip: addr.ip() };
+    let _ = tcp.set_nodelay(true);
+    let acceptor = TlsAcceptor::from(shared.tls.read().unwrap().clone());
+    let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await
+    {
+        Ok(Ok(tls)) => tls,
+        _ => return, // a failed or slow handshake: rustls has sent its alert
+    };
+    let peer_der = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| Bytes::copy_from_slice(leaf.as_ref()));
+    let conn = Arc::new(ConnInfo { peer_der, peer: peer_text(addr) });
+    let service = {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |request| handle(request, conn.clone(), shared.clone()))
+    };
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(shared.limits.keepalive_interval))
+        .keep_alive_timeout(shared.limits.keepalive_timeout)
+        .max_concurrent_streams(1024)
+        .max_header_list_size(16 * 1024);
+    let connection = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    let stopping = tokio::select! {
+        _ = connection.as_mut() => false,
+        stop = shutdown.wait_for(|stop| *stop) => stop.is_ok(),
+    };
+    if stopping {
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
+    }
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(_) => return,
+    };
+    let mut connections = JoinSet::new();
+    let mut stopping = shutdown.clone();
+    loop {
+        tokio::select! {
+            stop = stopping.wait_for(|stop| *stop) => { let _ = stop.is_ok(); break }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, addr)) => {
+                    if shared.admit(addr.ip()) {
+                        let rx = shutdown.clone();
+                        connections.spawn(serve_connection(tcp, addr, shared.clone(), rx));
+                    }
+                }
+                // Out of descriptors, or a connection gone before it was accepted: go on.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+fn read_certs(pem: &[u8], what: &str) -> PyResult<Vec<CertificateDer<'static>>> {
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| PyValueError::new_err(format!("{what}: {e}")))?;
+    if certs.is_empty() {
+        return Err(PyValueError::new_err(format!("{what}: no certificate")));
+    }
+    Ok(certs)
+}
+
+fn tls_config(chain_pem: &[u8], key_pem: &[u8], bundle_pem: &[u8]) -> PyResult<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = read_certs(chain_pem, "certificate chain")?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| PyValueError::new_err(format!("private key: {e}")))?
+        .ok_or_else(|| PyValueError::new_err("private key: none in the PEM"))?;
+    let mut roots = RootCertStore::empty();
+    for root in read_certs(bundle_pem, "trust bundle")? {
+        roots.add(root).map_err(|e| PyValueError::new_err(format!("trust bundle: {e}")))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| PyValueError::new_err(format!("client verifier: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| PyValueError::new_err(format!("TLS versions: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| PyValueError::new_err(format!("certificate and key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// One call, as Python sees it. `send` a serialized message (streams: many), then `finish`.
+#[pyclass(frozen, module = "ca._native_grpc")]
+struct Call {
+    #[pyo3(get)]
+    id: u64,
+    #[pyo3(get)]
+    method: String,
+    #[pyo3(get)]
+    peer: String,
+    #[pyo3(get)]
+    peer_der: Option<Py<PyBytes>>,
+    #[pyo3(get)]
+    metadata: Vec<(String, String)>,
+    #[pyo3(get)]
+    message: Py<PyBytes>,
+    reply: Reply,
+}
+
+#[pymethods]
+impl Call {
+    /// Queue one serialized message; False once the caller has gone.
+    fn send(&self, message: &[u8]) -> bool {
+        let mut framed = BytesMut::with_capacity(GRPC_HEADER + message.len());
+        framed.put_u8(0);
+        framed.put_u32(message.len() as u32);
+        framed.put_slice(message);
+        match self.reply.tx.lock().unwrap().as_ref() {
+            Some(tx) => tx.send(Frame::data(framed.freeze())).is_ok(),
+            None => false,
+        }
+    }
+
+    /// End the call with a gRPC status (0: OK) and its message.
+    fn finish(&self, code: u32, message: &str) {
+        self.reply.finished.store(true, Ordering::Release);
+        if let Some(tx) = self.reply.tx.lock().unwrap().take() {
+            let _ = tx.send(Frame::trailers(grpc_trailers(code, message)));
+        }
+    }
+}
+
+/// The listening port: `Server(fd, chain_pem, key_pem, bundle_pem, ...)` serves on the
+/// listening socket `fd` (taken over) until `stop`.
+#[pyclass(frozen, module = "ca._native_grpc")]
+struct Server {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[pymethods]
+impl Server {
+    #[new]
+    #[pyo3(signature = (fd, chain_pem, key_pem, bundle_pem, *, handshake_timeout, keepalive_interval, keepalive_timeout, max_connections, max_per_source, max_message, grace))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        fd: RawFd,
+        chain_pem: &[u8],
+        key_pem: &[u8],
+        bundle_pem: &[u8],
+        handshake_timeout: f64,
+        keepalive_interval: f64,
+        keepalive_timeout: f64,
+        max_connections: usize,
+        max_per_source: usize,
+        max_message: usize,
+        grace: f64,
+    ) -> PyResult<Self> {
+        let config = tls_config(chain_pem, key_pem, bundle_pem)?;
+        // SAFETY: plain eventfd(2); the descriptor is owned by Shared from here on.
+        let wakeup = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if wakeup < 0 {
+            return Err(PyOSError::new_err(format!("eventfd: {}", std::io::Error::last_os_error())));
+        }
+        let seconds = |s: f64| Duration::from_secs_f64(s.max(0.001));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            signalled: AtomicBool::new(false),
+            wakeup,
+            tls: RwLock::new(Arc::new(config)),
+            next_id: AtomicU64::new(1),
+            connections: Mutex::new(Connections { total: 0, per_source: HashMap::new() }),
+            limits: Limits {
+                handshake_timeout: seconds(handshake_timeout),
+                keepalive_interval: seconds(keepalive_interval),
+                keepalive_timeout: seconds(keepalive_timeout),
+                max_connections,
+                max_per_source,
+                max_message,
+            },
+        });
+        // SAFETY: the caller hands over a listening TCP socket it no longer uses.
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        listener.set_nonblocking(true).map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        let (shutdown, rx) = watch::channel(false);
+        let serving = shared.clone();
+        let grace = seconds(grace);
+        let thread = std::thread::Builder::new()
+            .name("ca-mtls-port".into())
+            .spawn(move || runtime.block_on(serve(listener, serving, rx, grace)))
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        Ok(Server { shared, shutdown, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// The descriptor that becomes readable when calls wait (for `loop.add_reader`).
+    fn wakeup_fd(&self) -> RawFd {
+        self.shared.wakeup
+    }
+
+    /// Every waiting event: a `Call`, or the id (int) of a call whose caller went away.
+    fn take(&self, py: Python<'_>) -> PyResult<Vec<PyObject>> {
+        let mut counter = [0u8; 8];
+        // SAFETY: nonblocking read of our own eventfd into an 8-byte buffer.
+        unsafe { libc::read(self.shared.wakeup, counter.as_mut_ptr().cast(), 8) };
+        self.shared.signalled.store(false, Ordering::Release);
+        let events: Vec<Event> = self.shared.queue.lock().unwrap().drain(..).collect();
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            match event {
+                Event::Closed(id) => out.push(id.into_pyobject(py)?.into_any().unbind()),
+                Event::Call(call) => {
+                    let call = Call {
+                        id: call.id,
+                        method: call.method,
+                        peer: call.conn.peer.clone(),
+                        peer_der: call.conn.peer_der.as_ref().map(|d| PyBytes::new(py, d).unbind()),
+                        metadata: call.metadata,
+                        message: PyBytes::new(py, &call.message).unbind(),
+                        reply: call.reply,
+                    };
+                    out.push(Py::new(py, call)?.into_any());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// New certificate, key or trust bundle: every handshake from now on uses them.
+    fn set_tls(&self, chain_pem: &[u8], key_pem: &[u8], bundle_pem: &[u8]) -> PyResult<()> {
+        let config = tls_config(chain_pem, key_pem, bundle_pem)?;
+        *self.shared.tls.write().unwrap() = Arc::new(config);
+        Ok(())
+    }
+
+    /// Stop accepting, let calls in flight finish (at most the grace), and wait for that.
+    fn stop(&self, py: Python<'_>) {
+        let _ = self.shutdown.send(true);
+        let thread = self.thread.lock().unwrap().take();
+        if let Some(thread) = thread {
+            py.allow_threads(|| {
+                let _ = thread.join();
+            });
+        }
+    }
+}
+
+#[pymodule]
+fn _native_grpc(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Server>()?;
+    m.add_class::<Call>()?;
+    Ok(())
+}
