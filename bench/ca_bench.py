@@ -4,10 +4,10 @@ SPIRE (v1.13.3, scripts/build_spire.sh) and `meshward ca serve` (its default wor
 are driven by the same Go client (tools/bin/caload), 16 calls in flight over CONNS connections (node
 agents: each has its own), every call a different pre-generated P-256 CSR: SPIRE's `MintX509SVID`
 over its local admin socket, meshward's `CreateCertificate` over mTLS with the bench node's SVID,
-on its mTLS port (TLS in grpcio) and on 15012 (the front door). The rows alternate within each of
-BENCH_ROUNDS rounds (the machine's speed drifts); each prints SVIDs/s, the server's CPU per SVID
-(every process of it), the cores the server and the client kept busy, the load average, and the
-ratios to SPIRE. Targets on the 2-core machine: >= 1.5x SPIRE's SVIDs/s, CPU per SVID no higher
+on its mTLS port (the native transport, `ca.native_port`) and on 15012 (the front door). The rows
+alternate within each of BENCH_ROUNDS rounds (the machine's speed drifts); each prints SVIDs/s,
+the server's CPU per SVID (every process of it), the cores the server and the client kept busy,
+the load average, and the ratios to SPIRE. Targets on the 2-core machine: >= 1.5x SPIRE's SVIDs/s, CPU per SVID no higher
 than SPIRE's.
 
 After the rounds, for reference: the signing core alone in this process; ghz and grpcio's Python
