@@ -76,7 +76,8 @@ class NativePeers:
 
     def peer_of(self, context: Any) -> PeerInfo | None:
         der = context.call.peer_der
-        return None if der is None else PeerInfo(der, context.call.peer)
+        # "ipv4:10.0.0.1:5000" -> "10.0.0.1:5000", as the front door names its callers.
+        return None if der is None else PeerInfo(der, context.call.peer.partition(":")[2])
 
 
 class NativeGrpcPort:

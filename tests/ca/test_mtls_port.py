@@ -229,3 +229,100 @@ def _served_without_certificate(ctx: ssl.SSLContext, raw: socket.socket) -> bool
             return tls.recv(1) != b""
     except (ssl.SSLError, OSError):
         return False
+
+
+def _h2_call(cp: ControlPlane, node: wire.Credential, body: bytes) -> dict[str, str]:
+    """One POST to CreateCertificate with `body` as its raw DATA, over TLS with the node's
+    certificate, by the h2 library (which lets a test send framing grpcio never would); the
+    response's headers and trailers together."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    ctx = _node_tls(cp, node)
+    host, port = mtls(cp).rsplit(":", 1)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    fields: dict[str, str] = {}
+    with (
+        socket.create_connection((host, int(port)), timeout=30) as raw,
+        ctx.wrap_socket(raw, server_hostname="meshward-control-plane") as tls,
+    ):
+        conn.initiate_connection()
+        headers = [
+            (":method", "POST"), (":scheme", "https"), (":authority", "meshward-control-plane"),
+            (":path", CREATE), ("content-type", "application/grpc"), ("te", "trailers"),
+        ]  # fmt: skip
+        conn.send_headers(1, headers)
+        conn.send_data(1, body, end_stream=True)
+        tls.sendall(conn.data_to_send())
+        ended = False
+        while not ended:
+            data = tls.recv(65536)
+            assert data, "the port closed the connection without answering"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    fields.update(
+                        (
+                            k.decode() if isinstance(k, bytes) else k,
+                            v.decode() if isinstance(v, bytes) else v,
+                        )
+                        for k, v in event.headers
+                    )
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+            tls.sendall(conn.data_to_send())
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "no complete gRPC message"),
+        (b"\x00\x00\x00\x00\x10abc", "not exactly one length-prefixed"),
+        (b"\x00\x00\x00\x00\x01ab", "not exactly one length-prefixed"),
+        (b"\x01\x00\x00\x00\x01a", "compressed messages are not accepted"),
+    ],
+    ids=["empty", "truncated", "two-messages", "compressed"],
+)
+def test_bad_grpc_framing_is_invalid_argument(
+    cp: ControlPlane, node1: wire.Credential, body: bytes, reason: str
+) -> None:
+    fields = _h2_call(cp, node1, body)
+    assert fields[":status"] == "200"
+    assert fields["grpc-status"] == str(Code.INVALID_ARGUMENT.value[0])
+    assert reason in fields["grpc-message"].replace("%20", " ")
+
+
+def _node_tls(cp: ControlPlane, node: wire.Credential) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=cp.bundle_pem().decode())
+    ctx.check_hostname = False
+    ctx.load_cert_chain(*_cert_files(node, cp.root))
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def test_connections_beyond_the_per_source_cap_are_closed(tmp_path: Path) -> None:
+    port = free_port()
+    args = ("--workers", "1", "--mtls-listen", f"127.0.0.1:{port}")
+    args += ("--max-connections-per-source", "2", "--handshake-timeout", "60s")
+    with run_control_plane(tmp_path, REGISTRY, extra_args=args) as plane:
+        node = wire.bootstrap(plane.address, plane.bundle_pem(), plane.join_token("node-1"))
+        first = socket.create_connection(("127.0.0.1", port), timeout=30)
+        second = socket.create_connection(("127.0.0.1", port), timeout=30)
+        with first, second:
+            # Both hold their slots (no TLS yet); a third from the same address is closed at
+            # once, long before the handshake deadline (recv would time out otherwise).
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as third:
+                assert third.recv(1) == b""
+            # The admitted ones were kept: the first completes its handshake now.
+            with _node_tls(plane, node).wrap_socket(first) as tls:
+                assert tls.selected_alpn_protocol() == "h2"
+
+
+def test_a_handshake_that_never_starts_is_cut_at_the_deadline(tmp_path: Path) -> None:
+    port = free_port()
+    args = ("--workers", "1", "--mtls-listen", f"127.0.0.1:{port}", "--handshake-timeout", "1s")
+    with (
+        run_control_plane(tmp_path, REGISTRY, extra_args=args),
+        socket.create_connection(("127.0.0.1", port), timeout=30) as idle,
+    ):
+        assert idle.recv(1) == b"", "a connection that never started TLS was kept"
