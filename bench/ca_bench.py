@@ -11,7 +11,8 @@ the load average, and the ratios to SPIRE. Targets on the 2-core machine: >= 1.5
 than SPIRE's.
 
 After the rounds, for reference: the signing core alone in this process; ghz and grpcio's Python
-client against the mTLS port; a grpcio servicer that does nothing (grpcio's own per-call floor).
+client against the mTLS port; a servicer that does nothing, on grpcio (grpcio's own per-call floor)
+and on the native transport over mTLS (the mTLS port's own floor).
 """
 
 from __future__ import annotations
@@ -486,6 +487,85 @@ def noop_rate() -> tuple[str, Run]:
         proc.wait()
 
 
+def serve_native_noop(port: int, directory: str) -> None:
+    """`_NoopService` on the native transport (`ca.native_port`), mTLS with the files in
+    `directory`: the transport's own cost per call, one worker."""
+    from ca.native_port import NativeGrpcPort
+    from meshward_common.front_door import DoorLimits, listening_socket
+
+    files = Path(directory)
+
+    async def run() -> None:
+        server = NativeGrpcPort(
+            listening_socket("127.0.0.1", port),
+            (files / "server.pem").read_bytes(),
+            (files / "server-key.pem").read_bytes(),
+            (files / "bundle.pem").read_bytes(),
+            limits=DoorLimits(10.0, 300.0, 1024, 1024),
+            keepalive=(30.0, 10.0),
+            max_message=64 * 1024,
+        )
+        istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(_NoopService(), server)
+        server.start()
+        print("serving on", flush=True)
+        await asyncio.Event().wait()
+
+    import uvloop
+
+    uvloop.install()
+    asyncio.run(run())
+
+
+def native_noop_rate() -> Run | None:
+    """caload against `serve_native_noop`, one connection per worker's share (CONNS)."""
+    from ca.authority import cert_pem, key_pem
+    from ca.server import issue_server_cert
+
+    caload = go_tool("caload")
+    if caload is None:
+        return None
+    now = dt.datetime.now(dt.UTC)
+    cert, key = make_root("cluster.local", now)
+    authority = SigningAuthority(cert, key, (), (cert,))
+    server = issue_server_cert(authority, "cluster.local", now)
+    node_key = ec.generate_private_key(ec.SECP256R1())
+    node = issue_svid(
+        authority,
+        node_key.public_key(),
+        node_id("cluster.local", "bench"),
+        dt.timedelta(hours=1),
+        now,
+    )
+    with tempfile.TemporaryDirectory(prefix="ca-bench-") as tmp:
+        files = Path(tmp)
+        for name, data in (
+            ("server.pem", server.cert_pem), ("server-key.pem", server.key_pem),
+            ("bundle.pem", cert_pem(cert)), ("node.pem", cert_pem(node[0])),
+            ("node-key.pem", key_pem(node_key)), ("noop.json", json.dumps([{"csr": "z" * 500}]).encode()),
+        ):  # fmt: skip
+            (files / name).touch(0o600)
+            (files / name).write_bytes(data)
+        port = _free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-c",
+             f"from bench.ca_bench import serve_native_noop; serve_native_noop({port}, {tmp!r})"],
+            cwd=REPO, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            tls = [
+                "-cacert", str(files / "bundle.pem"), "-cname", SERVER_NAME,
+                "-cert", str(files / "node.pem"), "-key", str(files / "node-key.pem"),
+            ]  # fmt: skip
+            return caload_rate(
+                caload, f"127.0.0.1:{port}", tls, files / "noop.json", proc.pid, conns=CONNS
+            )
+        finally:
+            proc.kill()
+            proc.wait()
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -531,6 +611,7 @@ def main() -> None:
     rounds, reference = grpc_rates(csrs)
     core = core_rate(csrs)
     noop_client, noop = noop_rate()
+    native_noop = native_noop_rate()
     load = os.getloadavg()[0]
     print(
         f"ca: {ROUNDS} rounds of {ROUND_SECONDS:.0f} s per row, the Go client (caload) keeping"
@@ -550,6 +631,13 @@ def main() -> None:
         f"ca: grpcio no-op unary         {noop.rate:6.0f} calls/s (plaintext, {noop_client} client;"
         f" server {noop.server_cpu * 1e6:.0f} us CPU per call: grpcio's own floor)"
     )
+    if native_noop is not None:
+        print(
+            f"ca: native no-op unary         {native_noop.rate:6.0f} calls/s (mTLS, caload client,"
+            f" {CONNS} connections; server {native_noop.server_cpu * 1e6:.0f} us, client"
+            f" {native_noop.client_cpu * 1e6:.0f} us CPU per call: the mTLS port's own floor,"
+            " one worker)"
+        )
     print(
         "ca: bench node's rate limit raised (one node asks far beyond a real node's budget);"
         f" meshward runs its default workers ({default_workers()}, one per core)"
