@@ -12,6 +12,7 @@ result. The TBSCertificate is byte for byte what CertificateBuilder produces for
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,6 +64,8 @@ def der_oid(dotted: str) -> bytes:
     return tlv(_OID, bytes(body))
 
 
+# Every leaf signed within one second has the same bounds: encode each once, not per leaf.
+@functools.lru_cache(maxsize=16)
 def der_time(when: dt.datetime) -> bytes:
     """UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280 4.1.2.5), whole seconds."""
     when = when.astimezone(dt.UTC)

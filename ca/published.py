@@ -142,6 +142,7 @@ class Publications:
         self.authority: PublishedAuthority | None = None
         self._authority_version = ""
         self._data_version: int | None = None
+        self._seen_seq = -1
         self._listeners: list[Callable[[PublishedAuthority], object]] = []
         # One refresh at a time: the poll and the CSRs' catch-ups call it concurrently, and a
         # second caller must not return (seeing data_version already taken) before the first
@@ -152,9 +153,15 @@ class Publications:
         self._listeners.append(listener)
 
     async def refresh(self) -> None:
-        """Re-read the snapshots if anything was committed since the last look."""
+        """Re-read the snapshots if anything was published since the last look."""
+        seq = self.store.publish_seq()
+        if seq == self._seen_seq:
+            return
         async with self._refreshing:
             await self._refresh()
+            # Read before the refresh: a publish after it moves the count on, and the next
+            # call looks again.
+            self._seen_seq = max(self._seen_seq, seq)
 
     async def _refresh(self) -> None:
         data_version = self.store.data_version()

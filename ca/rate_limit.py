@@ -14,13 +14,13 @@ keeping across restarts, so the supervisor empties the table when it starts.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import mmap
 import os
 import struct
 from pathlib import Path
 
+from ca.store import Flock
 from meshward_common.errors import ConfigError
 
 DEFAULT_RATE = 500.0
@@ -53,8 +53,8 @@ class RateLimiter:
         except OSError as exc:
             raise ConfigError(f"{self.path}: cannot map the rate-limit table: {exc}") from exc
 
-    def _locked(self) -> _Flock:
-        return _Flock(self._fd)
+    def _locked(self) -> Flock:
+        return Flock(self._fd)
 
     def allow(self, key: str, now: float) -> bool:
         """Take one token from `key`'s bucket; False (and nothing taken) when it is empty."""
@@ -100,14 +100,3 @@ def clear_rate_limits(state_dir: Path) -> None:
         limiter.clear()
     finally:
         limiter.close()
-
-
-class _Flock:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def __enter__(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)

@@ -163,6 +163,39 @@ def _tampered_rsa_csr() -> str:
     return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n"
 
 
+def _tampered_ec_csr(curve: ec.EllipticCurve) -> str:
+    """A well-formed ECDSA CSR whose subject was changed after signing."""
+    der = x509.load_pem_x509_csr(csr_for(ec.generate_private_key(curve)).encode()).public_bytes(
+        serialization.Encoding.DER
+    )
+    broken = der.replace(b"admin", b"admiN", 1)
+    body = base64.encodebytes(broken).decode()
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n"
+
+
+def _ec_csr_signed_with(key: ec.EllipticCurvePrivateKey, hash_: hashes.HashAlgorithm) -> str:
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hash_)
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _ec_key_rsa_signature() -> str:
+    """An EC key in a CSR whose signature is an RSA one (another key's): refused, not mistaken
+    for ECDSA."""
+    rsa_pem = x509.load_pem_x509_csr(csr_for(rsa.generate_private_key(65537, 2048)).encode())
+    ec_csr = x509.load_pem_x509_csr(csr_for(ec.generate_private_key(ec.SECP256R1())).encode())
+    rsa_der = rsa_pem.public_bytes(serialization.Encoding.DER)
+    # CertificationRequest = SEQUENCE { info, algorithm, signature }: the EC info, RSA's rest.
+    body = (
+        ec_csr.tbs_certrequest_bytes
+        + rsa_der[
+            rsa_der.index(rsa_pem.tbs_certrequest_bytes) + len(rsa_pem.tbs_certrequest_bytes) :
+        ]
+    )
+    der = b"\x30\x82" + len(body).to_bytes(2, "big") + body
+    text = base64.encodebytes(der).decode()
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{text}-----END CERTIFICATE REQUEST-----\n"
+
+
 CSR_VECTORS: list[tuple[str, object, str]] = [
     ("empty", "", "CSR is empty"),
     ("not PEM", "hello", "not PEM"),
@@ -172,6 +205,9 @@ CSR_VECTORS: list[tuple[str, object, str]] = [
         "not a valid PKCS#10",
     ),
     ("bad signature", _tampered_rsa_csr, "signature does not verify"),
+    ("bad P-256 signature", lambda: _tampered_ec_csr(ec.SECP256R1()), "signature does not verify"),
+    ("bad P-384 signature", lambda: _tampered_ec_csr(ec.SECP384R1()), "signature does not verify"),
+    ("EC key, RSA signature", _ec_key_rsa_signature, "signature"),
     ("oversized", "-----BEGIN CERTIFICATE REQUEST-----\n" + "A" * MAX_CSR_BYTES, "the limit is"),
     ("RSA-1024", lambda: csr_for(rsa.generate_private_key(65537, 1024)), "at least RSA-2048"),  # noqa: S505
     ("P-521", lambda: csr_for(ec.generate_private_key(ec.SECP521R1())), "P-256 or P-384"),
@@ -197,6 +233,12 @@ def test_bad_csrs_are_refused_with_a_reason(name: str, csr: object, message: str
 @pytest.mark.parametrize("key_type", list(KEYS))
 def test_good_csrs_parse(key_type: str) -> None:
     assert parse_csr(csr_for(KEYS[key_type]())) is not None
+
+
+@pytest.mark.parametrize("hash_", [hashes.SHA256(), hashes.SHA384(), hashes.SHA512()])
+def test_ecdsa_csrs_verify_with_the_hash_they_name(hash_: hashes.HashAlgorithm) -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    assert csr_public_key(_ec_csr_signed_with(key, hash_)) == key.public_key()
 
 
 TTL_VECTORS = [

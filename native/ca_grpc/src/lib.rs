@@ -1,26 +1,25 @@
-//! The CA's mTLS port in native code: TLS (rustls), HTTP/2 (hyper) and gRPC's length-prefixed
-//! framing, on one tokio thread beside the worker's asyncio loop. Nothing here decides anything:
+//! The CA's mTLS port in native code: TLS (rustls), HTTP/2 (the h2 crate) and gRPC's
+//! length-prefixed framing, on one tokio thread beside the worker's asyncio loop. Nothing here decides anything:
 //! every call is handed to Python whole (method, verified client leaf, metadata, message bytes)
 //! and Python answers it with serialized messages and a status. The hand-off never takes the GIL
 //! on the tokio thread: calls wait in a queue and an eventfd wakes the asyncio loop, which takes
-//! them all at once (`Server.take`).
+//! them all at once (`Server.take`). An answer leaves in one write: headers, message and status
+//! are queued on the stream together, so the connection flushes them as one TLS record (a caller
+//! is woken once per answer, not once per frame).
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
+use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, RawFd};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::server::SendResponse;
+use h2::{Ping, RecvStream, SendStream};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -69,9 +68,15 @@ struct ConnInfo {
     peer: String,
 }
 
-/// The answer's half of a call: framed messages, then the status as trailers.
+/// What Python answers: framed messages, then the status (the trailers).
+enum Out {
+    Message(Bytes),
+    Status(HeaderMap),
+}
+
+/// The answer's half of a call.
 struct Reply {
-    tx: Mutex<Option<mpsc::UnboundedSender<Frame<Bytes>>>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Out>>>,
     finished: Arc<AtomicBool>,
 }
 
@@ -80,7 +85,7 @@ impl Drop for Reply {
         // Python let go of the call without an answer (its worker is stopping): say so, rather
         // than end the stream with no status at all.
         if let Some(tx) = self.tx.get_mut().unwrap().take() {
-            let _ = tx.send(Frame::trailers(grpc_trailers(
+            let _ = tx.send(Out::Status(grpc_trailers(
                 STATUS_UNAVAILABLE,
                 "the call was dropped unanswered: the CA worker is stopping",
             )));
@@ -116,8 +121,7 @@ impl Shared {
     fn admit(&self, ip: IpAddr) -> bool {
         let mut conns = self.connections.lock().unwrap();
         let from_source = conns.per_source.get(&ip).copied().unwrap_or(0);
-        if conns.total >= self.limits.max_connections || from_source >= self.limits.max_per_source
-        {
+        if conns.total >= self.limits.max_connections || from_source >= self.limits.max_per_source {
             return false;
         }
         conns.total += 1;
@@ -155,43 +159,16 @@ impl Drop for Admitted {
     }
 }
 
-/// A response body fed by Python: the first frame is already here when hyper sends the
-/// headers, so a unary answer leaves in one write (headers, message, trailers).
-struct ReplyBody {
-    empty: bool, // nothing follows the headers: they end the stream (Trailers-Only)
-    first: Option<Frame<Bytes>>,
-    rx: mpsc::UnboundedReceiver<Frame<Bytes>>,
+/// Tells Python a call's caller went away (reset, closed connection) before Python finished, so
+/// a stream's task stops.
+struct Pending {
     id: u64,
     finished: Arc<AtomicBool>,
     shared: Arc<Shared>,
 }
 
-impl http_body::Body for ReplyBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(frame) = self.first.take() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        if self.empty {
-            return Poll::Ready(None);
-        }
-        self.rx.poll_recv(cx).map(|frame| frame.map(Ok))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.empty
-    }
-}
-
-impl Drop for ReplyBody {
+impl Drop for Pending {
     fn drop(&mut self) {
-        // The caller went away (reset, closed connection) before Python finished: tell it, so
-        // a stream's task stops.
         if !self.finished.load(Ordering::Acquire) {
             self.shared.push(Event::Closed(self.id));
         }
@@ -200,7 +177,10 @@ impl Drop for ReplyBody {
 
 fn grpc_trailers(code: u32, message: &str) -> HeaderMap {
     let mut map = HeaderMap::new();
-    map.insert(HeaderName::from_static("grpc-status"), HeaderValue::from(code));
+    map.insert(
+        HeaderName::from_static("grpc-status"),
+        HeaderValue::from(code),
+    );
     if !message.is_empty() {
         let encoded = utf8_percent_encode(message, GRPC_MESSAGE_ESCAPES).to_string();
         if let Ok(value) = HeaderValue::from_str(&encoded) {
@@ -210,45 +190,52 @@ fn grpc_trailers(code: u32, message: &str) -> HeaderMap {
     map
 }
 
-fn empty_body(shared: &Arc<Shared>) -> ReplyBody {
-    let (_tx, rx) = mpsc::unbounded_channel();
-    ReplyBody {
-        empty: true,
-        first: None,
-        rx,
-        id: 0,
-        finished: Arc::new(AtomicBool::new(true)),
-        shared: shared.clone(),
-    }
-}
-
-/// A status with no message: gRPC's Trailers-Only response (the status in the headers).
-fn trailers_only(shared: &Arc<Shared>, trailers: HeaderMap) -> Response<ReplyBody> {
-    let mut response = Response::new(empty_body(shared));
+fn grpc_headers(extra: Option<HeaderMap>) -> Response<()> {
+    let mut response = Response::new(());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    headers.extend(trailers);
+    if let Some(extra) = extra {
+        headers.extend(extra);
+    }
     response
 }
 
-fn refuse(shared: &Arc<Shared>, code: u32, message: &str) -> Response<ReplyBody> {
-    trailers_only(shared, grpc_trailers(code, message))
+/// A status with no message: gRPC's Trailers-Only response (the status in the headers).
+fn refuse(mut respond: SendResponse<Bytes>, code: u32, message: &str) {
+    let _ = respond.send_response(grpc_headers(Some(grpc_trailers(code, message))), true);
+}
+
+/// The request's body, whole, within the limit; Err(true) when over it, Err(false) when the
+/// caller reset the stream.
+async fn read_body(body: &mut RecvStream, limit: usize) -> Result<Bytes, bool> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|_| false)?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        if buf.len() + chunk.len() > limit {
+            return Err(true);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 async fn handle(
-    request: Request<Incoming>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
-) -> Result<Response<ReplyBody>, Infallible> {
+) {
     let is_grpc = request
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
-    if request.method() != hyper::Method::POST || !is_grpc {
-        let mut response = Response::new(empty_body(&shared));
+    if request.method() != http::Method::POST || !is_grpc {
+        let mut response = Response::new(());
         *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
-        return Ok(response);
+        let _ = respond.send_response(response, true);
+        return;
     }
     let method = request.uri().path().to_owned();
     let metadata: Vec<(String, String)> = request
@@ -259,58 +246,87 @@ async fn handle(
             name != "content-type" && name != "te" && !name.starts_with("grpc-")
         })
         .filter_map(|(name, value)| {
-            value.to_str().ok().map(|v| (name.as_str().to_owned(), v.to_owned()))
+            value
+                .to_str()
+                .ok()
+                .map(|v| (name.as_str().to_owned(), v.to_owned()))
         })
         .collect();
-    let limit = shared.limits.max_message + GRPC_HEADER;
-    let body = match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) => {
-            if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                let text = format!(
-                    "received message larger than max ({} bytes)",
-                    shared.limits.max_message
-                );
-                return Ok(refuse(&shared, STATUS_RESOURCE_EXHAUSTED, &text));
-            }
-            return Ok(Response::new(empty_body(&shared))); // the caller reset the stream
+    let mut body = request.into_body();
+    let body = match read_body(&mut body, shared.limits.max_message + GRPC_HEADER).await {
+        Ok(body) => body,
+        Err(true) => {
+            let text = format!(
+                "received message larger than max ({} bytes)",
+                shared.limits.max_message
+            );
+            return refuse(respond, STATUS_RESOURCE_EXHAUSTED, &text);
         }
+        Err(false) => return, // the caller reset the stream
     };
     let message = match unframe(&body) {
         Ok(message) => message,
-        Err(reason) => return Ok(refuse(&shared, STATUS_INVALID_ARGUMENT, reason)),
+        Err(reason) => return refuse(respond, STATUS_INVALID_ARGUMENT, reason),
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let finished = Arc::new(AtomicBool::new(false));
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let _pending = Pending {
+        id,
+        finished: finished.clone(),
+        shared: shared.clone(),
+    };
     shared.push(Event::Call(CallData {
         id,
         method,
         conn,
         metadata,
         message: body.slice(message),
-        reply: Reply { tx: Mutex::new(Some(tx)), finished: finished.clone() },
-    }));
-    let mut body =
-        ReplyBody { empty: false, first: None, rx: mpsc::unbounded_channel().1, id, finished, shared };
-    let first = rx.recv().await;
-    body.rx = rx;
-    match first {
-        None => Ok(Response::new(body)), // Python dropped the call without an answer
-        Some(frame) => match frame.into_trailers() {
-            Ok(trailers) => {
-                body.finished.store(true, Ordering::Release);
-                Ok(trailers_only(&body.shared, trailers))
-            }
-            Err(data) => {
-                body.first = Some(data);
-                let mut response = Response::new(body);
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-                Ok(response)
-            }
+        reply: Reply {
+            tx: Mutex::new(Some(tx)),
+            finished,
         },
+    }));
+    let mut stream: Option<SendStream<Bytes>> = None;
+    loop {
+        // Whatever Python queued since the last look goes out together (one flush).
+        let first = tokio::select! {
+            out = rx.recv() => out,
+            _ = poll_fn(|cx| match stream.as_mut() {
+                Some(s) => s.poll_reset(cx),
+                None => respond.poll_reset(cx),
+            }) => return, // the caller reset the stream or the connection is gone
+        };
+        let Some(first) = first else { return };
+        let mut next = Some(first);
+        while let Some(out) = next.take().or_else(|| rx.try_recv().ok()) {
+            match out {
+                Out::Message(data) => {
+                    if stream.is_none() {
+                        match respond.send_response(grpc_headers(None), false) {
+                            Ok(s) => stream = Some(s),
+                            Err(_) => return,
+                        }
+                    }
+                    if let Some(s) = stream.as_mut() {
+                        if s.send_data(data, false).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Out::Status(trailers) => {
+                    match stream.as_mut() {
+                        Some(s) => {
+                            let _ = s.send_trailers(trailers);
+                        }
+                        None => {
+                            let _ = respond.send_response(grpc_headers(Some(trailers)), true);
+                        }
+                    }
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -336,47 +352,76 @@ fn peer_text(addr: SocketAddr) -> String {
     }
 }
 
+/// Ping every `every`; Ok(()) never, Err once an answer took longer than `wait` (a peer that
+/// no longer answers is closed, as grpcio's keepalive does).
+async fn keepalive(mut pings: h2::PingPong, every: Duration, wait: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(wait, pings.ping(Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+    }
+}
+
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _admitted = Admitted { shared: shared.clone(), ip: addr.ip() };
+    let _admitted = Admitted {
+        shared: shared.clone(),
+        ip: addr.ip(),
+    };
     let _ = tcp.set_nodelay(true);
     let acceptor = TlsAcceptor::from(shared.tls.read().unwrap().clone());
-    let tls = match tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await
-    {
-        Ok(Ok(tls)) => tls,
-        _ => return, // a failed or slow handshake: rustls has sent its alert
+    let limits = shared.limits;
+    let setup = async {
+        let tls = acceptor.accept(tcp).await.ok()?;
+        let peer_der = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| Bytes::copy_from_slice(leaf.as_ref()));
+        let connection = h2::server::Builder::new()
+            .max_concurrent_streams(1024)
+            .max_header_list_size(16 * 1024)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .ok()?;
+        Some((peer_der, connection))
     };
-    let peer_der = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|leaf| Bytes::copy_from_slice(leaf.as_ref()));
-    let conn = Arc::new(ConnInfo { peer_der, peer: peer_text(addr) });
-    let service = {
-        let shared = shared.clone();
-        hyper::service::service_fn(move |request| handle(request, conn.clone(), shared.clone()))
+    // The TLS handshake and the HTTP/2 preface, within the handshake deadline.
+    let Ok(Some((peer_der, mut connection))) =
+        tokio::time::timeout(limits.handshake_timeout, setup).await
+    else {
+        return;
     };
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(shared.limits.keepalive_interval))
-        .keep_alive_timeout(shared.limits.keepalive_timeout)
-        .max_concurrent_streams(1024)
-        .max_header_list_size(16 * 1024);
-    let connection = builder.serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(connection);
-    let stopping = tokio::select! {
-        _ = connection.as_mut() => false,
-        stop = shutdown.wait_for(|stop| *stop) => stop.is_ok(),
-    };
-    if stopping {
-        connection.as_mut().graceful_shutdown();
-        let _ = connection.await;
+    let conn = Arc::new(ConnInfo {
+        peer_der,
+        peer: peer_text(addr),
+    });
+    let pings = connection.ping_pong().expect("ping_pong is taken once");
+    let alive = keepalive(pings, limits.keepalive_interval, limits.keepalive_timeout);
+    tokio::pin!(alive);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            accepted = connection.accept() => match accepted {
+                Some(Ok((request, respond))) => {
+                    tokio::spawn(handle(request, respond, conn.clone(), shared.clone()));
+                }
+                _ => return, // closed, or a protocol error (h2 has sent its GOAWAY)
+            },
+            _ = &mut alive => return,
+            stop = shutdown.wait_for(|stop| *stop), if !stopping => {
+                let _ = stop.is_ok();
+                stopping = true;
+                connection.graceful_shutdown(); // GOAWAY; calls in flight finish
+            }
+        }
     }
 }
 
@@ -433,7 +478,9 @@ fn tls_config(chain_pem: &[u8], key_pem: &[u8], bundle_pem: &[u8]) -> PyResult<S
         .ok_or_else(|| PyValueError::new_err("private key: none in the PEM"))?;
     let mut roots = RootCertStore::empty();
     for root in read_certs(bundle_pem, "trust bundle")? {
-        roots.add(root).map_err(|e| PyValueError::new_err(format!("trust bundle: {e}")))?;
+        roots
+            .add(root)
+            .map_err(|e| PyValueError::new_err(format!("trust bundle: {e}")))?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
@@ -475,7 +522,7 @@ impl Call {
         framed.put_u32(message.len() as u32);
         framed.put_slice(message);
         match self.reply.tx.lock().unwrap().as_ref() {
-            Some(tx) => tx.send(Frame::data(framed.freeze())).is_ok(),
+            Some(tx) => tx.send(Out::Message(framed.freeze())).is_ok(),
             None => false,
         }
     }
@@ -484,7 +531,7 @@ impl Call {
     fn finish(&self, code: u32, message: &str) {
         self.reply.finished.store(true, Ordering::Release);
         if let Some(tx) = self.reply.tx.lock().unwrap().take() {
-            let _ = tx.send(Frame::trailers(grpc_trailers(code, message)));
+            let _ = tx.send(Out::Status(grpc_trailers(code, message)));
         }
     }
 }
@@ -520,7 +567,10 @@ impl Server {
         // SAFETY: plain eventfd(2); the descriptor is owned by Shared from here on.
         let wakeup = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if wakeup < 0 {
-            return Err(PyOSError::new_err(format!("eventfd: {}", std::io::Error::last_os_error())));
+            return Err(PyOSError::new_err(format!(
+                "eventfd: {}",
+                std::io::Error::last_os_error()
+            )));
         }
         let seconds = |s: f64| Duration::from_secs_f64(s.max(0.001));
         let shared = Arc::new(Shared {
@@ -529,7 +579,10 @@ impl Server {
             wakeup,
             tls: RwLock::new(Arc::new(config)),
             next_id: AtomicU64::new(1),
-            connections: Mutex::new(Connections { total: 0, per_source: HashMap::new() }),
+            connections: Mutex::new(Connections {
+                total: 0,
+                per_source: HashMap::new(),
+            }),
             limits: Limits {
                 handshake_timeout: seconds(handshake_timeout),
                 keepalive_interval: seconds(keepalive_interval),
@@ -541,7 +594,9 @@ impl Server {
         });
         // SAFETY: the caller hands over a listening TCP socket it no longer uses.
         let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-        listener.set_nonblocking(true).map_err(|e| PyOSError::new_err(e.to_string()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -553,7 +608,11 @@ impl Server {
             .name("ca-mtls-port".into())
             .spawn(move || runtime.block_on(serve(listener, serving, rx, grace)))
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-        Ok(Server { shared, shutdown, thread: Mutex::new(Some(thread)) })
+        Ok(Server {
+            shared,
+            shutdown,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// The descriptor that becomes readable when calls wait (for `loop.add_reader`).
@@ -577,7 +636,11 @@ impl Server {
                         id: call.id,
                         method: call.method,
                         peer: call.conn.peer.clone(),
-                        peer_der: call.conn.peer_der.as_ref().map(|d| PyBytes::new(py, d).unbind()),
+                        peer_der: call
+                            .conn
+                            .peer_der
+                            .as_ref()
+                            .map(|d| PyBytes::new(py, d).unbind()),
                         metadata: call.metadata,
                         message: PyBytes::new(py, &call.message).unbind(),
                         reply: call.reply,
