@@ -52,6 +52,8 @@ GRPC_WARMUP = 1.0
 GRPC_SECONDS = 3.0
 ROUND_SECONDS = float(os.environ.get("BENCH_CA_SECONDS", "10"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+# `meshward ca serve --workers`; unset: its default (one per core).
+WORKERS = os.environ.get("BENCH_CA_WORKERS")
 POOL = 400
 SERVER_NAME = "meshward-control-plane"
 REPO = Path(__file__).resolve().parent.parent
@@ -122,6 +124,7 @@ def _start_server(state: Path, port: int, mtls_port: int) -> subprocess.Popen[by
             "1000000",
             "--rate-burst",
             "1000000",
+            *(("--workers", WORKERS) if WORKERS else ()),
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -640,7 +643,11 @@ def main() -> None:
         )
     print(
         "ca: bench node's rate limit raised (one node asks far beyond a real node's budget);"
-        f" meshward runs its default workers ({default_workers()}, one per core)"
+        + (
+            f" meshward runs {WORKERS} worker(s) (BENCH_CA_WORKERS)"
+            if WORKERS
+            else f" meshward runs its default workers ({default_workers()}, one per core)"
+        )
     )
     print(
         f"ca: 1-min load average         {load:6.2f}        (2 cores, shared with the client and others)"
