@@ -6,7 +6,6 @@ in."""
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 import time
@@ -26,6 +25,7 @@ from tests.ca.test_server import (
     REGISTRY,
     REVIEWS,
     TD,
+    audit_lines,
     check_chain,
     foreign_domain_credential,
     forged_credential,
@@ -56,10 +56,6 @@ def mtls(cp: ControlPlane) -> str:
 @pytest.fixture(scope="module")
 def node1(cp: ControlPlane) -> wire.Credential:
     return wire.bootstrap(cp.address, cp.bundle_pem(), cp.join_token("node-1"))
-
-
-def audit_lines(cp: ControlPlane) -> list[dict[str, str]]:
-    return [json.loads(line) for line in cp.audit_path.read_text().splitlines()]
 
 
 def refused(
