@@ -7,8 +7,8 @@ over its local admin socket, meshward's `CreateCertificate` over mTLS with the b
 on its mTLS port (the native transport, `ca.native_port`) and on 15012 (the front door). The rows
 alternate within each of BENCH_ROUNDS rounds (the machine's speed drifts); each prints SVIDs/s,
 the server's CPU per SVID (every process of it), the cores the server and the client kept busy,
-the load average, and the ratios to SPIRE. Targets on the 2-core machine: >= 1.5x SPIRE's SVIDs/s, CPU per SVID no higher
-than SPIRE's.
+the load average, and the ratios to SPIRE. Targets on the 2-core machine: >= 1.5x SPIRE's
+SVIDs/s, CPU per SVID no higher than SPIRE's.
 
 After the rounds, for reference: the signing core alone in this process; ghz and grpcio's Python
 client against the mTLS port; a servicer that does nothing, on grpcio (grpcio's own per-call floor)
@@ -494,6 +494,7 @@ def serve_native_noop(port: int, directory: str) -> None:
     """`_NoopService` on the native transport (`ca.native_port`), mTLS with the files in
     `directory`: the transport's own cost per call, one worker."""
     from ca.native_port import NativeGrpcPort
+    from ca.server import KEEPALIVE_MAX, KEEPALIVE_TIMEOUT, MAX_MESSAGE_BYTES
     from meshward_common.front_door import DoorLimits, listening_socket
 
     files = Path(directory)
@@ -505,8 +506,8 @@ def serve_native_noop(port: int, directory: str) -> None:
             (files / "server-key.pem").read_bytes(),
             (files / "bundle.pem").read_bytes(),
             limits=DoorLimits(10.0, 300.0, 1024, 1024),
-            keepalive=(30.0, 10.0),
-            max_message=64 * 1024,
+            keepalive=(KEEPALIVE_MAX, KEEPALIVE_TIMEOUT),
+            max_message=MAX_MESSAGE_BYTES,
         )
         istio_ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(_NoopService(), server)
         server.start()
@@ -520,7 +521,7 @@ def serve_native_noop(port: int, directory: str) -> None:
 
 
 def native_noop_rate() -> Run | None:
-    """caload against `serve_native_noop`, one connection per worker's share (CONNS)."""
+    """caload against `serve_native_noop`, over CONNS connections as in the rounds."""
     from ca.authority import cert_pem, key_pem
     from ca.server import issue_server_cert
 

@@ -24,7 +24,7 @@ import datetime as dt
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -175,8 +175,7 @@ class CaWorker:
         self.publications = Publications(store, config.trust_domain)
         self.metrics = CaMetrics()
         self._tasks: list[asyncio.Task[None]] = []
-        self._servers: list[grpc.aio.Server] = []
-        self._boundaries: dict[grpc.aio.Server, StatusBoundary] = {}
+        self._relayed: grpc.aio.Server | None = None  # what the front door relays to
         self._door: CaFrontDoor | None = None
         self._audit: audit.AuditLog | None = None
         self._mtls: NativeGrpcPort | None = None
@@ -208,32 +207,32 @@ class CaWorker:
             from ca.kube.wiring import kube_tokens
 
             bearer = self._bearer = await kube_tokens(cfg, self.publications.mesh)
-        relayed = self._grpc_server(self._relayed_source)
+        limits = door_limits(cfg)
+        relayed = self._relayed = self._relayed_server()
         upstream_port = relayed.add_insecure_port("127.0.0.1:0")
         door = CaFrontDoor(
             upstream_port,
             peer_info,
             ssl_context=ssl_ctx,
-            limits=door_limits(cfg),
+            limits=limits,
             name="control plane",
         )
         self._door = door
         self._add_services(
-            self._boundaries[relayed],
+            StatusBoundary(self._relayed_source),
             relayed,
             PeerAuthenticator(published, cfg.trust_domain, door.peers, tokens, bearer),
             limiter,
         )
         if cfg.mtls_listen is not None:
             sock = self.mtls_sock or listening_socket(*cfg.mtls_listen, what="mtls-listen")
-            keepalive = keepalive_timing(cfg.idle_timeout)
             self._mtls = mtls = NativeGrpcPort(
                 sock,
                 self.server_cert.cert_pem,
                 self.server_cert.key_pem,
                 bundle_pem,
-                limits=door_limits(cfg),
-                keepalive=(keepalive[0].total_seconds(), keepalive[1].total_seconds()),
+                limits=limits,
+                keepalive=keepalive_timing(cfg.idle_timeout),
                 max_message=MAX_MESSAGE_BYTES,
             )
             self.mtls_port = mtls.port
@@ -243,11 +242,9 @@ class CaWorker:
                 PeerAuthenticator(published, cfg.trust_domain, NativePeers(), tokens),
                 limiter,
             )
-        for server in self._servers:
-            await server.start()
+        await relayed.start()
         if self._mtls is not None:
             self._mtls.start()
-        self._door = door
         self.port = await door.start_tcp(cfg.host, cfg.port, sock=self.listen_sock)
         self.publications.on_authority(self._use_authority)
         self._tasks.append(asyncio.create_task(self.publications.follow()))
@@ -258,10 +255,8 @@ class CaWorker:
         info = self._door.peers.lookup(context.peer()) if self._door is not None else None
         return info.remote.rpartition(":")[0] if info is not None else str(context.peer())
 
-    def _grpc_server(
-        self, source_of: Callable[[grpc.aio.ServicerContext[Any, Any]], str]
-    ) -> grpc.aio.Server:
-        server = grpc.aio.server(
+    def _relayed_server(self) -> grpc.aio.Server:
+        return grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MESH_STATE_MESSAGE_LIMIT),
@@ -269,9 +264,6 @@ class CaWorker:
                 *keepalive_options(self.config.idle_timeout),
             ],
         )
-        self._servers.append(server)
-        self._boundaries[server] = StatusBoundary(source_of)
-        return server
 
     def _add_services(
         self,
@@ -347,8 +339,8 @@ class CaWorker:
             await self._door.close()
         if self._mtls is not None:
             await self._mtls.stop()
-        for server in self._servers:
-            await server.stop(grace=1.0)
+        if self._relayed is not None:
+            await self._relayed.stop(grace=1.0)
         if self._audit is not None:
             self._audit.close()
         if self._limiter is not None:
