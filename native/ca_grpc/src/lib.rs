@@ -1,7 +1,7 @@
 //! The CA's mTLS port in native code: TLS (rustls), HTTP/2 (the h2 crate) and gRPC's
-//! length-prefixed framing, on one tokio thread beside the worker's asyncio loop. Nothing here decides anything:
-//! every call is handed to Python whole (method, verified client leaf, metadata, message bytes)
-//! and Python answers it with serialized messages and a status. The hand-off never takes the GIL
+//! length-prefixed framing, on one tokio thread beside the worker's asyncio loop. Nothing here
+//! decides anything: every call is handed to Python whole (method, verified client leaf,
+//! metadata, message bytes) and Python answers it with serialized messages and a status. The hand-off never takes the GIL
 //! on the tokio thread: calls wait in a queue and an eventfd wakes the asyncio loop, which takes
 //! them all at once (`Server.take`). An answer leaves in one write: headers, message and status
 //! are queued on the stream together, so the connection flushes them as one TLS record (a caller
@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 const GRPC_HEADER: usize = 5;
-// grpc-message is percent-encoded (gRPC over HTTP/2): controls, space-free printable ASCII kept.
+// grpc-message is percent-encoded (gRPC over HTTP/2): '%', controls and non-ASCII bytes.
 const GRPC_MESSAGE_ESCAPES: &AsciiSet = &CONTROLS.add(b'%');
 const STATUS_INVALID_ARGUMENT: u32 = 3;
 const STATUS_RESOURCE_EXHAUSTED: u32 = 8;
@@ -205,15 +205,19 @@ fn refuse(mut respond: SendResponse<Bytes>, code: u32, message: &str) {
     let _ = respond.send_response(grpc_headers(Some(grpc_trailers(code, message))), true);
 }
 
-/// The request's body, whole, within the limit; Err(true) when over it, Err(false) when the
-/// caller reset the stream.
-async fn read_body(body: &mut RecvStream, limit: usize) -> Result<Bytes, bool> {
+enum BodyError {
+    TooLarge,
+    Reset, // the caller reset the stream
+}
+
+/// The request's body, whole, within the limit.
+async fn read_body(body: &mut RecvStream, limit: usize) -> Result<Bytes, BodyError> {
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(|_| false)?;
+        let chunk = chunk.map_err(|_| BodyError::Reset)?;
         let _ = body.flow_control().release_capacity(chunk.len());
         if buf.len() + chunk.len() > limit {
-            return Err(true);
+            return Err(BodyError::TooLarge);
         }
         buf.extend_from_slice(&chunk);
     }
@@ -255,14 +259,14 @@ async fn handle(
     let mut body = request.into_body();
     let body = match read_body(&mut body, shared.limits.max_message + GRPC_HEADER).await {
         Ok(body) => body,
-        Err(true) => {
+        Err(BodyError::TooLarge) => {
             let text = format!(
                 "received message larger than max ({} bytes)",
                 shared.limits.max_message
             );
             return refuse(respond, STATUS_RESOURCE_EXHAUSTED, &text);
         }
-        Err(false) => return, // the caller reset the stream
+        Err(BodyError::Reset) => return,
     };
     let message = match unframe(&body) {
         Ok(message) => message,
@@ -352,8 +356,8 @@ fn peer_text(addr: SocketAddr) -> String {
     }
 }
 
-/// Ping every `every`; Ok(()) never, Err once an answer took longer than `wait` (a peer that
-/// no longer answers is closed, as grpcio's keepalive does).
+/// Ping every `every`; returns once an answer took longer than `wait` (the connection is then
+/// closed, as grpcio's keepalive closes a peer that no longer answers).
 async fn keepalive(mut pings: h2::PingPong, every: Duration, wait: Duration) {
     loop {
         tokio::time::sleep(every).await;
