@@ -14,6 +14,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca.authority import load_or_create_root, make_root
+from ca.issuer import SigningAuthority, issue_svid
 from meshward_common.protos import istio_ca_pb2, istio_ca_pb2_grpc
 from meshward_common.protos import meshward_discovery_pb2 as discovery_pb2
 from meshward_common.protos import meshward_discovery_pb2_grpc as discovery_pb2_grpc
@@ -216,43 +218,31 @@ def test_workload_svid_cannot_call_the_ca(cp: ControlPlane, node1: wire.Credenti
     assert "not a node agent" in err.details()
 
 
-def forged_credential() -> wire.Credential:
-    """A node SVID with the right name, issued by a different CA."""
-    from ca.authority import make_root
-    from ca.issuer import SigningAuthority, issue_svid
-
-    root, key = make_root(TD, dt.datetime.now(dt.UTC))
-    other = SigningAuthority(root, key, (), (root,))
+def credential_signed_by(authority: SigningAuthority, identity: str) -> wire.Credential:
+    """An SVID for `identity` from `authority`, with its own fresh key."""
     own_key = wire.new_key()
     chain = issue_svid(
-        other,
+        authority,
         own_key.public_key(),
-        SpiffeId.parse(NODE1),
+        SpiffeId.parse(identity),
         dt.timedelta(hours=1),
         dt.datetime.now(dt.UTC),
     )
     return wire.Credential(
         own_key, [c.public_bytes(serialization.Encoding.PEM).decode() for c in chain]
     )
+
+
+def forged_credential() -> wire.Credential:
+    """A node SVID with the right name, issued by a different CA."""
+    root, key = make_root(TD, dt.datetime.now(dt.UTC))
+    return credential_signed_by(SigningAuthority(root, key, (), (root,)), NODE1)
 
 
 def foreign_domain_credential(cp: ControlPlane) -> wire.Credential:
     """Signed by this CA's own root, so a TLS handshake takes it; but it names b.example."""
-    from ca.authority import load_or_create_root
-    from ca.issuer import issue_svid
-
     ours = load_or_create_root(cp.state_dir, TD, dt.datetime.now(dt.UTC))
-    own_key = wire.new_key()
-    chain = issue_svid(
-        ours,
-        own_key.public_key(),
-        SpiffeId.parse("spiffe://b.example/meshward/node/node-1"),
-        dt.timedelta(hours=1),
-        dt.datetime.now(dt.UTC),
-    )
-    return wire.Credential(
-        own_key, [c.public_bytes(serialization.Encoding.PEM).decode() for c in chain]
-    )
+    return credential_signed_by(ours, "spiffe://b.example/meshward/node/node-1")
 
 
 def test_client_certificate_from_another_ca_is_refused(cp: ControlPlane) -> None:
