@@ -15,7 +15,7 @@ rate-burst: 1000
 workers: 2               # serving processes (default: the cores this process may run on)
 webhook-listen: 0.0.0.0:15017  # the sidecar injection webhook (default: off)
 injector-config: /etc/meshward/injector/config.yaml
-mtls-listen: 127.0.0.1:15013   # optional: node SVIDs only, TLS ended in grpcio (no relay)
+mtls-listen: 127.0.0.1:15013   # optional: node SVIDs only, served natively (no relay)
 handshake-timeout: 10s   # TLS handshake on the listen port
 idle-timeout: 5m         # a connection that sends nothing this long is closed
 max-connections: 4096    # per worker, held at once (lowered to what its descriptor limit allows)

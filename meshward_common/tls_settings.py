@@ -2,9 +2,9 @@
 ECDHE key exchange with AEAD ciphers (AES-GCM, ChaCha20-Poly1305); TLS 1.3's suites are all AEAD.
 
 CBC suites (MAC-then-encrypt: Lucky13-style padding oracles, and the SHA-1 ones) are not offered:
-what Istio's sidecars and istiod accept. grpcio's own TLS (the CA's `--mtls-listen` port) cannot
-be configured per server; its default list is already ECDHE AES-GCM only (measured with openssl
-s_client, asserted in tests/ca/test_cipher_suites.py).
+what Istio's sidecars and istiod accept. The CA's `--mtls-listen` port ends TLS in rustls
+(`native/ca_grpc`), which has no CBC suites at all and is limited there to TLS 1.2 and 1.3: the
+same rule (asserted in tests/ca/test_cipher_suites.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The CA's TLS offers AEAD suites only, as the sidecars do (issue 12 item 8): on TLS 1.2 a real
 client offering nothing but ECDHE-ECDSA CBC suites is refused, on the listen port (Python's ssl
-behind the front door), on the `--mtls-listen` port (grpcio's own TLS) and on the supervisor's
+behind the front door), on the `--mtls-listen` port (rustls, in the native transport) and on the supervisor's
 HTTPS ports (the SPIFFE bundle endpoint; the webhook shares its context); AEAD ones are taken."""
 
 from __future__ import annotations
