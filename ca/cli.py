@@ -56,7 +56,8 @@ def ca() -> None:
     "--workers", type=int, help="serving processes (default: the cores this process may use)"
 )
 @click.option(
-    "--mtls-listen", help="HOST:PORT of a second port for node SVIDs only (served natively: `make native`)"
+    "--mtls-listen",
+    help="HOST:PORT of a second port for node SVIDs only (served natively: `make native`)",
 )
 @click.option(
     "--root-rotation-grace",

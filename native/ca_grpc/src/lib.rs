@@ -68,10 +68,12 @@ struct ConnInfo {
     peer: String,
 }
 
-/// What Python answers: framed messages, then the status (the trailers).
+/// What Python answers: framed messages, then the status (the trailers); or a unary call's
+/// whole answer at once, so that one wake-up of this thread sends it in one flush.
 enum Out {
     Message(Bytes),
     Status(HeaderMap),
+    Answer(Bytes),
 }
 
 /// The answer's half of a call.
@@ -304,31 +306,34 @@ async fn handle(
         let Some(first) = first else { return };
         let mut next = Some(first);
         while let Some(out) = next.take().or_else(|| rx.try_recv().ok()) {
-            match out {
-                Out::Message(data) => {
-                    if stream.is_none() {
-                        match respond.send_response(grpc_headers(None), false) {
-                            Ok(s) => stream = Some(s),
-                            Err(_) => return,
-                        }
-                    }
-                    if let Some(s) = stream.as_mut() {
-                        if s.send_data(data, false).is_err() {
-                            return;
-                        }
+            let (data, trailers) = match out {
+                Out::Answer(data) => (Some(data), Some(grpc_trailers(0, ""))),
+                Out::Message(data) => (Some(data), None),
+                Out::Status(trailers) => (None, Some(trailers)),
+            };
+            if let Some(data) = data {
+                if stream.is_none() {
+                    match respond.send_response(grpc_headers(None), false) {
+                        Ok(s) => stream = Some(s),
+                        Err(_) => return,
                     }
                 }
-                Out::Status(trailers) => {
-                    match stream.as_mut() {
-                        Some(s) => {
-                            let _ = s.send_trailers(trailers);
-                        }
-                        None => {
-                            let _ = respond.send_response(grpc_headers(Some(trailers)), true);
-                        }
+                if let Some(s) = stream.as_mut() {
+                    if s.send_data(data, false).is_err() {
+                        return;
                     }
-                    return;
                 }
+            }
+            if let Some(trailers) = trailers {
+                match stream.as_mut() {
+                    Some(s) => {
+                        let _ = s.send_trailers(trailers);
+                    }
+                    None => {
+                        let _ = respond.send_response(grpc_headers(Some(trailers)), true);
+                    }
+                }
+                return;
             }
         }
     }
@@ -499,7 +504,17 @@ fn tls_config(chain_pem: &[u8], key_pem: &[u8], bundle_pem: &[u8]) -> PyResult<S
     Ok(config)
 }
 
-/// One call, as Python sees it. `send` a serialized message (streams: many), then `finish`.
+/// A message with gRPC's length prefix (uncompressed).
+fn framed(message: &[u8]) -> Bytes {
+    let mut framed = BytesMut::with_capacity(GRPC_HEADER + message.len());
+    framed.put_u8(0);
+    framed.put_u32(message.len() as u32);
+    framed.put_slice(message);
+    framed.freeze()
+}
+
+/// One call, as Python sees it. `send` a serialized message (streams: many), then `finish`;
+/// or `answer` a unary call with its message and OK at once.
 #[pyclass(frozen, module = "ca._native_grpc")]
 struct Call {
     #[pyo3(get)]
@@ -521,13 +536,17 @@ struct Call {
 impl Call {
     /// Queue one serialized message; False once the caller has gone.
     fn send(&self, message: &[u8]) -> bool {
-        let mut framed = BytesMut::with_capacity(GRPC_HEADER + message.len());
-        framed.put_u8(0);
-        framed.put_u32(message.len() as u32);
-        framed.put_slice(message);
         match self.reply.tx.lock().unwrap().as_ref() {
-            Some(tx) => tx.send(Out::Message(framed.freeze())).is_ok(),
+            Some(tx) => tx.send(Out::Message(framed(message))).is_ok(),
             None => false,
+        }
+    }
+
+    /// A unary call's answer: its one serialized message and status OK, sent together.
+    fn answer(&self, message: &[u8]) {
+        self.reply.finished.store(true, Ordering::Release);
+        if let Some(tx) = self.reply.tx.lock().unwrap().take() {
+            let _ = tx.send(Out::Answer(framed(message)));
         }
     }
 
