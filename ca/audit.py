@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+# Made once: json.dumps with separators builds an encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class AuditRecord:
 
     def to_json(self) -> str:
         # Field by field (not dataclasses.asdict, which deep-copies): this runs per request.
-        return json.dumps(
+        return _ENCODER.encode(
             {
                 "time": self.time,
                 "caller": self.caller,
@@ -34,8 +36,7 @@ class AuditRecord:
                 "not_after": self.not_after,
                 "outcome": self.outcome,
                 "reason": self.reason,
-            },
-            separators=(",", ":"),
+            }
         )
 
 

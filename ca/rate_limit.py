@@ -14,6 +14,7 @@ keeping across restarts, so the supervisor empties the table when it starts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import mmap
 import os
@@ -38,6 +39,13 @@ def refill(tokens: float, stamp: float, now: float, rate: float, burst: float) -
     return min(burst, tokens + max(0.0, now - stamp) * rate)
 
 
+@functools.lru_cache(maxsize=4096)
+def _slot_key(key: str) -> tuple[bytes, int]:
+    """A key's digest and home slot (a node asks many times: computed once per node)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+    return digest, int.from_bytes(digest[:8], "little") % SLOTS
+
+
 class RateLimiter:
     def __init__(self, state_dir: Path, rate: float = DEFAULT_RATE, burst: float = DEFAULT_BURST):
         self.rate = rate
@@ -58,8 +66,7 @@ class RateLimiter:
 
     def allow(self, key: str, now: float) -> bool:
         """Take one token from `key`'s bucket; False (and nothing taken) when it is empty."""
-        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
-        home = int.from_bytes(digest[:8], "little") % SLOTS
+        digest, home = _slot_key(key)
         with self._locked():
             offset, tokens, stamp = self._find(digest, home, now)
             tokens = refill(tokens, stamp, now, self.rate, self.burst)
