@@ -178,11 +178,18 @@ REGISTRY_LINES = [
 ]  # fmt: skip
 
 
+# Resolved here, at import: st.randoms imports its module on first use, and pytest's assertion
+# rewriting then compiles it. Inside a test that runs after the deep-nesting cases, CPython 3.11's
+# compiler can fail that compile ("AST constructor recursion depth mismatch"; seen in CI once).
+_RANDOMS = st.randoms(use_true_random=False)
+_RANDOMS.validate()
+
+
 @st.composite
 def mutated(draw: st.DrawFn, lines: list[str]) -> str:
     """A valid document with some values replaced by fragments, lines dropped, added or repeated,
     and characters flipped (drawn from one seeded Random: cheap, and replayable by hypothesis)."""
-    rnd = draw(st.randoms(use_true_random=False))
+    rnd = draw(_RANDOMS)
     out = list(lines)
     for _ in range(rnd.randint(0, 4)):
         i = rnd.randrange(len(out))
