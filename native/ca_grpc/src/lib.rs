@@ -544,17 +544,21 @@ impl Call {
 
     /// A unary call's answer: its one serialized message and status OK, sent together.
     fn answer(&self, message: &[u8]) {
-        self.reply.finished.store(true, Ordering::Release);
-        if let Some(tx) = self.reply.tx.lock().unwrap().take() {
-            let _ = tx.send(Out::Answer(framed(message)));
-        }
+        self.end(Out::Answer(framed(message)));
     }
 
     /// End the call with a gRPC status (0: OK) and its message.
     fn finish(&self, code: u32, message: &str) {
+        self.end(Out::Status(grpc_trailers(code, message)));
+    }
+}
+
+impl Call {
+    /// The call's last word: nothing is sent after it (and Drop has nothing left to say).
+    fn end(&self, last: Out) {
         self.reply.finished.store(true, Ordering::Release);
         if let Some(tx) = self.reply.tx.lock().unwrap().take() {
-            let _ = tx.send(Out::Status(grpc_trailers(code, message)));
+            let _ = tx.send(last);
         }
     }
 }
